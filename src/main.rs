@@ -1,1 +1,31 @@
-fn main() {}
+use clap::Parser;
+use nextflow::cli::{devices, Cli, Command};
+use nextflow_runtime::{discover, Device};
+use std::process::ExitCode;
+
+fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    match cli.command {
+        Command::Devices => {
+            // Open an explicit choice first, so a bad one fails with its reason alone.
+            let chosen = match cli.device.as_str() {
+                "auto" => None,
+                spec => Some(Device::open(spec)?),
+            };
+            print!("{}", devices::render(discover()));
+            if let Some(device) = chosen {
+                println!("\n--device {} opens {device}", cli.device);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

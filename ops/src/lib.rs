@@ -1,1 +1,296 @@
-//! nextflow-ops
+//! nextflow-ops: the op set. Each op is defined once here: argument checks that return a
+//! typed error, a shape/dtype rule, a CPU path (`cpu`), a plain reference (`reference`)
+//! and a lowering to the kernels of `nextflow-shaders` (`gpu`).
+//!
+//! Where a device cannot run a dtype (u8 or bf16 on wgpu, f16 on adapters without
+//! shader-f16), the op runs on the CPU backend and uploads the result: slower, never wrong.
+
+pub mod cpu;
+mod gpu;
+pub mod reference;
+mod table;
+
+use nextflow_runtime::{broadcast_shape, DType, Device, Error, Result, Tensor};
+use nextflow_shaders::{elementwise, reduce as kernels};
+
+pub use nextflow_runtime as runtime;
+pub use table::{OpEntry, OP_TABLE};
+
+/// Float functions of one argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    Neg,
+    Exp,
+    Sqrt,
+    Rsqrt,
+    Tanh,
+    Silu,
+    GeluErf,
+}
+
+impl UnaryOp {
+    pub const ALL: [UnaryOp; 7] =
+        [UnaryOp::Neg, UnaryOp::Exp, UnaryOp::Sqrt, UnaryOp::Rsqrt, UnaryOp::Tanh, UnaryOp::Silu, UnaryOp::GeluErf];
+
+    fn kernel_op(self) -> u32 {
+        match self {
+            UnaryOp::Neg => elementwise::OP_NEG,
+            UnaryOp::Exp => elementwise::OP_EXP,
+            UnaryOp::Sqrt => elementwise::OP_SQRT,
+            UnaryOp::Rsqrt => elementwise::OP_RSQRT,
+            UnaryOp::Tanh => elementwise::OP_TANH,
+            UnaryOp::Silu => elementwise::OP_SILU,
+            UnaryOp::GeluErf => elementwise::OP_GELU_ERF,
+        }
+    }
+}
+
+/// Elementwise functions of two broadcast operands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Max,
+}
+
+impl BinaryOp {
+    pub const ALL: [BinaryOp; 5] = [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Max];
+
+    fn kernel_op(self) -> u32 {
+        match self {
+            BinaryOp::Add => elementwise::OP_ADD,
+            BinaryOp::Sub => elementwise::OP_SUB,
+            BinaryOp::Mul => elementwise::OP_MUL,
+            BinaryOp::Div => elementwise::OP_DIV,
+            BinaryOp::Max => elementwise::OP_MAX,
+        }
+    }
+}
+
+/// Reductions over the last dim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReduceOp {
+    Sum,
+    Max,
+    Mean,
+}
+
+impl ReduceOp {
+    pub const ALL: [ReduceOp; 3] = [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Mean];
+
+    fn kernel_op(self) -> u32 {
+        match self {
+            ReduceOp::Sum => kernels::REDUCE_SUM,
+            ReduceOp::Max => kernels::REDUCE_MAX,
+            ReduceOp::Mean => kernels::REDUCE_MEAN,
+        }
+    }
+}
+
+fn check_float(op: &'static str, x: &Tensor) -> Result<()> {
+    if !x.dtype().is_float() {
+        return Err(Error::Unsupported { op, dtype: x.dtype(), device: x.device().info().spec() });
+    }
+    Ok(())
+}
+
+fn check_same(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if !a.device().same(b.device()) {
+        return Err(Error::DeviceMismatch { op, lhs: a.device().info().spec(), rhs: b.device().info().spec() });
+    }
+    if a.dtype() != b.dtype() {
+        return Err(Error::DTypeMismatch { op, expected: a.dtype(), found: b.dtype() });
+    }
+    Ok(())
+}
+
+/// Checks a last-dim row op's input and returns the row length.
+fn check_rows(op: &'static str, x: &Tensor) -> Result<usize> {
+    match x.shape().last() {
+        None => Err(Error::Shape { op, msg: "needs a tensor of rank >= 1".into() }),
+        Some(0) => Err(Error::Shape { op, msg: format!("the last dim of {:?} is empty", x.shape()) }),
+        Some(&n) => Ok(n),
+    }
+}
+
+/// Whether the GPU path can take these dtypes here; else run on the CPU backend.
+fn on_gpu(device: &Device, dtypes: &[DType]) -> bool {
+    !device.is_cpu() && dtypes.iter().all(|&d| device.supports(d))
+}
+
+/// Runs `f` on CPU copies of `inputs` and moves the result back to their device.
+fn via_cpu(inputs: &[&Tensor], f: impl FnOnce(&[Tensor]) -> Result<Tensor>) -> Result<Tensor> {
+    let device = inputs[0].device().clone();
+    let cpu = Device::cpu();
+    let host: Vec<Tensor> = inputs.iter().map(|t| t.to_device(&cpu)).collect::<Result<_>>()?;
+    f(&host)?.to_device(&device)
+}
+
+/// `op(x)` elementwise, in f32, stored as x's dtype.
+pub fn unary(x: &Tensor, op: UnaryOp) -> Result<Tensor> {
+    check_float("unary", x)?;
+    if x.device().is_cpu() {
+        return Ok(cpu::unary(x, op));
+    }
+    if !on_gpu(x.device(), &[x.dtype()]) {
+        return via_cpu(&[x], |h| Ok(cpu::unary(&h[0], op)));
+    }
+    gpu::unary(x, x.dtype(), op.kernel_op())
+}
+
+/// Converts to `dtype` (round to nearest for floats, truncation for float → int).
+pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        return cpu::cast(x, dtype);
+    }
+    if !on_gpu(x.device(), &[x.dtype(), dtype]) {
+        return via_cpu(&[x], |h| cpu::cast(&h[0], dtype));
+    }
+    gpu::unary(x, dtype, elementwise::OP_COPY)
+}
+
+/// A dense copy of any view (returns `x` itself when it already is dense).
+pub fn contiguous(x: &Tensor) -> Result<Tensor> {
+    if x.is_dense() {
+        return Ok(x.clone());
+    }
+    cast(x, x.dtype())
+}
+
+/// `op(a, b)` with numpy broadcasting; same dtype and device.
+pub fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
+    check_same("binary", a, b)?;
+    let shape = broadcast_shape("binary", a.shape(), b.shape())?;
+    if a.device().is_cpu() {
+        return cpu::binary(a, b, op, &shape);
+    }
+    if !on_gpu(a.device(), &[a.dtype()]) {
+        return via_cpu(&[a, b], |h| cpu::binary(&h[0], &h[1], op, &shape));
+    }
+    gpu::binary(&a.broadcast_to(&shape)?, &b.broadcast_to(&shape)?, op.kernel_op())
+}
+
+/// Reduces the last dim away: `[.., n] -> [..]`.
+pub fn reduce(x: &Tensor, op: ReduceOp) -> Result<Tensor> {
+    check_float("reduce", x)?;
+    check_rows("reduce", x)?;
+    if x.device().is_cpu() {
+        return Ok(cpu::reduce(x, op));
+    }
+    if !on_gpu(x.device(), &[x.dtype()]) {
+        return via_cpu(&[x], |h| Ok(cpu::reduce(&h[0], op)));
+    }
+    gpu::reduce(&contiguous(x)?, op.kernel_op())
+}
+
+/// Index (u32) of the largest element of each row; the first one on ties.
+pub fn argmax(x: &Tensor) -> Result<Tensor> {
+    check_float("argmax", x)?;
+    check_rows("argmax", x)?;
+    if x.device().is_cpu() {
+        return Ok(cpu::argmax(x));
+    }
+    if !on_gpu(x.device(), &[x.dtype()]) {
+        return via_cpu(&[x], |h| Ok(cpu::argmax(&h[0])));
+    }
+    gpu::argmax(&contiguous(x)?)
+}
+
+/// Softmax over the last dim, statistics in f32, max-subtracted.
+pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    check_float("softmax", x)?;
+    check_rows("softmax", x)?;
+    if x.device().is_cpu() {
+        return Ok(cpu::softmax(x));
+    }
+    if !on_gpu(x.device(), &[x.dtype()]) {
+        return via_cpu(&[x], |h| Ok(cpu::softmax(&h[0])));
+    }
+    gpu::softmax(&contiguous(x)?)
+}
+
+/// RMSNorm over the last dim with an `[n]` weight: `x / sqrt(mean(x²) + eps) · w`.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+    check_float("rms_norm", x)?;
+    check_same("rms_norm", x, weight)?;
+    let n = check_rows("rms_norm", x)?;
+    if weight.shape() != [n] {
+        return Err(Error::Shape { op: "rms_norm", msg: format!("weight has shape {:?}, expected [{n}]", weight.shape()) });
+    }
+    if !(eps.is_finite() && eps >= 0.0) {
+        return Err(Error::Shape { op: "rms_norm", msg: format!("eps must be finite and >= 0, got {eps}") });
+    }
+    if x.device().is_cpu() {
+        return Ok(cpu::rms_norm(x, weight, eps));
+    }
+    if !on_gpu(x.device(), &[x.dtype()]) {
+        return via_cpu(&[x, weight], |h| Ok(cpu::rms_norm(&h[0], &h[1], eps)));
+    }
+    gpu::rms_norm(&contiguous(x)?, &contiguous(weight)?, eps)
+}
+
+/// Rows of a `[vocab, dim]` table gathered by u32/i32 ids: output `ids.shape + [dim]`.
+///
+/// Ids on the CPU are range-checked (an error names the first bad id). Ids that already
+/// live on a GPU are not read back; out-of-range ones produce zero rows there.
+pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    if table.rank() != 2 {
+        return Err(Error::Shape { op: "embedding", msg: format!("table must be [vocab, dim], got {:?}", table.shape()) });
+    }
+    if !matches!(ids.dtype(), DType::U32 | DType::I32) {
+        return Err(Error::DTypeMismatch { op: "embedding", expected: DType::U32, found: ids.dtype() });
+    }
+    if !table.device().same(ids.device()) {
+        return Err(Error::DeviceMismatch { op: "embedding", lhs: table.device().info().spec(), rhs: ids.device().info().spec() });
+    }
+    let mut shape = ids.shape().to_vec();
+    shape.push(table.shape()[1]);
+    let vocab = table.shape()[0];
+    let checked_ids = || -> Result<Vec<usize>> {
+        ids.to_f64_vec()?
+            .into_iter()
+            .map(|id| {
+                if id >= 0.0 && (id as usize) < vocab {
+                    Ok(id as usize)
+                } else {
+                    Err(Error::Shape { op: "embedding", msg: format!("id {id} is outside the table of {vocab} rows") })
+                }
+            })
+            .collect()
+    };
+    if table.device().is_cpu() {
+        return cpu::embedding(table, &checked_ids()?, &shape);
+    }
+    if !on_gpu(table.device(), &[table.dtype()]) {
+        let ids = checked_ids()?;
+        return via_cpu(&[table], |h| cpu::embedding(&h[0], &ids, &shape));
+    }
+    gpu::embedding(&contiguous(table)?, &contiguous(ids)?)
+}
+
+/// Joins tensors along `dim`; all other dims, the dtype and the device must agree.
+pub fn concat(parts: &[&Tensor], dim: usize) -> Result<Tensor> {
+    let first = parts.first().ok_or(Error::Shape { op: "concat", msg: "needs at least one tensor".into() })?;
+    first.layout().check_dim("concat", dim)?;
+    for p in &parts[1..] {
+        check_same("concat", first, p)?;
+        let same_rank = p.rank() == first.rank();
+        if !same_rank || (0..first.rank()).any(|d| d != dim && p.shape()[d] != first.shape()[d]) {
+            return Err(Error::Shape {
+                op: "concat",
+                msg: format!("cannot join {:?} and {:?} along dim {dim}", first.shape(), p.shape()),
+            });
+        }
+    }
+    let mut shape = first.shape().to_vec();
+    shape[dim] = parts.iter().map(|p| p.shape()[dim]).sum();
+    if first.device().is_cpu() {
+        return cpu::concat(parts, dim, &shape);
+    }
+    if !on_gpu(first.device(), &[first.dtype()]) {
+        return via_cpu(parts, |h| cpu::concat(&h.iter().collect::<Vec<_>>(), dim, &shape));
+    }
+    gpu::concat(parts, dim, &shape)
+}

@@ -87,6 +87,21 @@ pub struct DeviceInfo {
 }
 
 impl DeviceInfo {
+    /// Describes a device by hand (listings and tests); it cannot be opened.
+    #[allow(clippy::too_many_arguments)]
+    pub fn described(
+        backend: Backend,
+        index: usize,
+        name: &str,
+        kind: DeviceKind,
+        memory_bytes: Option<u64>,
+        f16: bool,
+        bf16: bool,
+        planes: bool,
+    ) -> DeviceInfo {
+        DeviceInfo { backend, index, name: name.into(), kind, memory_bytes, f16, bf16, planes, wgpu_device: None }
+    }
+
     /// The `--device` spelling that selects exactly this device.
     pub fn spec(&self) -> String {
         match self.backend {
@@ -303,6 +318,11 @@ fn driver_devices(backend: Backend, found: std::result::Result<Vec<probe::Driver
 pub fn discover() -> &'static Discovery {
     static DISCOVERY: OnceLock<Discovery> = OnceLock::new();
     DISCOVERY.get_or_init(|| {
+        // Mesa's implicit device-select layer connects to X11/Wayland to order adapters for
+        // displays, printing errors on headless machines; we rank devices ourselves.
+        if std::env::var_os("NODEVICE_SELECT").is_none() {
+            std::env::set_var("NODEVICE_SELECT", "1");
+        }
         let mut d = Discovery { devices: vec![cpu_info()], unavailable: Vec::new() };
         driver_devices(Backend::Cuda, probe::cuda_devices(), &mut d);
         driver_devices(Backend::Hip, probe::hip_devices(), &mut d);

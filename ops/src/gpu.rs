@@ -1,0 +1,244 @@
+//! Lowering of ops to the cubecl kernels of `nextflow-shaders`, generic over the runtime.
+
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+use half::{bf16, f16};
+use nextflow_runtime::{cubecl, Client, DType, Device, GpuBuffer, Layout, Result, Storage, Tensor};
+use nextflow_shaders::{elementwise, gather, reduce, ELEMENTWISE_CUBE, ROW_CUBE};
+
+/// Runs `$body` with `$c` bound to the device's cubecl client, whatever its runtime.
+macro_rules! with_client {
+    ($device:expr, $c:ident => $body:expr) => {
+        match $device.client() {
+            Client::Wgpu($c) => $body,
+            Client::Cuda($c) => $body,
+            Client::Hip($c) => $body,
+            Client::Cpu => unreachable!("GPU lowering called for the CPU backend"),
+        }
+    };
+}
+
+/// Runs `$body` with the type `$t` bound to the Rust element type of `$dtype`.
+macro_rules! with_dtype {
+    ($dtype:expr, $t:ident => $body:expr) => {
+        match $dtype {
+            DType::F32 => { type $t = f32; $body }
+            DType::F16 => { type $t = f16; $body }
+            DType::BF16 => { type $t = bf16; $body }
+            DType::U32 => { type $t = u32; $body }
+            DType::I32 => { type $t = i32; $body }
+            DType::U8 => { type $t = u8; $body }
+        }
+    };
+}
+
+/// The compute type of a dtype: f32 for floats, the type itself for integers.
+macro_rules! with_compute {
+    ($dtype:expr, $e:ident, $a:ident => $body:expr) => {
+        match $dtype {
+            DType::F32 => { type $e = f32; type $a = f32; $body }
+            DType::F16 => { type $e = f16; type $a = f32; $body }
+            DType::BF16 => { type $e = bf16; type $a = f32; $body }
+            DType::U32 => { type $e = u32; type $a = u32; $body }
+            DType::I32 => { type $e = i32; type $a = i32; $body }
+            DType::U8 => { type $e = u8; type $a = u32; $body }
+        }
+    };
+}
+
+fn buffer(t: &Tensor) -> &GpuBuffer {
+    match t.storage() {
+        Storage::Gpu(g) => g,
+        Storage::Cpu(_) => unreachable!("GPU lowering received a CPU tensor"),
+    }
+}
+
+fn array<R: Runtime>(g: &GpuBuffer, dtype: DType) -> ArrayArg<R> {
+    // SAFETY: the handle holds at least `bytes` bytes; kernels index inside the layouts
+    // that ops have validated against the buffer.
+    unsafe { ArrayArg::from_raw_parts(g.handle.clone(), (g.bytes / dtype.size()).max(1)) }
+}
+
+fn upload_u32<R: Runtime>(client: &ComputeClient<R>, values: &[u32]) -> Handle {
+    let mut v = values.to_vec();
+    if v.is_empty() {
+        v.push(0);
+    }
+    client.create_from_slice(bytemuck::cast_slice(&v))
+}
+
+fn grid(units: usize, per_cube: u32) -> CubeCount {
+    let cubes = units.div_ceil(per_cube as usize).max(1) as u32;
+    // wgpu caps each dispatch dimension at 65535 workgroups.
+    if cubes <= 65535 {
+        CubeCount::Static(cubes, 1, 1)
+    } else {
+        CubeCount::Static(65535, cubes.div_ceil(65535), 1)
+    }
+}
+
+fn rows_grid(rows: usize) -> CubeCount {
+    grid(rows, 1)
+}
+
+/// A new output tensor on `device`.
+pub fn empty(device: &Device, dtype: DType, shape: &[usize]) -> Tensor {
+    let numel: usize = shape.iter().product();
+    Tensor::from_storage(device.alloc(numel * dtype.size()), Layout::contiguous(shape), dtype, device.clone())
+}
+
+/// Writes `op(src)` (converted to `dst_dtype`) into the view `dst_layout` of `dst`.
+pub fn unary_into(src: &Tensor, dst: &GpuBuffer, dst_dtype: DType, dst_layout: &Layout, op: u32) -> Result<()> {
+    let rank = src.rank();
+    let mut layout = vec![src.layout().offset() as u32, dst_layout.offset() as u32];
+    for d in (0..rank).rev() {
+        layout.extend([src.shape()[d] as u32, src.strides()[d] as u32, dst_layout.strides()[d] as u32]);
+    }
+    let numel = src.numel();
+    if numel == 0 {
+        return Ok(());
+    }
+    with_client!(src.device(), c => {
+        let layout = upload_u32(c, &layout);
+        with_dtype!(src.dtype(), I => with_dtype!(dst_dtype, O => unsafe {
+            elementwise::unary_strided::launch_unchecked::<I, O, _>(
+                c,
+                grid(numel, ELEMENTWISE_CUBE),
+                CubeDim::new_1d(ELEMENTWISE_CUBE),
+                array(buffer(src), src.dtype()),
+                array(dst, dst_dtype),
+                ArrayArg::from_raw_parts(layout.clone(), 2 + 3 * rank),
+                numel as u32,
+                rank,
+                op,
+            )
+        }))
+    });
+    Ok(())
+}
+
+pub fn unary(x: &Tensor, dtype: DType, op: u32) -> Result<Tensor> {
+    let out = empty(x.device(), dtype, x.shape());
+    unary_into(x, buffer(&out), dtype, out.layout(), op)?;
+    Ok(out)
+}
+
+/// `a` and `b` are already broadcast to the output shape.
+pub fn binary(a: &Tensor, b: &Tensor, op: u32) -> Result<Tensor> {
+    let out = empty(a.device(), a.dtype(), a.shape());
+    let rank = a.rank();
+    let mut layout = vec![a.layout().offset() as u32, b.layout().offset() as u32, 0];
+    for d in (0..rank).rev() {
+        layout.extend([a.shape()[d] as u32, a.strides()[d] as u32, b.strides()[d] as u32, out.strides()[d] as u32]);
+    }
+    let numel = a.numel();
+    if numel == 0 {
+        return Ok(out);
+    }
+    with_client!(a.device(), c => {
+        let layout = upload_u32(c, &layout);
+        with_compute!(a.dtype(), E, A => unsafe {
+            elementwise::binary_strided::launch_unchecked::<E, A, _>(
+                c,
+                grid(numel, ELEMENTWISE_CUBE),
+                CubeDim::new_1d(ELEMENTWISE_CUBE),
+                array(buffer(a), a.dtype()),
+                array(buffer(b), b.dtype()),
+                array(buffer(&out), out.dtype()),
+                ArrayArg::from_raw_parts(layout.clone(), 3 + 4 * rank),
+                numel as u32,
+                rank,
+                op,
+            )
+        })
+    });
+    Ok(out)
+}
+
+/// Row kernels take a dense `[rows, n]` input.
+fn rows_of(x: &Tensor) -> (usize, usize) {
+    let n = *x.shape().last().unwrap();
+    (x.numel() / n, n)
+}
+
+pub fn reduce(x: &Tensor, op: u32) -> Result<Tensor> {
+    let (rows, n) = rows_of(x);
+    let out = empty(x.device(), x.dtype(), &x.shape()[..x.rank() - 1]);
+    with_client!(x.device(), c => with_dtype!(x.dtype(), E => unsafe {
+        reduce::reduce_rows::launch_unchecked::<E, _>(
+            c, rows_grid(rows), CubeDim::new_1d(ROW_CUBE), array(buffer(x), x.dtype()), array(buffer(&out), out.dtype()), n as u32, rows as u32, op, ROW_CUBE,
+        )
+    }));
+    Ok(out)
+}
+
+pub fn argmax(x: &Tensor) -> Result<Tensor> {
+    let (rows, n) = rows_of(x);
+    let out = empty(x.device(), DType::U32, &x.shape()[..x.rank() - 1]);
+    with_client!(x.device(), c => with_dtype!(x.dtype(), E => unsafe {
+        reduce::argmax_rows::launch_unchecked::<E, _>(
+            c, rows_grid(rows), CubeDim::new_1d(ROW_CUBE), array(buffer(x), x.dtype()), array(buffer(&out), out.dtype()), n as u32, rows as u32, ROW_CUBE,
+        )
+    }));
+    Ok(out)
+}
+
+pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    let (rows, n) = rows_of(x);
+    let out = empty(x.device(), x.dtype(), x.shape());
+    with_client!(x.device(), c => with_dtype!(x.dtype(), E => unsafe {
+        reduce::softmax_rows::launch_unchecked::<E, _>(
+            c, rows_grid(rows), CubeDim::new_1d(ROW_CUBE), array(buffer(x), x.dtype()), array(buffer(&out), out.dtype()), n as u32, rows as u32, ROW_CUBE,
+        )
+    }));
+    Ok(out)
+}
+
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+    let (rows, n) = rows_of(x);
+    let out = empty(x.device(), x.dtype(), x.shape());
+    with_client!(x.device(), c => with_dtype!(x.dtype(), E => unsafe {
+        reduce::rms_norm_rows::launch_unchecked::<E, _>(
+            c, rows_grid(rows), CubeDim::new_1d(ROW_CUBE), array(buffer(x), x.dtype()), array(buffer(weight), weight.dtype()), array(buffer(&out), out.dtype()), n as u32, rows as u32, eps, ROW_CUBE,
+        )
+    }));
+    Ok(out)
+}
+
+/// `table` dense `[vocab, dim]`, `ids` dense.
+pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let (vocab, dim) = (table.shape()[0], table.shape()[1]);
+    let mut shape = ids.shape().to_vec();
+    shape.push(dim);
+    let out = empty(table.device(), table.dtype(), &shape);
+    let numel = out.numel();
+    if numel == 0 {
+        return Ok(out);
+    }
+    with_client!(table.device(), c => with_dtype!(table.dtype(), E => with_dtype!(ids.dtype(), I => unsafe {
+        gather::embedding::launch_unchecked::<E, I, _>(
+            c,
+            grid(numel, ELEMENTWISE_CUBE),
+            CubeDim::new_1d(ELEMENTWISE_CUBE),
+            array(buffer(table), table.dtype()),
+            array(buffer(ids), ids.dtype()),
+            array(buffer(&out), out.dtype()),
+            vocab as u32,
+            dim as u32,
+            numel as u32,
+        )
+    })));
+    Ok(out)
+}
+
+/// Copies each part into its slice of a new tensor along `dim`.
+pub fn concat(parts: &[&Tensor], dim: usize, shape: &[usize]) -> Result<Tensor> {
+    let out = empty(parts[0].device(), parts[0].dtype(), shape);
+    let mut start = 0;
+    for p in parts {
+        let view = out.layout().narrow(dim, start, p.shape()[dim])?;
+        unary_into(p, buffer(&out), out.dtype(), &view, elementwise::OP_COPY)?;
+        start += p.shape()[dim];
+    }
+    Ok(out)
+}

@@ -1,0 +1,35 @@
+//! The op table: every op of the set, by name. The op-coverage test walks it and fails
+//! when an op here has no case there, so a new op cannot land untested.
+
+/// One row of the op table.
+#[derive(Clone, Copy, Debug)]
+pub struct OpEntry {
+    pub name: &'static str,
+    /// The kernel(s) it lowers to in `nextflow-shaders`.
+    pub kernel: &'static str,
+}
+
+pub const OP_TABLE: &[OpEntry] = &[
+    OpEntry { name: "neg", kernel: "elementwise::unary_strided" },
+    OpEntry { name: "exp", kernel: "elementwise::unary_strided" },
+    OpEntry { name: "sqrt", kernel: "elementwise::unary_strided" },
+    OpEntry { name: "rsqrt", kernel: "elementwise::unary_strided" },
+    OpEntry { name: "tanh", kernel: "elementwise::unary_strided" },
+    OpEntry { name: "silu", kernel: "elementwise::unary_strided" },
+    OpEntry { name: "gelu_erf", kernel: "elementwise::unary_strided" },
+    OpEntry { name: "cast", kernel: "elementwise::unary_strided (copy)" },
+    OpEntry { name: "contiguous", kernel: "elementwise::unary_strided (copy)" },
+    OpEntry { name: "add", kernel: "elementwise::binary_strided" },
+    OpEntry { name: "sub", kernel: "elementwise::binary_strided" },
+    OpEntry { name: "mul", kernel: "elementwise::binary_strided" },
+    OpEntry { name: "div", kernel: "elementwise::binary_strided" },
+    OpEntry { name: "max", kernel: "elementwise::binary_strided" },
+    OpEntry { name: "sum", kernel: "reduce::reduce_rows" },
+    OpEntry { name: "reduce_max", kernel: "reduce::reduce_rows" },
+    OpEntry { name: "mean", kernel: "reduce::reduce_rows" },
+    OpEntry { name: "argmax", kernel: "reduce::argmax_rows" },
+    OpEntry { name: "softmax", kernel: "reduce::softmax_rows" },
+    OpEntry { name: "rms_norm", kernel: "reduce::rms_norm_rows" },
+    OpEntry { name: "embedding", kernel: "gather::embedding" },
+    OpEntry { name: "concat", kernel: "elementwise::unary_strided (copy into views)" },
+];

@@ -1,0 +1,169 @@
+//! One-row-per-cube kernels over the last dim of a contiguous `[rows, n]` input:
+//! reductions, softmax and RMSNorm. Each unit strides over the row accumulating in f32,
+//! then the cube combines partials through shared memory (no plane ops: lavapipe lacks them).
+
+use cubecl::prelude::*;
+
+pub const REDUCE_SUM: u32 = 0;
+pub const REDUCE_MAX: u32 = 1;
+pub const REDUCE_MEAN: u32 = 2;
+
+/// Cube-wide sum (or max) of one f32 per unit; every unit receives the result.
+#[cube]
+fn cube_combine(partial: f32, shared: &mut SharedMemory<f32>, #[comptime] block: u32, #[comptime] is_max: bool) -> f32 {
+    let unit = UNIT_POS as usize;
+    shared[unit] = partial;
+    sync_cube();
+    let mut stride = comptime![block / 2] as usize;
+    while stride > 0 {
+        if unit < stride {
+            if comptime![is_max] {
+                shared[unit] = f32::max(shared[unit], shared[unit + stride]);
+            } else {
+                shared[unit] = shared[unit] + shared[unit + stride];
+            }
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    let total = shared[0];
+    sync_cube();
+    total
+}
+
+/// `out[row] = sum | max | mean(input[row, :])`.
+#[cube(launch_unchecked)]
+pub fn reduce_rows<E: Numeric>(input: &Array<E>, output: &mut Array<E>, n: u32, rows: u32, #[comptime] op: u32, #[comptime] block: u32) {
+    let row = CUBE_POS;
+    if row >= rows as usize {
+        terminate!();
+    }
+    let n = n as usize;
+    let base = row * n;
+    let mut shared = SharedMemory::<f32>::new(comptime![block as usize]);
+    let is_max = comptime![op == REDUCE_MAX];
+    let mut acc = 0.0f32.runtime();
+    if comptime![is_max] {
+        acc = f32::NEG_INFINITY;
+    }
+    let mut i = UNIT_POS as usize;
+    while i < n {
+        let x = f32::cast_from(input[base + i]);
+        if comptime![op == REDUCE_MAX] {
+            acc = f32::max(acc, x);
+        } else {
+            acc += x;
+        }
+        i += block as usize;
+    }
+    let total = cube_combine(acc, &mut shared, block, is_max);
+    if UNIT_POS == 0 {
+        if comptime![op == REDUCE_MEAN] {
+            output[row] = E::cast_from(total / f32::cast_from(n));
+        } else {
+            output[row] = E::cast_from(total);
+        }
+    }
+}
+
+/// `out[row] = index of the largest element of input[row, :]` (first index on ties).
+#[cube(launch_unchecked)]
+pub fn argmax_rows<E: Numeric>(input: &Array<E>, output: &mut Array<u32>, n: u32, rows: u32, #[comptime] block: u32) {
+    let row = CUBE_POS;
+    if row >= rows as usize {
+        terminate!();
+    }
+    let n = n as usize;
+    let base = row * n;
+    let unit = UNIT_POS as usize;
+    let mut values = SharedMemory::<f32>::new(comptime![block as usize]);
+    let mut indices = SharedMemory::<u32>::new(comptime![block as usize]);
+    let mut best = f32::NEG_INFINITY.runtime();
+    let mut best_i = n as u32;
+    let mut i = unit;
+    while i < n {
+        let x = f32::cast_from(input[base + i]);
+        // Strictly greater keeps the first index, as units walk their indices in order.
+        if x > best || best_i == n as u32 {
+            best = x;
+            best_i = i as u32;
+        }
+        i += block as usize;
+    }
+    values[unit] = best;
+    indices[unit] = best_i;
+    sync_cube();
+    let mut stride = comptime![block / 2] as usize;
+    while stride > 0 {
+        if unit < stride {
+            let (v, j) = (values[unit + stride], indices[unit + stride]);
+            let (w, k) = (values[unit], indices[unit]);
+            if v > w || (v == w && j < k) {
+                values[unit] = v;
+                indices[unit] = j;
+            }
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    if unit == 0 {
+        output[row] = indices[0];
+    }
+}
+
+/// Numerically stable softmax of each row: `exp(x - max) / sum(exp(x - max))`.
+#[cube(launch_unchecked)]
+pub fn softmax_rows<E: Numeric>(input: &Array<E>, output: &mut Array<E>, n: u32, rows: u32, #[comptime] block: u32) {
+    let row = CUBE_POS;
+    if row >= rows as usize {
+        terminate!();
+    }
+    let n = n as usize;
+    let base = row * n;
+    let mut shared = SharedMemory::<f32>::new(comptime![block as usize]);
+    let mut local_max = f32::NEG_INFINITY.runtime();
+    let mut i = UNIT_POS as usize;
+    while i < n {
+        local_max = f32::max(local_max, f32::cast_from(input[base + i]));
+        i += block as usize;
+    }
+    let row_max = cube_combine(local_max, &mut shared, block, true);
+    let mut local_sum = 0.0f32;
+    i = UNIT_POS as usize;
+    while i < n {
+        local_sum += f32::exp(f32::cast_from(input[base + i]) - row_max);
+        i += block as usize;
+    }
+    let inv_sum = 1.0f32 / cube_combine(local_sum, &mut shared, block, false);
+    i = UNIT_POS as usize;
+    while i < n {
+        output[base + i] = E::cast_from(f32::exp(f32::cast_from(input[base + i]) - row_max) * inv_sum);
+        i += block as usize;
+    }
+}
+
+/// RMSNorm of each row with f32 statistics: `x / sqrt(mean(x²) + eps) * weight`.
+#[cube(launch_unchecked)]
+pub fn rms_norm_rows<E: Numeric>(input: &Array<E>, weight: &Array<E>, output: &mut Array<E>, n: u32, rows: u32, eps: f32, #[comptime] block: u32) {
+    let row = CUBE_POS;
+    if row >= rows as usize {
+        terminate!();
+    }
+    let n = n as usize;
+    let base = row * n;
+    let mut shared = SharedMemory::<f32>::new(comptime![block as usize]);
+    let mut local = 0.0f32;
+    let mut i = UNIT_POS as usize;
+    while i < n {
+        let x = f32::cast_from(input[base + i]);
+        local += x * x;
+        i += block as usize;
+    }
+    let sum_sq = cube_combine(local, &mut shared, block, false);
+    let scale = f32::inverse_sqrt(sum_sq / f32::cast_from(n) + eps);
+    i = UNIT_POS as usize;
+    while i < n {
+        output[base + i] = E::cast_from(f32::cast_from(input[base + i]) * scale * f32::cast_from(weight[i]));
+        i += block as usize;
+    }
+}

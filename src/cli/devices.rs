@@ -1,0 +1,62 @@
+//! `nextflow devices`.
+
+use nextflow_runtime::{DeviceInfo, Discovery};
+
+fn memory(bytes: Option<u64>) -> String {
+    match bytes {
+        Some(b) => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        None => "-".into(),
+    }
+}
+
+fn yes(flag: bool) -> &'static str {
+    if flag {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// The table `nextflow devices` prints: one row per device, `*` on the one auto picks,
+/// then each backend that could not be used and why.
+pub fn render(discovery: &Discovery) -> String {
+    let auto = discovery.auto();
+    let is_auto = |d: &DeviceInfo| d.backend == auto.backend && d.index == auto.index;
+    let rows: Vec<[String; 8]> = discovery
+        .devices
+        .iter()
+        .map(|d| {
+            [
+                format!("{} {}", if is_auto(d) { "*" } else { " " }, d.spec()),
+                d.backend.name().into(),
+                d.kind.name().into(),
+                memory(d.memory_bytes),
+                yes(d.f16).into(),
+                yes(d.bf16).into(),
+                yes(d.planes).into(),
+                d.name.clone(),
+            ]
+        })
+        .collect();
+    let header = ["  DEVICE", "BACKEND", "KIND", "MEMORY", "F16", "BF16", "PLANES", "NAME"].map(String::from);
+    let mut widths = [0usize; 8];
+    for row in std::iter::once(&header).chain(&rows) {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out.push_str("\n* = chosen by --device auto (software rasterizers are never chosen)\n");
+    if !discovery.unavailable.is_empty() {
+        out.push_str("\nunavailable:\n");
+        for u in &discovery.unavailable {
+            out.push_str(&format!("  {}: {}\n", u.backend, u.reason));
+        }
+    }
+    out
+}

@@ -14,7 +14,7 @@ fn cube_combine(partial: f32, shared: &mut SharedMemory<f32>, #[comptime] block:
     let unit = UNIT_POS as usize;
     shared[unit] = partial;
     sync_cube();
-    let mut stride = comptime![block / 2] as usize;
+    let mut stride = comptime![(block / 2) as usize].runtime();
     while stride > 0 {
         if unit < stride {
             if comptime![is_max] {
@@ -42,9 +42,10 @@ pub fn reduce_rows<E: Numeric>(input: &Array<E>, output: &mut Array<E>, n: u32, 
     let base = row * n;
     let mut shared = SharedMemory::<f32>::new(comptime![block as usize]);
     let is_max = comptime![op == REDUCE_MAX];
+    // f32::MIN, not -inf: WGSL has no infinity literal.
     let mut acc = 0.0f32.runtime();
     if comptime![is_max] {
-        acc = f32::NEG_INFINITY;
+        acc = f32::MIN;
     }
     let mut i = UNIT_POS as usize;
     while i < n {
@@ -78,7 +79,7 @@ pub fn argmax_rows<E: Numeric>(input: &Array<E>, output: &mut Array<u32>, n: u32
     let unit = UNIT_POS as usize;
     let mut values = SharedMemory::<f32>::new(comptime![block as usize]);
     let mut indices = SharedMemory::<u32>::new(comptime![block as usize]);
-    let mut best = f32::NEG_INFINITY.runtime();
+    let mut best = f32::MIN.runtime();
     let mut best_i = n as u32;
     let mut i = unit;
     while i < n {
@@ -93,7 +94,7 @@ pub fn argmax_rows<E: Numeric>(input: &Array<E>, output: &mut Array<u32>, n: u32
     values[unit] = best;
     indices[unit] = best_i;
     sync_cube();
-    let mut stride = comptime![block / 2] as usize;
+    let mut stride = comptime![(block / 2) as usize].runtime();
     while stride > 0 {
         if unit < stride {
             let (v, j) = (values[unit + stride], indices[unit + stride]);
@@ -121,7 +122,7 @@ pub fn softmax_rows<E: Numeric>(input: &Array<E>, output: &mut Array<E>, n: u32,
     let n = n as usize;
     let base = row * n;
     let mut shared = SharedMemory::<f32>::new(comptime![block as usize]);
-    let mut local_max = f32::NEG_INFINITY.runtime();
+    let mut local_max = f32::MIN.runtime();
     let mut i = UNIT_POS as usize;
     while i < n {
         local_max = f32::max(local_max, f32::cast_from(input[base + i]));

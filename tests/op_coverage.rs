@@ -1,0 +1,232 @@
+//! The op-coverage test: walks the whole op table on every available device and compares
+//! each op with the f64 CPU reference (`nextflow_ops::reference`), on random inputs with
+//! odd sizes, contiguous and strided, f32 and f16, outputs poisoned before every run.
+//!
+//! Tolerances (ARCHITECTURE.md, the op contract): f32 NMSE <= 1e-7; f16 normalized RMS
+//! error <= 1e-2 against the f32/f64 reference; integer outputs exact.
+//! Outside CI a missing Vulkan adapter is reported as skipped; with CI=true it fails.
+
+use nextflow_ops::reference::{self as r, HostArray};
+use nextflow_ops::{BinaryOp, ReduceOp, UnaryOp, OP_TABLE};
+use nextflow_runtime::{discover, set_poison_outputs, Backend, DType, Device, Result, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeSet;
+
+/// Row lengths and element counts: 1, 7, 33 and above 1000 (not multiples of cube sizes).
+const ROW_SHAPES: &[&[usize]] = &[&[1], &[7], &[3, 33], &[2, 1031]];
+
+struct Checker<'a> {
+    device: &'a Device,
+    covered: BTreeSet<&'static str>,
+    failures: Vec<String>,
+    checks: usize,
+}
+
+impl Checker<'_> {
+    fn compare(&mut self, op: &'static str, label: &str, dtype: DType, got: Result<Tensor>, want: &HostArray) {
+        self.covered.insert(op);
+        self.checks += 1;
+        let what = format!("{op} [{label}] {dtype} on {}", self.device.info().spec());
+        // Launches return before errors surface: sync so a failed compile or launch is named.
+        let got = got.and_then(|t| self.device.sync().map(|_| t));
+        let got = match got.and_then(|t| {
+            if !t.device().same(self.device) {
+                panic!("{what}: result left the device");
+            }
+            Ok((t.shape().to_vec(), t.dtype(), t.to_f64_vec()?))
+        }) {
+            Ok(v) => v,
+            Err(e) => return self.failures.push(format!("{what}: error {e}")),
+        };
+        let (shape, out_dtype, values) = got;
+        if shape != want.shape {
+            return self.failures.push(format!("{what}: shape {shape:?}, expected {:?}", want.shape));
+        }
+        if !out_dtype.is_float() {
+            if let Some(i) = (0..values.len()).find(|&i| values[i] != want.data[i]) {
+                self.failures.push(format!("{what}: element {i} is {}, expected {}", values[i], want.data[i]));
+            }
+            return;
+        }
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return self.failures.push(format!("{what}: element {i} is {} (unwritten or overflow)", values[i]));
+        }
+        let err: f64 = values.iter().zip(&want.data).map(|(a, b)| (a - b) * (a - b)).sum();
+        let norm: f64 = want.data.iter().map(|b| b * b).sum::<f64>().max(1e-30);
+        // f16 cannot hold values below its smallest normal to 1e-2: measure those absolutely.
+        let norm = if out_dtype == DType::F32 { norm } else { norm.max(values.len() as f64 * 6.1e-5 * 6.1e-5) };
+        let nmse = err / norm;
+        let limit = match out_dtype {
+            DType::F32 => 1e-7,
+            _ => 1e-4, // (1e-2 relative RMS)²
+        };
+        if nmse > limit {
+            self.failures.push(format!("{what}: NMSE {nmse:.3e} > {limit:.0e}"));
+        }
+    }
+}
+
+fn random(rng: &mut StdRng, shape: &[usize], dtype: DType, lo: f64, hi: f64, device: &Device) -> (Tensor, HostArray) {
+    let n: usize = shape.iter().product();
+    let values: Vec<f64> = (0..n).map(|_| rng.random_range(lo..hi)).collect();
+    let t = Tensor::from_f64(&values, dtype, shape, device).unwrap();
+    // The reference sees exactly the values the device holds (rounded to dtype).
+    let h = r::cast(&HostArray::new(shape, values), dtype);
+    (t, h)
+}
+
+/// A non-contiguous view with the given logical shape: a narrowed, transposed parent.
+fn strided(rng: &mut StdRng, shape: &[usize], dtype: DType, lo: f64, hi: f64, device: &Device) -> (Tensor, HostArray) {
+    let mut parent_shape: Vec<usize> = shape.iter().rev().copied().collect();
+    parent_shape[0] += 2;
+    let (parent, _) = random(rng, &parent_shape, dtype, lo, hi, device);
+    let rank = shape.len();
+    let view = parent.narrow(0, 1, shape[rank - 1]).unwrap().permute(&(0..rank).rev().collect::<Vec<_>>()).unwrap();
+    assert!(rank == 1 || !view.is_contiguous());
+    let h = HostArray::of(&view).unwrap();
+    (view, h)
+}
+
+fn unary_range(op: UnaryOp) -> (f64, f64) {
+    match op {
+        UnaryOp::Sqrt | UnaryOp::Rsqrt => (0.05, 9.0),
+        UnaryOp::Exp => (-6.0, 6.0),
+        UnaryOp::Tanh | UnaryOp::Silu | UnaryOp::GeluErf => (-8.0, 8.0),
+        UnaryOp::Neg => (-3.0, 3.0),
+    }
+}
+
+fn unary_name(op: UnaryOp) -> &'static str {
+    match op {
+        UnaryOp::Neg => "neg",
+        UnaryOp::Exp => "exp",
+        UnaryOp::Sqrt => "sqrt",
+        UnaryOp::Rsqrt => "rsqrt",
+        UnaryOp::Tanh => "tanh",
+        UnaryOp::Silu => "silu",
+        UnaryOp::GeluErf => "gelu_erf",
+    }
+}
+
+fn run_device(device: &Device, dtype: DType, ck: &mut Checker) {
+    let mut rng = StdRng::seed_from_u64(0x5eed ^ dtype.size() as u64);
+    let d = device;
+    for &shape in ROW_SHAPES {
+        let label = format!("{shape:?}");
+        for op in UnaryOp::ALL {
+            let (lo, hi) = unary_range(op);
+            let (x, hx) = random(&mut rng, shape, dtype, lo, hi, d);
+            ck.compare(unary_name(op), &label, dtype, nextflow_ops::unary(&x, op), &r::unary(op, &hx));
+            let (x, hx) = strided(&mut rng, shape, dtype, lo, hi, d);
+            ck.compare(unary_name(op), &format!("{label} strided"), dtype, nextflow_ops::unary(&x, op), &r::unary(op, &hx));
+        }
+        let (x, hx) = strided(&mut rng, shape, dtype, -100.0, 100.0, d);
+        ck.compare("contiguous", &label, dtype, nextflow_ops::contiguous(&x), &hx);
+        for to in [DType::F32, DType::F16, DType::BF16, DType::U32, DType::I32, DType::U8] {
+            // Float → int truncates; keep values in every target's range.
+            let (lo, hi) = if to.is_float() { (-300.0, 300.0) } else { (0.0, 250.0) };
+            let (x, hx) = strided(&mut rng, shape, dtype, lo, hi, d);
+            ck.compare("cast", &format!("{label} -> {to}"), to, nextflow_ops::cast(&x, to), &r::cast(&hx, to));
+        }
+        for op in BinaryOp::ALL {
+            let name = ["add", "sub", "mul", "div", "max"][op as usize];
+            let (a, ha) = random(&mut rng, shape, dtype, -4.0, 4.0, d);
+            let (b, hb) = random(&mut rng, shape, dtype, 0.5, 3.0, d);
+            ck.compare(name, &label, dtype, nextflow_ops::binary(&a, &b, op), &r::binary(op, &ha, &hb));
+            // Broadcast: a row vector against a column, and a strided lhs.
+            let n = *shape.last().unwrap();
+            let (row, hrow) = random(&mut rng, &[n], dtype, 0.5, 3.0, d);
+            let (col, hcol) = random(&mut rng, &[5, 1], dtype, -4.0, 4.0, d);
+            ck.compare(name, &format!("[5,1]x[{n}]"), dtype, nextflow_ops::binary(&col, &row, op), &r::binary(op, &hcol, &hrow));
+            let (s, hs) = strided(&mut rng, shape, dtype, -4.0, 4.0, d);
+            ck.compare(name, &format!("{label} strided x [{n}]"), dtype, nextflow_ops::binary(&s, &row, op), &r::binary(op, &hs, &hrow));
+        }
+        for op in ReduceOp::ALL {
+            let name = ["sum", "reduce_max", "mean"][op as usize];
+            let (x, hx) = random(&mut rng, shape, dtype, -3.0, 3.0, d);
+            ck.compare(name, &label, dtype, nextflow_ops::reduce(&x, op), &r::reduce(op, &hx));
+            let (x, hx) = strided(&mut rng, shape, dtype, -3.0, 3.0, d);
+            ck.compare(name, &format!("{label} strided"), dtype, nextflow_ops::reduce(&x, op), &r::reduce(op, &hx));
+        }
+        let (x, hx) = random(&mut rng, shape, dtype, -3.0, 3.0, d);
+        ck.compare("argmax", &label, DType::U32, nextflow_ops::argmax(&x), &r::argmax(&hx));
+        // Ties: many equal maxima, the first index must win.
+        let n = *shape.last().unwrap();
+        let tied: Vec<f64> = (0..x.numel()).map(|i| ((i % n) % 3) as f64).collect();
+        let (t, ht) = (Tensor::from_f64(&tied, dtype, shape, d).unwrap(), HostArray::new(shape, tied.clone()));
+        ck.compare("argmax", &format!("{label} ties"), DType::U32, nextflow_ops::argmax(&t), &r::argmax(&ht));
+        let (x, hx) = random(&mut rng, shape, dtype, -30.0, 30.0, d);
+        ck.compare("softmax", &label, dtype, nextflow_ops::softmax(&x), &r::softmax(&hx));
+        let (x, hx) = strided(&mut rng, shape, dtype, -3.0, 3.0, d);
+        ck.compare("softmax", &format!("{label} strided"), dtype, nextflow_ops::softmax(&x), &r::softmax(&hx));
+        let (x, hx) = random(&mut rng, shape, dtype, -3.0, 3.0, d);
+        let (w, hw) = random(&mut rng, &[n], dtype, 0.5, 1.5, d);
+        ck.compare("rms_norm", &label, dtype, nextflow_ops::rms_norm(&x, &w, 1e-6), &r::rms_norm(&hx, &hw, 1e-6));
+    }
+    for (vocab, dim, ids) in [(1usize, 7usize, vec![0u32]), (33, 7, vec![5, 0, 32, 5, 17]), (1031, 33, (0..40).map(|i| (i * 97) % 1031).collect())] {
+        let (table, htable) = random(&mut rng, &[vocab, dim], dtype, -2.0, 2.0, d);
+        let shape = [ids.len()];
+        let hids = HostArray::new(&shape, ids.iter().map(|&i| i as f64).collect());
+        let label = format!("[{vocab},{dim}] x {} ids", ids.len());
+        let want = r::embedding(&htable, &hids);
+        let u = Tensor::from_slice(&ids, &shape, d).unwrap();
+        ck.compare("embedding", &format!("{label} u32"), dtype, nextflow_ops::embedding(&table, &u), &want);
+        let signed: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+        let s = Tensor::from_slice(&signed, &shape, d).unwrap();
+        ck.compare("embedding", &format!("{label} i32"), dtype, nextflow_ops::embedding(&table, &s), &want);
+    }
+    for (shapes, dim) in [(vec![[1usize, 7], [3, 7], [33, 7]], 0usize), (vec![[5, 1], [5, 33], [5, 1031]], 1)] {
+        let parts: Vec<(Tensor, HostArray)> = shapes.iter().map(|s| random(&mut rng, s, dtype, -5.0, 5.0, d)).collect();
+        let tensors: Vec<&Tensor> = parts.iter().map(|p| &p.0).collect();
+        let hosts: Vec<HostArray> = parts.iter().map(|p| p.1.clone()).collect();
+        ck.compare("concat", &format!("{shapes:?} dim {dim}"), dtype, nextflow_ops::concat(&tensors, dim), &r::concat(&hosts, dim));
+    }
+    // A strided part (a transposed view) joins dense ones.
+    let (a, ha) = random(&mut rng, &[4, 9], dtype, -5.0, 5.0, d);
+    let (b, hb) = strided(&mut rng, &[4, 3], dtype, -5.0, 5.0, d);
+    ck.compare("concat", "[4,9] + strided [4,3] dim 1", dtype, nextflow_ops::concat(&[&a, &b], 1), &r::concat(&[ha, hb], 1));
+}
+
+#[test]
+fn op_coverage_every_device() {
+    set_poison_outputs(true);
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    let found = discover();
+    let has_vulkan = found.devices.iter().any(|d| d.backend == Backend::Vulkan);
+    if !has_vulkan {
+        let why = found.unavailable.iter().find(|u| u.backend == Backend::Vulkan).map(|u| u.reason.as_str()).unwrap_or("none found");
+        assert!(!in_ci, "CI=true but no Vulkan adapter: {why}");
+        println!("SKIPPED vulkan: {why}");
+    }
+    let mut failures = Vec::new();
+    for info in &found.devices {
+        let device = Device::open_info(info).unwrap();
+        for dtype in [DType::F32, DType::F16] {
+            let mut ck = Checker { device: &device, covered: BTreeSet::new(), failures: Vec::new(), checks: 0 };
+            let fallback: Vec<&str> =
+                DType::ALL.iter().filter(|&&t| !device.supports(t)).map(|t| t.name()).collect();
+            let path = match (device.is_cpu(), device.supports(dtype)) {
+                (true, _) => "the native CPU backend".to_string(),
+                (false, false) => "CPU fallback: this device has no kernels for this dtype".to_string(),
+                (false, true) if fallback.is_empty() => "kernels".to_string(),
+                (false, true) => format!("kernels (casts to {} via CPU fallback)", fallback.join(", ")),
+            };
+            let started = std::time::Instant::now();
+            run_device(&device, dtype, &mut ck);
+            let missing: Vec<&str> = OP_TABLE.iter().map(|e| e.name).filter(|n| !ck.covered.contains(n)).collect();
+            assert!(missing.is_empty(), "ops in the table without a coverage case: {missing:?}");
+            println!(
+                "op-coverage {:<9} {dtype}: {} ops, {} checks, {} failures, via {path} ({:.1}s) on {}",
+                info.spec(),
+                ck.covered.len(),
+                ck.checks,
+                ck.failures.len(),
+                started.elapsed().as_secs_f64(),
+                info.name
+            );
+            failures.extend(ck.failures);
+        }
+    }
+    assert!(failures.is_empty(), "{} op-coverage failures:\n{}", failures.len(), failures.join("\n"));
+}

@@ -81,6 +81,31 @@ fn rows_grid(rows: usize) -> CubeCount {
     grid(rows, 1)
 }
 
+/// Merges adjacent dims that every operand walks contiguously (and drops size-1 dims), so a
+/// dense tensor is indexed as rank 1: fewer divisions per element, fewer kernel variants.
+fn coalesce(shape: &[usize], strides: &[&[usize]]) -> (Vec<usize>, Vec<Vec<usize>>) {
+    let mut out_shape: Vec<usize> = Vec::new();
+    let mut out_strides: Vec<Vec<usize>> = vec![Vec::new(); strides.len()];
+    for d in 0..shape.len() {
+        if shape[d] == 1 {
+            continue;
+        }
+        let mergeable = out_shape.last().is_some() && strides.iter().zip(&out_strides).all(|(s, o)| *o.last().unwrap() == s[d] * shape[d]);
+        if mergeable {
+            *out_shape.last_mut().unwrap() *= shape[d];
+            for (s, o) in strides.iter().zip(out_strides.iter_mut()) {
+                *o.last_mut().unwrap() = s[d];
+            }
+        } else {
+            out_shape.push(shape[d]);
+            for (s, o) in strides.iter().zip(out_strides.iter_mut()) {
+                o.push(s[d]);
+            }
+        }
+    }
+    (out_shape, out_strides)
+}
+
 /// A new output tensor on `device`.
 pub fn empty(device: &Device, dtype: DType, shape: &[usize]) -> Tensor {
     let numel: usize = shape.iter().product();
@@ -89,10 +114,11 @@ pub fn empty(device: &Device, dtype: DType, shape: &[usize]) -> Tensor {
 
 /// Writes `op(src)` (converted to `dst_dtype`) into the view `dst_layout` of `dst`.
 pub fn unary_into(src: &Tensor, dst: &GpuBuffer, dst_dtype: DType, dst_layout: &Layout, op: u32) -> Result<()> {
-    let rank = src.rank();
+    let (shape, strides) = coalesce(src.shape(), &[src.strides(), dst_layout.strides()]);
+    let rank = shape.len();
     let mut layout = vec![src.layout().offset() as u32, dst_layout.offset() as u32];
     for d in (0..rank).rev() {
-        layout.extend([src.shape()[d] as u32, src.strides()[d] as u32, dst_layout.strides()[d] as u32]);
+        layout.extend([shape[d] as u32, strides[0][d] as u32, strides[1][d] as u32]);
     }
     let numel = src.numel();
     if numel == 0 {
@@ -126,10 +152,11 @@ pub fn unary(x: &Tensor, dtype: DType, op: u32) -> Result<Tensor> {
 /// `a` and `b` are already broadcast to the output shape.
 pub fn binary(a: &Tensor, b: &Tensor, op: u32) -> Result<Tensor> {
     let out = empty(a.device(), a.dtype(), a.shape());
-    let rank = a.rank();
+    let (shape, strides) = coalesce(a.shape(), &[a.strides(), b.strides(), out.strides()]);
+    let rank = shape.len();
     let mut layout = vec![a.layout().offset() as u32, b.layout().offset() as u32, 0];
     for d in (0..rank).rev() {
-        layout.extend([a.shape()[d] as u32, a.strides()[d] as u32, b.strides()[d] as u32, out.strides()[d] as u32]);
+        layout.extend([shape[d] as u32, strides[0][d] as u32, strides[1][d] as u32, strides[2][d] as u32]);
     }
     let numel = a.numel();
     if numel == 0 {
@@ -241,4 +268,19 @@ pub fn concat(parts: &[&Tensor], dim: usize, shape: &[usize]) -> Result<Tensor> 
         start += p.shape()[dim];
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::coalesce;
+
+    #[test]
+    fn coalesce_merges_only_what_every_operand_walks_densely() {
+        // Dense [2,3,4]: one dim of 24.
+        assert_eq!(coalesce(&[2, 3, 4], &[&[12, 4, 1], &[12, 4, 1]]), (vec![24], vec![vec![1], vec![1]]));
+        // A broadcast row ([4] against [2,3,4]) keeps the outer dims apart from the inner one.
+        assert_eq!(coalesce(&[2, 3, 4], &[&[12, 4, 1], &[0, 0, 1]]), (vec![6, 4], vec![vec![4, 1], vec![0, 1]]));
+        // Transposed source: nothing merges; size-1 dims vanish.
+        assert_eq!(coalesce(&[3, 1, 2], &[&[1, 9, 3], &[2, 2, 1]]), (vec![3, 2], vec![vec![1, 3], vec![2, 1]]));
+    }
 }

@@ -22,7 +22,7 @@ impl Layout {
         Layout { shape: shape.to_vec(), strides: contiguous_strides(shape), offset: 0 }
     }
 
-    pub fn new(shape: Vec<usize>, strides: Vec<usize>, offset: usize) -> Layout {
+    pub(crate) fn new(shape: Vec<usize>, strides: Vec<usize>, offset: usize) -> Layout {
         assert_eq!(shape.len(), strides.len(), "layout rank mismatch");
         Layout { shape, strides, offset }
     }

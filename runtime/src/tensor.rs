@@ -151,3 +151,51 @@ impl fmt::Debug for Tensor {
         write!(f, "Tensor({:?}, {}, {:?})", self.shape(), self.dtype, self.device)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{discover, DType};
+
+    fn devices() -> Vec<Device> {
+        discover().devices.iter().map(|d| Device::open_info(d).unwrap()).collect()
+    }
+
+    #[test]
+    fn upload_download_round_trips_every_dtype_on_every_device() {
+        for device in devices() {
+            for dtype in DType::ALL {
+                let values: Vec<f64> = (0..7).map(|i| (i * 3) as f64).collect();
+                let t = Tensor::from_f64(&values, dtype, &[7], &device).unwrap();
+                assert_eq!(t.to_f64_vec().unwrap(), values, "{dtype} on {device}");
+            }
+        }
+    }
+
+    #[test]
+    fn views_share_the_buffer_and_read_back_in_logical_order() {
+        for device in devices() {
+            let t = Tensor::from_slice(&(0..24).collect::<Vec<u32>>(), &[2, 3, 4], &device).unwrap();
+            let v = t.permute(&[2, 0, 1]).unwrap().narrow(0, 1, 2).unwrap();
+            assert!(Arc::ptr_eq(&t.storage, &v.storage), "views never copy");
+            assert_eq!(v.shape(), &[2, 2, 3]);
+            assert_eq!(v.to_vec::<u32>().unwrap(), vec![1, 5, 9, 13, 17, 21, 2, 6, 10, 14, 18, 22]);
+            let b = t.narrow(2, 3, 1).unwrap().broadcast_to(&[2, 3, 2]).unwrap();
+            assert_eq!(b.to_vec::<u32>().unwrap(), vec![3, 3, 7, 7, 11, 11, 15, 15, 19, 19, 23, 23]);
+            let u = t.reshape(&[6, 4]).unwrap().unsqueeze(1).unwrap();
+            assert_eq!(u.shape(), &[6, 1, 4]);
+            assert_eq!(u.to_vec::<u32>().unwrap(), (0..24).collect::<Vec<u32>>());
+        }
+    }
+
+    #[test]
+    fn caller_mistakes_are_errors() {
+        let cpu = Device::cpu();
+        assert!(matches!(Tensor::from_slice(&[1.0f32; 5], &[2, 3], &cpu), Err(Error::DataLength { .. })));
+        let t = Tensor::from_slice(&[1.0f32; 6], &[2, 3], &cpu).unwrap();
+        assert!(matches!(t.to_vec::<u32>(), Err(Error::DTypeMismatch { .. })));
+        assert!(matches!(t.transpose(0, 2), Err(Error::DimOutOfRange { .. })));
+        assert!(matches!(t.unsqueeze(3), Err(Error::DimOutOfRange { .. })));
+        assert!(t.transpose(0, 1).unwrap().reshape(&[6]).is_err());
+    }
+}

@@ -1,12 +1,16 @@
-//! The native CPU backend: f32 compute (f64 for exact copies), rows in parallel with rayon.
+//! The native CPU backend: f32 compute (f64 for exact copies), parallel over chunks or
+//! rows with rayon once a tensor is big enough to pay for threads.
 
-use crate::{reference::unary_scalar, BinaryOp, ReduceOp, UnaryOp};
+use crate::{reference, BinaryOp, ReduceOp, UnaryOp};
 use half::{bf16, f16};
 use nextflow_runtime::{CpuBuffer, DType, Device, Layout, Result, Storage, Tensor};
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// Below this many elements threads cost more than they save.
 const PARALLEL_MIN: usize = 1 << 15;
+/// Elements per parallel work item.
+const CHUNK: usize = 1 << 14;
 
 fn cpu_buffer(t: &Tensor) -> &CpuBuffer {
     match t.storage() {
@@ -15,19 +19,32 @@ fn cpu_buffer(t: &Tensor) -> &CpuBuffer {
     }
 }
 
-/// Logical values of a float view as f32.
-pub fn read_f32(t: &Tensor) -> Vec<f32> {
+/// Fills `out` (logical elements `start..start + out.len()` of `t`) with f32 values.
+fn gather_f32(t: &Tensor, start: usize, out: &mut [f32]) {
     let buf = cpu_buffer(t);
     let l = t.layout();
     let dense = l.is_contiguous();
-    let range = l.offset()..l.offset() + t.numel();
+    let len = out.len();
     macro_rules! gather {
         ($ty:ty, $conv:expr) => {{
             let s = buf.as_slice::<$ty>();
             if dense {
-                s[range].iter().map($conv).collect()
+                let base = l.offset() + start;
+                out.iter_mut().zip(&s[base..base + len]).for_each(|(o, v)| *o = $conv(v));
             } else {
-                l.offsets().map(|o| $conv(&s[o])).collect()
+                // Walk whole runs of the innermost dim: one offset computation per run.
+                let inner = *l.shape().last().unwrap();
+                let step = *l.strides().last().unwrap();
+                let mut i = 0;
+                while i < len {
+                    let col = (start + i) % inner;
+                    let run = (inner - col).min(len - i);
+                    let base = l.offsets_range(start + i, 1).next().unwrap();
+                    for (k, o) in out[i..i + run].iter_mut().enumerate() {
+                        *o = $conv(&s[base + k * step]);
+                    }
+                    i += run;
+                }
             }
         }};
     }
@@ -41,30 +58,100 @@ pub fn read_f32(t: &Tensor) -> Vec<f32> {
     }
 }
 
-/// Wraps f32 results as a new contiguous tensor of `dtype` on the CPU.
-pub fn write_f32(values: &[f32], dtype: DType, shape: &[usize], device: &Device) -> Tensor {
-    let mut buf = CpuBuffer::filled(values.len() * dtype.size(), 0);
+/// Fills `out` chunk by chunk, in parallel when it is big: `f(first_index, chunk)`.
+fn par_fill<T: Send>(out: &mut [T], f: impl Fn(usize, &mut [T]) + Sync) {
+    if out.len() >= PARALLEL_MIN {
+        out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, c)| f(i * CHUNK, c));
+    } else {
+        f(0, out);
+    }
+}
+
+/// Logical values of a view as f32: borrowed when it already is dense f32.
+pub fn read_f32(t: &Tensor) -> Cow<'_, [f32]> {
+    if t.dtype() == DType::F32 && t.is_contiguous() {
+        let start = t.layout().offset();
+        return Cow::Borrowed(&cpu_buffer(t).as_slice::<f32>()[start..start + t.numel()]);
+    }
+    let mut v = vec![0f32; t.numel()];
+    par_fill(&mut v, |start, chunk| gather_f32(t, start, chunk));
+    Cow::Owned(v)
+}
+
+/// A new contiguous tensor of `dtype` whose f32 values `f(first_index, chunk)` writes.
+fn write_with(dtype: DType, shape: &[usize], device: &Device, f: impl Fn(usize, &mut [f32]) + Sync) -> Tensor {
+    let numel: usize = shape.iter().product();
+    let mut buf = CpuBuffer::filled(numel * dtype.size(), 0);
     match dtype {
-        DType::F32 => buf.as_mut_slice::<f32>().copy_from_slice(values),
-        DType::F16 => buf.as_mut_slice::<f16>().iter_mut().zip(values).for_each(|(o, v)| *o = f16::from_f32(*v)),
-        DType::BF16 => buf.as_mut_slice::<bf16>().iter_mut().zip(values).for_each(|(o, v)| *o = bf16::from_f32(*v)),
-        DType::U32 => buf.as_mut_slice::<u32>().iter_mut().zip(values).for_each(|(o, v)| *o = *v as u32),
-        DType::I32 => buf.as_mut_slice::<i32>().iter_mut().zip(values).for_each(|(o, v)| *o = *v as i32),
-        DType::U8 => buf.as_mut_slice::<u8>().iter_mut().zip(values).for_each(|(o, v)| *o = *v as u8),
+        DType::F32 => par_fill(buf.as_mut_slice::<f32>(), f),
+        _ => {
+            let mut tmp = vec![0f32; numel];
+            par_fill(&mut tmp, f);
+            macro_rules! store {
+                ($ty:ty, $conv:expr) => {
+                    par_fill(buf.as_mut_slice::<$ty>(), |start, c| {
+                        c.iter_mut().zip(&tmp[start..]).for_each(|(o, v)| *o = $conv(*v))
+                    })
+                };
+            }
+            match dtype {
+                DType::F16 => store!(f16, f16::from_f32),
+                DType::BF16 => store!(bf16, bf16::from_f32),
+                DType::U32 => store!(u32, |v: f32| v as u32),
+                DType::I32 => store!(i32, |v: f32| v as i32),
+                DType::U8 => store!(u8, |v: f32| v as u8),
+                DType::F32 => unreachable!(),
+            }
+        }
     }
     Tensor::from_storage(Storage::Cpu(buf), Layout::contiguous(shape), dtype, device.clone())
 }
 
-fn map_f32(values: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
-    if values.len() >= PARALLEL_MIN {
-        values.par_iter_mut().for_each(|v| *v = f(*v));
-    } else {
-        values.iter_mut().for_each(|v| *v = f(*v));
+/// A new contiguous tensor shaped like `x` whose rows of `n` f32 values `f(row, values)`
+/// transforms in place, starting from x's values (rows in parallel when it pays).
+fn map_rows(x: &Tensor, f: impl Fn(&mut [f32]) + Sync + Send) -> Tensor {
+    let n = *x.shape().last().unwrap();
+    let (dtype, shape) = (x.dtype(), x.shape());
+    let fill = |start: usize, c: &mut [f32]| {
+        gather_f32(x, start, c);
+        for_rows(c, n, &f);
+    };
+    if dtype == DType::F32 {
+        let mut buf = CpuBuffer::filled(x.numel() * 4, 0);
+        let out = buf.as_mut_slice::<f32>();
+        // Chunks of whole rows, so no row straddles two threads.
+        let rows_per_chunk = (CHUNK / n).max(1);
+        if out.len() >= PARALLEL_MIN {
+            out.par_chunks_mut(rows_per_chunk * n).enumerate().for_each(|(i, c)| fill(i * rows_per_chunk * n, c));
+        } else {
+            fill(0, out);
+        }
+        return Tensor::from_storage(Storage::Cpu(buf), Layout::contiguous(shape), dtype, x.device().clone());
+    }
+    let mut v = read_f32(x).into_owned();
+    for_rows(&mut v, n, &f);
+    write_f32(&v, dtype, shape, x.device())
+}
+
+/// Wraps f32 values as a new contiguous tensor of `dtype` on the CPU.
+pub fn write_f32(values: &[f32], dtype: DType, shape: &[usize], device: &Device) -> Tensor {
+    write_with(dtype, shape, device, |start, c| c.copy_from_slice(&values[start..start + c.len()]))
+}
+
+fn unary_f32(op: UnaryOp, x: f32) -> f32 {
+    match op {
+        UnaryOp::Neg => -x,
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Sqrt => x.sqrt(),
+        UnaryOp::Rsqrt => 1.0 / x.sqrt(),
+        UnaryOp::Tanh => x.tanh(),
+        UnaryOp::Silu => x / (1.0 + (-x).exp()),
+        UnaryOp::GeluErf => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
     }
 }
 
 /// Applies `f` to each row of `n` values, in parallel when it pays.
-fn for_rows(data: &mut [f32], n: usize, f: impl Fn(&mut [f32]) + Sync + Send) {
+fn for_rows(data: &mut [f32], n: usize, f: &(impl Fn(&mut [f32]) + Sync + Send)) {
     if data.len() >= PARALLEL_MIN {
         data.par_chunks_mut(n).for_each(f);
     } else {
@@ -73,13 +160,19 @@ fn for_rows(data: &mut [f32], n: usize, f: impl Fn(&mut [f32]) + Sync + Send) {
 }
 
 pub fn unary(x: &Tensor, op: UnaryOp) -> Tensor {
-    let mut v = read_f32(x);
-    map_f32(&mut v, |a| unary_scalar(op, a as f64) as f32);
-    write_f32(&v, x.dtype(), x.shape(), x.device())
+    let v = read_f32(x);
+    write_with(x.dtype(), x.shape(), x.device(), |start, c| {
+        c.iter_mut().zip(&v[start..]).for_each(|(o, a)| *o = unary_f32(op, *a))
+    })
 }
 
 /// Copy with conversion; exact for every pair of dtypes (goes through f64).
 pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
+    if dtype.is_float() && x.dtype().is_float() {
+        // Every float dtype widens to f32 exactly, and one rounding to the target follows.
+        let v = read_f32(x);
+        return Ok(write_with(dtype, x.shape(), x.device(), |start, c| c.copy_from_slice(&v[start..start + c.len()])));
+    }
     let values = x.to_f64_vec()?;
     Tensor::from_bytes(&dtype.f64_to_bytes(&values), dtype, x.shape(), x.device())
 }
@@ -89,23 +182,20 @@ pub fn binary(a: &Tensor, b: &Tensor, op: BinaryOp, shape: &[usize]) -> Result<T
     if !a.dtype().is_float() {
         // Integers: exact arithmetic through f64.
         let (x, y) = (a.to_f64_vec()?, b.to_f64_vec()?);
-        let out: Vec<f64> = x.iter().zip(&y).map(|(p, q)| crate::reference::binary_scalar(op, *p, *q)).collect();
+        let out: Vec<f64> = x.iter().zip(&y).map(|(p, q)| reference::binary_scalar(op, *p, *q)).collect();
         return Tensor::from_f64(&out, a.dtype(), shape, a.device());
     }
     let (x, y) = (read_f32(&a), read_f32(&b));
-    let f = |(p, q): (&f32, &f32)| match op {
+    let f = |p: f32, q: f32| match op {
         BinaryOp::Add => p + q,
         BinaryOp::Sub => p - q,
         BinaryOp::Mul => p * q,
         BinaryOp::Div => p / q,
-        BinaryOp::Max => p.max(*q),
+        BinaryOp::Max => p.max(q),
     };
-    let out: Vec<f32> = if x.len() >= PARALLEL_MIN {
-        x.par_iter().zip(&y).map(f).collect()
-    } else {
-        x.iter().zip(&y).map(f).collect()
-    };
-    Ok(write_f32(&out, a.dtype(), shape, a.device()))
+    Ok(write_with(a.dtype(), shape, a.device(), |start, c| {
+        c.iter_mut().zip(x[start..].iter().zip(&y[start..])).for_each(|(o, (p, q))| *o = f(*p, *q))
+    }))
 }
 
 pub fn reduce(x: &Tensor, op: ReduceOp) -> Tensor {
@@ -129,9 +219,7 @@ pub fn argmax(x: &Tensor) -> Tensor {
 }
 
 pub fn softmax(x: &Tensor) -> Tensor {
-    let n = *x.shape().last().unwrap();
-    let mut v = read_f32(x);
-    for_rows(&mut v, n, |r| {
+    map_rows(x, |r| {
         let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0;
         for a in r.iter_mut() {
@@ -140,19 +228,16 @@ pub fn softmax(x: &Tensor) -> Tensor {
         }
         let inv = 1.0 / sum;
         r.iter_mut().for_each(|a| *a *= inv);
-    });
-    write_f32(&v, x.dtype(), x.shape(), x.device())
+    })
 }
 
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Tensor {
     let n = *x.shape().last().unwrap();
     let w = read_f32(weight);
-    let mut v = read_f32(x);
-    for_rows(&mut v, n, |r| {
+    map_rows(x, |r| {
         let scale = 1.0 / (r.iter().map(|a| a * a).sum::<f32>() / n as f32 + eps).sqrt();
-        r.iter_mut().zip(&w).for_each(|(a, w)| *a = *a * scale * w);
-    });
-    write_f32(&v, x.dtype(), x.shape(), x.device())
+        r.iter_mut().zip(w.iter()).for_each(|(a, w)| *a = *a * scale * w);
+    })
 }
 
 /// Ids were range-checked by the caller.

@@ -65,10 +65,20 @@ impl Layout {
 
     /// Storage offsets of every element in row-major logical order.
     pub fn offsets(&self) -> impl Iterator<Item = usize> + '_ {
-        let n = self.numel();
+        self.offsets_range(0, self.numel())
+    }
+
+    /// Storage offsets of logical elements `start..start + len` (chunks can run in parallel).
+    pub fn offsets_range(&self, start: usize, len: usize) -> impl Iterator<Item = usize> + '_ {
         let mut index = vec![0usize; self.rank()];
         let mut current = self.offset;
-        (0..n).map(move |i| {
+        let mut rem = start;
+        for d in (0..self.rank()).rev() {
+            index[d] = rem % self.shape[d].max(1);
+            rem /= self.shape[d].max(1);
+            current += index[d] * self.strides[d];
+        }
+        (0..len).map(move |i| {
             if i > 0 {
                 // Odometer increment from the innermost dim.
                 for d in (0..index.len()).rev() {
@@ -186,6 +196,7 @@ mod tests {
         assert_eq!(l.offsets().collect::<Vec<_>>(), vec![0, 3, 1, 4, 2, 5]);
         let n = Layout::contiguous(&[4, 5]).narrow(1, 1, 2).unwrap();
         assert_eq!(n.offsets().collect::<Vec<_>>(), vec![1, 2, 6, 7, 11, 12, 16, 17]);
+        assert_eq!(n.offsets_range(3, 4).collect::<Vec<_>>(), vec![7, 11, 12, 16]);
         assert!(!n.is_contiguous());
         let b = Layout::contiguous(&[3, 1]).broadcast_to(&[2, 3, 2]).unwrap();
         assert_eq!(b.offsets().collect::<Vec<_>>(), vec![0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2, 2]);

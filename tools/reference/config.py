@@ -121,9 +121,9 @@ class Tokenizer:
     pixel_weight: float = 1.0  # d = |zs - es|^2 + w |zp - ep|^2 on L2-normalised halves
     teacher_channels: list = dataclasses.field(default_factory=lambda: [16, 32, 64, 64])
     ch: int = 16
-    ch_mult: list = dataclasses.field(default_factory=lambda: [1, 2, 4, 4, 8])
+    ch_mult: list = dataclasses.field(default_factory=lambda: [1, 1, 2, 4, 8])
     encoder_res_blocks: int = 1  # per level
-    decoder_res_blocks: int = 2  # per level (VQGAN's num_res_blocks + 1)
+    decoder_res_blocks: int = 1  # per level (VQGAN's num_res_blocks + 1); 1 keeps 128 px trainable on a CPU
     z_channels: int = 32
     norm_groups: int = 8  # GroupNorm(groups, eps 1e-6)
 

@@ -229,15 +229,19 @@ class VisualTokenizer(nn.Module):
         semantic = self._per_cell(self.encode_task_layer, teacher)
         return torch.cat([semantic, self.quant_conv(self.encoder(image))], dim=1)
 
-    def msrq(self, f: torch.Tensor) -> tuple:
+    def msrq(self, f: torch.Tensor, residuals: list | None = None) -> tuple:
         """Multi-scale residual quantization (spec §1.3) in f32: (indices per scale [B, h*w], f_hat).
-        Gradients reach the codebook through f_hat, not the encoder (VAR's quantizer)."""
+        Gradients reach the codebook through f_hat, not the encoder (VAR's quantizer).
+        `residuals`, if given, receives each scale's quantizer input [B*h*w, C]."""
         f_rest, f_hat, indices = f.detach().float(), 0.0, []
         batch, channels, grid = f.shape[0], f.shape[1], f.shape[-2:]
         with torch.autocast("cpu", enabled=False):
             for h, w in self.t.scales:
                 z = area(f_rest, (h, w))
-                idx = self.quantize.lookup(z.permute(0, 2, 3, 1).reshape(-1, channels)).view(batch, h * w)
+                z = z.permute(0, 2, 3, 1).reshape(-1, channels)
+                if residuals is not None:
+                    residuals.append(z)
+                idx = self.quantize.lookup(z).view(batch, h * w)
                 up = bicubic(self.quantize.embed(idx).view(batch, h, w, channels).permute(0, 3, 1, 2), grid)
                 f_hat, f_rest = f_hat + up, f_rest - up.detach()
                 indices.append(idx)
@@ -267,14 +271,15 @@ class VisualTokenizer(nn.Module):
     def forward(self, image: torch.Tensor, beta: float = 0.25) -> dict:
         """Training pass: reconstruction, semantic prediction vs teacher, VQ loss."""
         f = self.features(image)
-        indices, f_hat = self.msrq(f)
+        residuals = []
+        indices, f_hat = self.msrq(f, residuals)
         vq_loss = beta * F.mse_loss(f.float(), f_hat.detach()) + F.mse_loss(f_hat, f.detach().float())
         f_q = f + (f_hat - f).detach()  # straight through
         with torch.no_grad():
             teacher = self.encoder_vqkd(image)
         semantic = self._per_cell(self.decode_task_layer, f_q[:, : self.t.semantic_dim])
         return {"image": self.pixels(f_q), "semantic": semantic, "teacher": teacher, "vq_loss": vq_loss,
-                "indices": indices, "features": f.detach()}  # fmt: skip
+                "indices": indices, "residuals": torch.cat(residuals)}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

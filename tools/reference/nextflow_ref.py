@@ -590,17 +590,18 @@ def sample_top_k_top_p(logits, top_k: int, top_p: float, temperature: float, gen
 
 @torch.no_grad()
 def generate(model: NextFlow, codebook: DualCodebook, prompts: list, sampler=None, seed: int = 0,
-             uncond_prompt: list | None = None, use_cache: bool = True) -> list:  # fmt: skip
-    """Token ids of each prompt (text before <boi>) -> per scale [B, h*w] code indices.
-    CFG runs the unconditional prompt (default: empty) as the second half of the batch."""
+             uncond_prompts: list | None = None, use_cache: bool = True) -> list:  # fmt: skip
+    """Prompts -> per scale [B, h*w] code indices. A prompt is its token ids before <boi>, or a
+    SequenceBuilder holding a prefix with images (editing). CFG runs the unconditional prompts
+    (default: <bos> alone) as the second half of the batch."""
     cfg, sampler = model.cfg, sampler or model.cfg.sampler
     scales, mode = cfg.tokenizer.scales, cfg.visual.input_mode
     guided = sampler.cfg_scale != 1.0
-    rows = list(prompts) + ([uncond_prompt or [cfg.vocabulary.id("<bos>")]] * len(prompts) if guided else [])
+    rows = list(prompts) + (list(uncond_prompts or [[cfg.vocabulary.id("<bos>")]] * len(prompts)) if guided else [])
     builders = []
-    for ids in rows:
-        builder = SequenceBuilder(cfg, codebook)
-        builder.text(list(ids) + [cfg.vocabulary.id("<boi>")])
+    for prompt in rows:
+        builder = prompt if isinstance(prompt, SequenceBuilder) else SequenceBuilder(cfg, codebook)
+        builder.text(([] if isinstance(prompt, SequenceBuilder) else list(prompt)) + [cfg.vocabulary.id("<boi>")])
         builders.append(builder)
     steps = [collate([b.tensors() for b in builders])]
     boi = torch.tensor([b.position - 1 for b in builders])
@@ -620,7 +621,7 @@ def generate(model: NextFlow, codebook: DualCodebook, prompts: list, sampler=Non
             break
         codes = codebook.embed(idx).view(n, h, w, -1).permute(0, 3, 1, 2)
         x, state = next_scale_input(torch.cat([codes] * (len(rows) // n)), state, scales[k + 1], mode)
-        steps.append(map_batch(cfg, x, k + 1, boi + k + 1, block=k))
+        steps.append(map_batch(cfg, x, k + 1, boi + k + 1, block=max(b.n_maps for b in builders) + k))
         batch = steps[-1] if use_cache else {key: torch.cat([s[key] for s in steps], 1) for key in steps[-1]}
         hidden = model(batch, cache)[:, -x.shape[-2] * x.shape[-1] :]
     return indices

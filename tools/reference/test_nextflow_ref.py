@@ -213,3 +213,18 @@ def test_padding_does_not_change_a_row(parts):
     alone = model(nf.collate([short]))
     padded = model(nf.collate([short, long]))[:1, -alone.shape[1] :]
     torch.testing.assert_close(padded, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_editing_prefix_with_cache_equals_recompute(parts):
+    cfg, tok, model = parts
+    source = [i[0] for i in tok.encode(_images(1))]
+
+    def prefix(text):
+        builder = nf.SequenceBuilder(cfg, tok.quantize)
+        builder.text([1])
+        builder.image(source, generate=False)
+        builder.text(text)
+        return builder
+
+    runs = [nf.generate(model, tok.quantize, [prefix([9, 10])], seed=3, uncond_prompts=[prefix([])], use_cache=c) for c in (True, False)]
+    assert all(torch.equal(x, y) for x, y in zip(*runs))

@@ -7,7 +7,8 @@
 //! Outside CI a missing Vulkan adapter is reported as skipped; with CI=true it fails.
 
 use nextflow_ops::reference::{self as r, HostArray};
-use nextflow_ops::{BinaryOp, ReduceOp, UnaryOp, OP_TABLE};
+use nextflow_ops::matmul::{matmul_with, MatmulKernel, MATMUL_TILES};
+use nextflow_ops::{Activation, AttentionOptions, BinaryOp, Epilogue, KvCache, Mask, ReduceOp, Rope, UnaryOp, OP_TABLE};
 use nextflow_runtime::{discover, set_poison_outputs, Backend, DType, Device, Result, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -188,6 +189,131 @@ fn run_device(device: &Device, dtype: DType, ck: &mut Checker) {
     ck.compare("concat", "[4,9] + strided [4,3] dim 1", dtype, nextflow_ops::concat(&[&a, &b], 1), &r::concat(&[ha, hb], 1));
 }
 
+/// The transformer kernels: matmul family, attention with its masks and cache, RoPE,
+/// SwiGLU, fused add + RMSNorm.
+fn run_transformer_ops(device: &Device, dtype: DType, ck: &mut Checker) {
+    let mut rng = StdRng::seed_from_u64(0xa77e ^ dtype.size() as u64);
+    let d = device;
+    let none = Activation::None;
+    // Matmul: odd shapes, every tile candidate, transposed operands, batched and shared B.
+    for &(m, k, n) in &[(5usize, 7usize, 33usize), (33, 65, 17), (70, 130, 66)] {
+        let (a, ha) = random(&mut rng, &[m, k], dtype, -1.0, 1.0, d);
+        let (b, hb) = random(&mut rng, &[k, n], dtype, -1.0, 1.0, d);
+        let want = r::matmul(&ha, &hb, None, none, None);
+        for tile in MATMUL_TILES {
+            let got = matmul_with(&a, &b, Epilogue::default(), MatmulKernel::Tiled(*tile));
+            ck.compare("matmul", &format!("{m}x{k}x{n} {}", tile.name()), dtype, got, &want);
+        }
+        // Transposed storage: A stored [k, m], B stored [n, k] (an HF weight).
+        let (at, hat) = random(&mut rng, &[k, m], dtype, -1.0, 1.0, d);
+        let (bt, hbt) = random(&mut rng, &[n, k], dtype, -1.0, 1.0, d);
+        let ha_t = HostArray::of(&Tensor::from_f64(&hat.data, DType::F32, &[k, m], &Device::cpu()).unwrap().transpose(0, 1).unwrap()).unwrap();
+        let hb_t = HostArray::of(&Tensor::from_f64(&hbt.data, DType::F32, &[n, k], &Device::cpu()).unwrap().transpose(0, 1).unwrap()).unwrap();
+        let got = nextflow_ops::matmul(&at.transpose(0, 1).unwrap(), &bt.transpose(0, 1).unwrap(), Epilogue::default());
+        ck.compare("matmul", &format!("{m}x{k}x{n} aᵀ·bᵀ"), dtype, got, &r::matmul(&ha_t, &hb_t, None, none, None));
+        // Epilogue: bias, SiLU, residual, through `linear`-style weights.
+        let (bias, hbias) = random(&mut rng, &[n], dtype, -1.0, 1.0, d);
+        let (res, hres) = random(&mut rng, &[m, n], dtype, -1.0, 1.0, d);
+        let ep = Epilogue { bias: Some(&bias), activation: Activation::Silu, residual: Some(&res) };
+        let got = nextflow_ops::matmul(&a, &bt.transpose(0, 1).unwrap(), ep);
+        ck.compare("matmul", &format!("{m}x{k}x{n} +bias silu +res"), dtype, got, &r::matmul(&ha, &hb_t, Some(&hbias), Activation::Silu, Some(&hres)));
+        let got = nextflow_ops::linear(&a, &bt, Some(&bias));
+        ck.compare("linear", &format!("{m}x{k} · [{n},{k}]ᵀ + bias"), dtype, got, &r::matmul(&ha, &hb_t, Some(&hbias), none, None));
+    }
+    // Batched A against a shared or per-batch B, gelu epilogue.
+    let (a, ha) = random(&mut rng, &[3, 9, 20], dtype, -1.0, 1.0, d);
+    let (b, hb) = random(&mut rng, &[20, 11], dtype, -1.0, 1.0, d);
+    let (b3, hb3) = random(&mut rng, &[3, 20, 11], dtype, -1.0, 1.0, d);
+    let gelu = Epilogue { activation: Activation::GeluErf, ..Default::default() };
+    ck.compare("matmul", "[3,9,20]·[20,11] gelu", dtype, nextflow_ops::matmul(&a, &b, gelu), &r::matmul(&ha, &hb, None, Activation::GeluErf, None));
+    ck.compare("matmul", "[3,9,20]·[3,20,11]", dtype, nextflow_ops::matmul(&a, &b3, Epilogue::default()), &r::matmul(&ha, &hb3, None, none, None));
+    // GEMV: one row (and four) against both weight layouts, k up to 1031.
+    for &(m, k, n) in &[(1usize, 1031usize, 33usize), (4, 64, 7), (1, 7, 1)] {
+        let (x, hx) = random(&mut rng, &[m, k], dtype, -1.0, 1.0, d);
+        let (w, hw) = random(&mut rng, &[n, k], dtype, -1.0, 1.0, d);
+        let (wn, hwn) = random(&mut rng, &[k, n], dtype, -1.0, 1.0, d);
+        let hw_t = HostArray::of(&Tensor::from_f64(&hw.data, DType::F32, &[n, k], &Device::cpu()).unwrap().transpose(0, 1).unwrap()).unwrap();
+        let (bias, hbias) = random(&mut rng, &[n], dtype, -1.0, 1.0, d);
+        let ep = Epilogue { bias: Some(&bias), ..Default::default() };
+        let got = matmul_with(&x, &w.transpose(0, 1).unwrap(), ep, MatmulKernel::Gemv);
+        ck.compare("matmul_gemv", &format!("{m}x{k}·[{n},{k}]ᵀ"), dtype, got, &r::matmul(&hx, &hw_t, Some(&hbias), none, None));
+        let got = matmul_with(&x, &wn, Epilogue::default(), MatmulKernel::Gemv);
+        ck.compare("matmul_gemv", &format!("{m}x{k}·[{k},{n}]"), dtype, got, &r::matmul(&hx, &hwn, None, none, None));
+    }
+
+    // Attention: GQA 7:1 and 4:1, head dims 16..128, every mask, prefill / block / decode.
+    let prefix_then_blocks: Vec<usize> = std::iter::repeat_n(1, 7).chain([1, 4, 9, 16]).collect();
+    let skv: usize = prefix_then_blocks.iter().sum(); // 37
+    for &(hq, hkv, hd) in &[(7usize, 1usize, 16usize), (8, 2, 64), (4, 1, 128)] {
+        for (mask, label) in [(Mask::None, "none"), (Mask::Causal, "causal"), (Mask::Segments(prefix_then_blocks.clone()), "7 causal + 1,4,9,16")] {
+            for sq in [skv, 16, 1] {
+                let (q, hq_) = random(&mut rng, &[2, hq, sq, hd], dtype, -1.0, 1.0, d);
+                let (k, hk) = random(&mut rng, &[2, hkv, skv, hd], dtype, -1.0, 1.0, d);
+                let (v, hv) = random(&mut rng, &[2, hkv, skv, hd], dtype, -1.0, 1.0, d);
+                let lens = if mask == Mask::None { Some(vec![skv, 20]) } else { None };
+                let opts = AttentionOptions { mask: Some(mask.clone()), kv_lens: lens.clone(), scale: None };
+                let want = r::attention(&hq_, &hk, &hv, &mask, lens.as_deref(), 1.0 / (hd as f64).sqrt());
+                let what = format!("GQA {hq}:{hkv} d{hd} {label} q{sq}/kv{skv}{}", if lens.is_some() { " lens 37,20" } else { "" });
+                ck.compare("attention", &what, dtype, nextflow_ops::attention(&q, &k, &v, &opts), &want);
+            }
+        }
+    }
+    // KV cache: a causal prefix then scale blocks appended step by step equals one call.
+    let (hq, hkv, hd) = (8, 2, 32);
+    let (q, hq_) = random(&mut rng, &[1, hq, skv, hd], dtype, -1.0, 1.0, d);
+    let (k, hk) = random(&mut rng, &[1, hkv, skv, hd], dtype, -1.0, 1.0, d);
+    let (v, hv) = random(&mut rng, &[1, hkv, skv, hd], dtype, -1.0, 1.0, d);
+    let full_mask = Mask::Segments(prefix_then_blocks.clone());
+    let want = r::attention(&hq_, &hk, &hv, &full_mask, None, 1.0 / (hd as f64).sqrt());
+    let mut cache = KvCache::new(d, dtype, 1, hkv, hd, 64).unwrap();
+    let mut steps: Vec<Tensor> = Vec::new();
+    let mut segments: Vec<usize> = Vec::new();
+    let mut start = 0;
+    for &len in std::iter::once(&7).chain(&[1, 4, 9, 16]) {
+        let seg_lens: Vec<usize> = if start == 0 { vec![1; 7] } else { vec![len] };
+        segments.extend(seg_lens);
+        cache.append(&k.narrow(2, start, len).unwrap(), &v.narrow(2, start, len).unwrap()).unwrap();
+        let opts = AttentionOptions { mask: Some(Mask::Segments(segments.clone())), ..Default::default() };
+        let out = nextflow_ops::attention(&q.narrow(2, start, len).unwrap(), &cache.keys(), &cache.values(), &opts).unwrap();
+        steps.push(nextflow_ops::contiguous(&out).unwrap());
+        start += len;
+    }
+    let joined = nextflow_ops::concat(&steps.iter().collect::<Vec<_>>(), 2);
+    ck.compare("kv_cache", "prefix 7 + blocks 1,4,9,16, step by step", dtype, joined, &want);
+    assert!(cache.append(&k.narrow(2, 0, 30).unwrap(), &v.narrow(2, 0, 30).unwrap()).is_err(), "capacity is enforced");
+
+    // RoPE: 1D (Qwen2) and multi-scale 3D with fractional positions (spec §4.2).
+    for (sections, hd) in [(vec![8usize], 16usize), (vec![2, 3, 3], 16), (vec![16, 24, 24], 128)] {
+        let rope = Rope::new(hd, 10000.0, &sections).unwrap();
+        let s = 13;
+        let (x, hx) = strided(&mut rng, &[2, 3, s, hd], dtype, -1.0, 1.0, d);
+        let pos: Vec<f64> = (0..2 * s * 3).map(|i| ((i * 7919) % 97) as f64 * 0.37).collect();
+        let p = Tensor::from_f64(&pos, DType::F32, &[2, s, 3], d).unwrap();
+        let hp = HostArray::new(&[2, s, 3], pos.iter().map(|&v| v as f32 as f64).collect());
+        let want = r::rope(&hx, &hp, rope.inv_freq(), rope.axis());
+        ck.compare("rope", &format!("sections {sections:?} d{hd} fractional"), dtype, rope.apply(&x, &p), &want);
+    }
+
+    for &shape in ROW_SHAPES {
+        let (g, hg) = random(&mut rng, shape, dtype, -4.0, 4.0, d);
+        let (u, hu) = strided(&mut rng, shape, dtype, -2.0, 2.0, d);
+        let want = r::binary(BinaryOp::Mul, &r::unary(UnaryOp::Silu, &hg), &hu);
+        ck.compare("swiglu", &format!("{shape:?}"), dtype, nextflow_ops::swiglu(&g, &u), &want);
+        let n = *shape.last().unwrap();
+        let (x, hx) = random(&mut rng, shape, dtype, -2.0, 2.0, d);
+        let (res, hres) = random(&mut rng, shape, dtype, -2.0, 2.0, d);
+        let (w, hw) = random(&mut rng, &[n], dtype, 0.5, 1.5, d);
+        let sum = r::cast(&r::binary(BinaryOp::Add, &hx, &hres), dtype);
+        let both = nextflow_ops::add_rms_norm(&x, &res, &w, 1e-6);
+        let (got_sum, got_norm) = match both {
+            Ok((a, b)) => (Ok(a), Ok(b)),
+            Err(e) => (Err(nextflow_runtime::Error::Device { device: "-".into(), msg: e.to_string() }), Err(e)),
+        };
+        ck.compare("add_rms_norm", &format!("{shape:?} sum"), dtype, got_sum, &sum);
+        ck.compare("add_rms_norm", &format!("{shape:?} normed"), dtype, got_norm, &r::rms_norm(&sum, &hw, 1e-6));
+    }
+}
+
 #[test]
 fn op_coverage_every_device() {
     set_poison_outputs(true);
@@ -214,6 +340,7 @@ fn op_coverage_every_device() {
             };
             let started = std::time::Instant::now();
             run_device(&device, dtype, &mut ck);
+            run_transformer_ops(&device, dtype, &mut ck);
             let missing: Vec<&str> = OP_TABLE.iter().map(|e| e.name).filter(|n| !ck.covered.contains(n)).collect();
             assert!(missing.is_empty(), "ops in the table without a coverage case: {missing:?}");
             println!(

@@ -266,3 +266,11 @@ pub fn concat(parts: &[&Tensor], dim: usize, shape: &[usize]) -> Result<Tensor> 
     }
     Tensor::from_bytes(&out, parts[0].dtype(), shape, parts[0].device())
 }
+
+pub fn swiglu(gate: &Tensor, up: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    let (g, u) = (gate.broadcast_to(shape)?, up.broadcast_to(shape)?);
+    let (x, y) = (read_f32(&g), read_f32(&u));
+    Ok(write_with(gate.dtype(), shape, gate.device(), |start, c| {
+        c.iter_mut().zip(x[start..].iter().zip(&y[start..])).for_each(|(o, (a, b))| *o = a / (1.0 + (-a).exp()) * b)
+    }))
+}

@@ -2,64 +2,66 @@
 
 use cubecl::prelude::*;
 use cubecl::server::Handle;
-use half::{bf16, f16};
-use nextflow_runtime::{cubecl, Client, DType, Device, GpuBuffer, Layout, Result, Storage, Tensor};
+
+use nextflow_runtime::{cubecl, DType, Device, GpuBuffer, Layout, Result, Storage, Tensor};
 use nextflow_shaders::{elementwise, gather, reduce, ELEMENTWISE_CUBE, ROW_CUBE};
 
 /// Runs `$body` with `$c` bound to the device's cubecl client, whatever its runtime.
-macro_rules! with_client {
+macro_rules! with_client_impl {
     ($device:expr, $c:ident => $body:expr) => {
         match $device.client() {
-            Client::Wgpu($c) => $body,
-            Client::Cuda($c) => $body,
-            Client::Hip($c) => $body,
-            Client::Cpu => unreachable!("GPU lowering called for the CPU backend"),
+            ::nextflow_runtime::Client::Wgpu($c) => $body,
+            ::nextflow_runtime::Client::Cuda($c) => $body,
+            ::nextflow_runtime::Client::Hip($c) => $body,
+            ::nextflow_runtime::Client::Cpu => unreachable!("GPU lowering called for the CPU backend"),
         }
     };
 }
 
 /// Runs `$body` with the type `$t` bound to the Rust element type of `$dtype`.
-macro_rules! with_dtype {
+macro_rules! with_dtype_impl {
     ($dtype:expr, $t:ident => $body:expr) => {
         match $dtype {
-            DType::F32 => { type $t = f32; $body }
-            DType::F16 => { type $t = f16; $body }
-            DType::BF16 => { type $t = bf16; $body }
-            DType::U32 => { type $t = u32; $body }
-            DType::I32 => { type $t = i32; $body }
-            DType::U8 => { type $t = u8; $body }
+            ::nextflow_runtime::DType::F32 => { type $t = f32; $body }
+            ::nextflow_runtime::DType::F16 => { type $t = ::half::f16; $body }
+            ::nextflow_runtime::DType::BF16 => { type $t = ::half::bf16; $body }
+            ::nextflow_runtime::DType::U32 => { type $t = u32; $body }
+            ::nextflow_runtime::DType::I32 => { type $t = i32; $body }
+            ::nextflow_runtime::DType::U8 => { type $t = u8; $body }
         }
     };
 }
 
 /// The compute type of a dtype: f32 for floats, the type itself for integers.
-macro_rules! with_compute {
+macro_rules! with_compute_impl {
     ($dtype:expr, $e:ident, $a:ident => $body:expr) => {
         match $dtype {
-            DType::F32 => { type $e = f32; type $a = f32; $body }
-            DType::F16 => { type $e = f16; type $a = f32; $body }
-            DType::BF16 => { type $e = bf16; type $a = f32; $body }
-            DType::U32 => { type $e = u32; type $a = u32; $body }
-            DType::I32 => { type $e = i32; type $a = i32; $body }
-            DType::U8 => { type $e = u8; type $a = u32; $body }
+            ::nextflow_runtime::DType::F32 => { type $e = f32; type $a = f32; $body }
+            ::nextflow_runtime::DType::F16 => { type $e = ::half::f16; type $a = f32; $body }
+            ::nextflow_runtime::DType::BF16 => { type $e = ::half::bf16; type $a = f32; $body }
+            ::nextflow_runtime::DType::U32 => { type $e = u32; type $a = u32; $body }
+            ::nextflow_runtime::DType::I32 => { type $e = i32; type $a = i32; $body }
+            ::nextflow_runtime::DType::U8 => { type $e = u8; type $a = u32; $body }
         }
     };
 }
 
-fn buffer(t: &Tensor) -> &GpuBuffer {
+pub(crate) use {with_client_impl as with_client, with_dtype_impl as with_dtype};
+
+pub(crate) fn buffer(t: &Tensor) -> &GpuBuffer {
     match t.storage() {
         Storage::Gpu(g) => g,
         Storage::Cpu(_) => unreachable!("GPU lowering received a CPU tensor"),
     }
 }
 
-fn array<R: Runtime>(g: &GpuBuffer, dtype: DType) -> ArrayArg<R> {
+pub(crate) fn array<R: Runtime>(g: &GpuBuffer, dtype: DType) -> ArrayArg<R> {
     // SAFETY: the handle holds at least `bytes` bytes; kernels index inside the layouts
     // that ops have validated against the buffer.
     unsafe { ArrayArg::from_raw_parts(g.handle.clone(), (g.bytes / dtype.size()).max(1)) }
 }
 
-fn upload_u32<R: Runtime>(client: &ComputeClient<R>, values: &[u32]) -> Handle {
+pub(crate) fn upload_u32<R: Runtime>(client: &ComputeClient<R>, values: &[u32]) -> Handle {
     let mut v = values.to_vec();
     if v.is_empty() {
         v.push(0);
@@ -67,7 +69,7 @@ fn upload_u32<R: Runtime>(client: &ComputeClient<R>, values: &[u32]) -> Handle {
     client.create_from_slice(bytemuck::cast_slice(&v))
 }
 
-fn grid(units: usize, per_cube: u32) -> CubeCount {
+pub(crate) fn grid(units: usize, per_cube: u32) -> CubeCount {
     let cubes = units.div_ceil(per_cube as usize).max(1) as u32;
     // wgpu caps each dispatch dimension at 65535 workgroups.
     if cubes <= 65535 {
@@ -113,7 +115,7 @@ pub fn empty(device: &Device, dtype: DType, shape: &[usize]) -> Tensor {
 }
 
 /// Writes `op(src)` (converted to `dst_dtype`) into the view `dst_layout` of `dst`.
-pub fn unary_into(src: &Tensor, dst: &GpuBuffer, dst_dtype: DType, dst_layout: &Layout, op: u32) -> Result<()> {
+pub(crate) fn unary_into(src: &Tensor, dst: &GpuBuffer, dst_dtype: DType, dst_layout: &Layout, op: u32) -> Result<()> {
     let (shape, strides) = coalesce(src.shape(), &[src.strides(), dst_layout.strides()]);
     let rank = shape.len();
     let mut layout = vec![src.layout().offset() as u32, dst_layout.offset() as u32];
@@ -124,9 +126,9 @@ pub fn unary_into(src: &Tensor, dst: &GpuBuffer, dst_dtype: DType, dst_layout: &
     if numel == 0 {
         return Ok(());
     }
-    with_client!(src.device(), c => {
+    with_client_impl!(src.device(), c => {
         let layout = upload_u32(c, &layout);
-        with_dtype!(src.dtype(), I => with_dtype!(dst_dtype, O => unsafe {
+        with_dtype_impl!(src.dtype(), I => with_dtype_impl!(dst_dtype, O => unsafe {
             elementwise::unary_strided::launch_unchecked::<I, O, _>(
                 c,
                 grid(numel, ELEMENTWISE_CUBE),
@@ -162,9 +164,9 @@ pub fn binary(a: &Tensor, b: &Tensor, op: u32) -> Result<Tensor> {
     if numel == 0 {
         return Ok(out);
     }
-    with_client!(a.device(), c => {
+    with_client_impl!(a.device(), c => {
         let layout = upload_u32(c, &layout);
-        with_compute!(a.dtype(), E, A => unsafe {
+        with_compute_impl!(a.dtype(), E, A => unsafe {
             elementwise::binary_strided::launch_unchecked::<E, A, _>(
                 c,
                 grid(numel, ELEMENTWISE_CUBE),
@@ -191,7 +193,7 @@ fn rows_of(x: &Tensor) -> (usize, usize) {
 pub fn reduce(x: &Tensor, op: u32) -> Result<Tensor> {
     let (rows, n) = rows_of(x);
     let out = empty(x.device(), x.dtype(), &x.shape()[..x.rank() - 1]);
-    with_client!(x.device(), c => with_dtype!(x.dtype(), E => unsafe {
+    with_client_impl!(x.device(), c => with_dtype_impl!(x.dtype(), E => unsafe {
         reduce::reduce_rows::launch_unchecked::<E, _>(
             c, rows_grid(rows), CubeDim::new_1d(ROW_CUBE), array(buffer(x), x.dtype()), array(buffer(&out), out.dtype()), n as u32, rows as u32, op, ROW_CUBE,
         )
@@ -202,7 +204,7 @@ pub fn reduce(x: &Tensor, op: u32) -> Result<Tensor> {
 pub fn argmax(x: &Tensor) -> Result<Tensor> {
     let (rows, n) = rows_of(x);
     let out = empty(x.device(), DType::U32, &x.shape()[..x.rank() - 1]);
-    with_client!(x.device(), c => with_dtype!(x.dtype(), E => unsafe {
+    with_client_impl!(x.device(), c => with_dtype_impl!(x.dtype(), E => unsafe {
         reduce::argmax_rows::launch_unchecked::<E, _>(
             c, rows_grid(rows), CubeDim::new_1d(ROW_CUBE), array(buffer(x), x.dtype()), array(buffer(&out), out.dtype()), n as u32, rows as u32, ROW_CUBE,
         )
@@ -213,7 +215,7 @@ pub fn argmax(x: &Tensor) -> Result<Tensor> {
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
     let (rows, n) = rows_of(x);
     let out = empty(x.device(), x.dtype(), x.shape());
-    with_client!(x.device(), c => with_dtype!(x.dtype(), E => unsafe {
+    with_client_impl!(x.device(), c => with_dtype_impl!(x.dtype(), E => unsafe {
         reduce::softmax_rows::launch_unchecked::<E, _>(
             c, rows_grid(rows), CubeDim::new_1d(ROW_CUBE), array(buffer(x), x.dtype()), array(buffer(&out), out.dtype()), n as u32, rows as u32, ROW_CUBE,
         )
@@ -224,12 +226,28 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
     let (rows, n) = rows_of(x);
     let out = empty(x.device(), x.dtype(), x.shape());
-    with_client!(x.device(), c => with_dtype!(x.dtype(), E => unsafe {
+    with_client_impl!(x.device(), c => with_dtype_impl!(x.dtype(), E => unsafe {
         reduce::rms_norm_rows::launch_unchecked::<E, _>(
             c, rows_grid(rows), CubeDim::new_1d(ROW_CUBE), array(buffer(x), x.dtype()), array(buffer(weight), weight.dtype()), array(buffer(&out), out.dtype()), n as u32, rows as u32, eps, ROW_CUBE,
         )
     }));
     Ok(out)
+}
+
+pub fn add_rms_norm(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+    let (rows, n) = rows_of(x);
+    let sum = empty(x.device(), x.dtype(), x.shape());
+    let normed = empty(x.device(), x.dtype(), x.shape());
+    let dtype = x.dtype();
+    with_client_impl!(x.device(), c => with_dtype_impl!(dtype, E => unsafe {
+        reduce::add_rms_norm_rows::launch_unchecked::<E, _>(
+            c, rows_grid(rows), CubeDim::new_1d(ROW_CUBE),
+            array(buffer(x), dtype), array(buffer(residual), dtype), array(buffer(weight), dtype),
+            array(buffer(&sum), dtype), array(buffer(&normed), dtype),
+            n as u32, rows as u32, eps, ROW_CUBE,
+        )
+    }));
+    Ok((sum, normed))
 }
 
 /// `table` dense `[vocab, dim]`, `ids` dense.
@@ -242,7 +260,7 @@ pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     if numel == 0 {
         return Ok(out);
     }
-    with_client!(table.device(), c => with_dtype!(table.dtype(), E => with_dtype!(ids.dtype(), I => unsafe {
+    with_client_impl!(table.device(), c => with_dtype_impl!(table.dtype(), E => with_dtype_impl!(ids.dtype(), I => unsafe {
         gather::embedding::launch_unchecked::<E, I, _>(
             c,
             grid(numel, ELEMENTWISE_CUBE),

@@ -5,8 +5,10 @@
 //! Where a device cannot run a dtype (u8 or bf16 on wgpu, f16 on adapters without
 //! shader-f16), the op runs on the CPU backend and uploads the result: slower, never wrong.
 
+pub mod attention;
 pub mod cpu;
 mod gpu;
+pub mod matmul;
 pub mod reference;
 mod table;
 
@@ -14,6 +16,8 @@ use nextflow_runtime::{broadcast_shape, DType, Device, Error, Result, Tensor};
 use nextflow_shaders::{elementwise, reduce as kernels};
 
 pub use nextflow_runtime as runtime;
+pub use attention::{attention, text_positions, write_into, AttentionOptions, KvCache, Mask, Rope};
+pub use matmul::{linear, matmul, Activation, Epilogue};
 pub use table::{OpEntry, OP_TABLE};
 
 /// Float functions of one argument.
@@ -89,14 +93,14 @@ impl ReduceOp {
     }
 }
 
-fn check_float(op: &'static str, x: &Tensor) -> Result<()> {
+pub(crate) fn check_float(op: &'static str, x: &Tensor) -> Result<()> {
     if !x.dtype().is_float() {
         return Err(Error::Unsupported { op, dtype: x.dtype(), device: x.device().info().spec() });
     }
     Ok(())
 }
 
-fn check_same(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+pub(crate) fn check_same(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if !a.device().same(b.device()) {
         return Err(Error::DeviceMismatch { op, lhs: a.device().info().spec(), rhs: b.device().info().spec() });
     }
@@ -116,12 +120,12 @@ fn check_rows(op: &'static str, x: &Tensor) -> Result<usize> {
 }
 
 /// Whether the GPU path can take these dtypes here; else run on the CPU backend.
-fn on_gpu(device: &Device, dtypes: &[DType]) -> bool {
+pub(crate) fn on_gpu(device: &Device, dtypes: &[DType]) -> bool {
     !device.is_cpu() && dtypes.iter().all(|&d| device.supports(d))
 }
 
 /// Runs `f` on CPU copies of `inputs` and moves the result back to their device.
-fn via_cpu(inputs: &[&Tensor], f: impl FnOnce(&[Tensor]) -> Result<Tensor>) -> Result<Tensor> {
+pub(crate) fn via_cpu(inputs: &[&Tensor], f: impl FnOnce(&[Tensor]) -> Result<Tensor>) -> Result<Tensor> {
     let device = inputs[0].device().clone();
     let cpu = Device::cpu();
     let host: Vec<Tensor> = inputs.iter().map(|t| t.to_device(&cpu)).collect::<Result<_>>()?;
@@ -293,4 +297,40 @@ pub fn concat(parts: &[&Tensor], dim: usize) -> Result<Tensor> {
         return via_cpu(parts, |h| cpu::concat(&h.iter().collect::<Vec<_>>(), dim, &shape));
     }
     gpu::concat(parts, dim, &shape)
+}
+
+/// SwiGLU: `silu(gate) · up`, fused, with broadcasting like [`binary`].
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    check_float("swiglu", gate)?;
+    check_same("swiglu", gate, up)?;
+    let shape = broadcast_shape("swiglu", gate.shape(), up.shape())?;
+    let f = |h: &[Tensor]| cpu::swiglu(&h[0], &h[1], &shape);
+    if gate.device().is_cpu() {
+        return f(&[gate.clone(), up.clone()]);
+    }
+    if !on_gpu(gate.device(), &[gate.dtype()]) {
+        return via_cpu(&[gate, up], f);
+    }
+    gpu::binary(&gate.broadcast_to(&shape)?, &up.broadcast_to(&shape)?, elementwise::OP_SILU_MUL)
+}
+
+/// Fused residual add + RMSNorm: returns `(x + residual, rms_norm(x + residual) · weight)`,
+/// the new residual stream and the normalized input of the next block.
+pub fn add_rms_norm(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+    check_same("add_rms_norm", x, residual)?;
+    if x.shape() != residual.shape() {
+        return Err(Error::Shape { op: "add_rms_norm", msg: format!("x {:?} and residual {:?} differ", x.shape(), residual.shape()) });
+    }
+    if x.device().is_cpu() || !on_gpu(x.device(), &[x.dtype()]) {
+        let sum = binary(x, residual, BinaryOp::Add)?;
+        let normed = rms_norm(&sum, weight, eps)?;
+        return Ok((sum, normed));
+    }
+    check_float("add_rms_norm", x)?;
+    check_same("add_rms_norm", x, weight)?;
+    let n = check_rows("add_rms_norm", x)?;
+    if weight.shape() != [n] {
+        return Err(Error::Shape { op: "add_rms_norm", msg: format!("weight has shape {:?}, expected [{n}]", weight.shape()) });
+    }
+    gpu::add_rms_norm(&contiguous(x)?, &contiguous(residual)?, &contiguous(weight)?, eps)
 }

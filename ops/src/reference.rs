@@ -158,3 +158,106 @@ pub fn concat(parts: &[HostArray], dim: usize) -> HostArray {
     }
     HostArray::new(&shape, data)
 }
+
+/// `a [.., m, k] · b [.., k, n] (or [k, n])`, then `+ bias[n]`, activation, `+ residual`.
+pub fn matmul(a: &HostArray, b: &HostArray, bias: Option<&HostArray>, act: crate::Activation, residual: Option<&HostArray>) -> HostArray {
+    let r = a.shape.len();
+    let (m, k) = (a.shape[r - 2], a.shape[r - 1]);
+    let n = b.shape[b.shape.len() - 1];
+    let batch: usize = a.shape[..r - 2].iter().product();
+    let b_batched = b.shape.len() > 2;
+    let mut shape = a.shape[..r - 2].to_vec();
+    shape.extend([m, n]);
+    let mut data = vec![0.0; batch * m * n];
+    for bi in 0..batch {
+        let (ao, bo) = (bi * m * k, if b_batched { bi * k * n } else { 0 });
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc: f64 = (0..k).map(|p| a.data[ao + i * k + p] * b.data[bo + p * n + j]).sum();
+                acc += bias.map_or(0.0, |b| b.data[j]);
+                acc = match act {
+                    crate::Activation::None => acc,
+                    crate::Activation::Silu => unary_scalar(UnaryOp::Silu, acc),
+                    crate::Activation::GeluErf => unary_scalar(UnaryOp::GeluErf, acc),
+                };
+                data[(bi * m + i) * n + j] = acc + residual.map_or(0.0, |r| r.data[(bi * m + i) * n + j]);
+            }
+        }
+    }
+    HostArray::new(&shape, data)
+}
+
+/// Plain attention: scores, mask, softmax, weighted sum. Shapes as [`crate::attention`].
+pub fn attention(q: &HostArray, k: &HostArray, v: &HostArray, mask: &crate::Mask, kv_lens: Option<&[usize]>, scale: f64) -> HostArray {
+    let (b, hq, sq, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
+    let (hkv, skv) = (k.shape[1], k.shape[2]);
+    let segment: Vec<usize> = match mask {
+        crate::Mask::Segments(s) => s.iter().enumerate().flat_map(|(i, &n)| std::iter::repeat_n(i, n)).collect(),
+        _ => (0..skv).collect(),
+    };
+    let mut data = vec![0.0; b * hq * sq * d];
+    for bi in 0..b {
+        let len = kv_lens.map_or(skv, |l| l[bi]);
+        for h in 0..hq {
+            let kh = h / (hq / hkv);
+            for i in 0..sq {
+                let q_pos = skv - sq + i;
+                let qrow = &q.data[((bi * hq + h) * sq + i) * d..][..d];
+                let visible = |j: usize| {
+                    j < len
+                        && match mask {
+                            crate::Mask::None => true,
+                            crate::Mask::Causal => j <= q_pos,
+                            crate::Mask::Segments(_) => segment[j] <= segment[q_pos],
+                        }
+                };
+                let scores: Vec<Option<f64>> = (0..skv)
+                    .map(|j| {
+                        visible(j).then(|| {
+                            let krow = &k.data[((bi * hkv + kh) * skv + j) * d..][..d];
+                            qrow.iter().zip(krow).map(|(x, y)| x * y).sum::<f64>() * scale
+                        })
+                    })
+                    .collect();
+                let max = scores.iter().flatten().copied().fold(f64::NEG_INFINITY, f64::max);
+                let weights: Vec<f64> = scores.iter().map(|s| s.map_or(0.0, |s| (s - max).exp())).collect();
+                let total: f64 = weights.iter().sum();
+                if total == 0.0 {
+                    continue;
+                }
+                let out = &mut data[((bi * hq + h) * sq + i) * d..][..d];
+                for (j, w) in weights.iter().enumerate() {
+                    let vrow = &v.data[((bi * hkv + kh) * skv + j) * d..][..d];
+                    for c in 0..d {
+                        out[c] += w / total * vrow[c];
+                    }
+                }
+            }
+        }
+    }
+    HostArray::new(&q.shape, data)
+}
+
+/// Rotate-half RoPE with angles `pos[axis[i]] · inv_freq[i]` (angles rounded to f32, as
+/// devices compute them). `positions` is `[b or 1, s, 3]`.
+pub fn rope(x: &HostArray, positions: &HostArray, inv_freq: &[f32], axis: &[u32]) -> HostArray {
+    let (b, h, s, d) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    let half = d / 2;
+    let mut data = x.data.clone();
+    for bi in 0..b {
+        let pb = if positions.shape[0] == 1 { 0 } else { bi };
+        for hi in 0..h {
+            for si in 0..s {
+                let row = ((bi * h + hi) * s + si) * d;
+                for i in 0..half {
+                    let p = positions.data[(pb * s + si) * 3 + axis[i] as usize] as f32;
+                    let angle = (p * inv_freq[i]) as f64;
+                    let (x1, x2) = (x.data[row + i], x.data[row + i + half]);
+                    data[row + i] = x1 * angle.cos() - x2 * angle.sin();
+                    data[row + i + half] = x2 * angle.cos() + x1 * angle.sin();
+                }
+            }
+        }
+    }
+    HostArray::new(&x.shape, data)
+}

@@ -32,4 +32,12 @@ pub const OP_TABLE: &[OpEntry] = &[
     OpEntry { name: "rms_norm", kernel: "reduce::rms_norm_rows" },
     OpEntry { name: "embedding", kernel: "gather::embedding" },
     OpEntry { name: "concat", kernel: "elementwise::unary_strided (copy into views)" },
+    OpEntry { name: "matmul", kernel: "matmul::matmul_tiled (each MATMUL_TILES candidate)" },
+    OpEntry { name: "matmul_gemv", kernel: "matmul::gemv_k_contiguous, matmul::gemv_n_contiguous" },
+    OpEntry { name: "linear", kernel: "matmul (transposed weight view)" },
+    OpEntry { name: "attention", kernel: "attention::flash_attention" },
+    OpEntry { name: "kv_cache", kernel: "elementwise::unary_strided (copy into the cache)" },
+    OpEntry { name: "rope", kernel: "attention::rope" },
+    OpEntry { name: "swiglu", kernel: "elementwise::binary_strided (silu·mul)" },
+    OpEntry { name: "add_rms_norm", kernel: "reduce::add_rms_norm_rows" },
 ];

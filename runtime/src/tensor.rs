@@ -63,6 +63,10 @@ impl Tensor {
     pub fn storage(&self) -> &Storage {
         &self.storage
     }
+    /// The buffer for writing in place, if no other tensor or view shares it.
+    pub fn storage_mut(&mut self) -> Option<&mut Storage> {
+        Arc::get_mut(&mut self.storage)
+    }
     pub fn is_contiguous(&self) -> bool {
         self.layout.is_contiguous()
     }

@@ -20,6 +20,8 @@ pub const OP_SUB: u32 = 1;
 pub const OP_MUL: u32 = 2;
 pub const OP_DIV: u32 = 3;
 pub const OP_MAX: u32 = 4;
+/// SwiGLU: `silu(a) · b`, always evaluated in f32.
+pub const OP_SILU_MUL: u32 = 5;
 
 /// A float unary function, evaluated in f32.
 #[cube]
@@ -68,6 +70,10 @@ pub fn binary_op<A: Numeric>(a: A, b: A, #[comptime] op: u32) -> A {
     }
     if comptime![op == OP_MAX] {
         y = select(a > b, a, b);
+    }
+    if comptime![op == OP_SILU_MUL] {
+        let x = f32::cast_from(a);
+        y = A::cast_from(x / (1.0 + f32::exp(-x)) * f32::cast_from(b));
     }
     y
 }

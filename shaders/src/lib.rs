@@ -4,8 +4,10 @@
 //! DX12). Launch code, argument checks and CPU references live in `nextflow-ops`.
 //! Float kernels load their element type, compute in f32 and store their element type.
 
+pub mod attention;
 pub mod elementwise;
 pub mod gather;
+pub mod matmul;
 pub mod reduce;
 
 /// Threads per cube for one-element-per-thread kernels.

@@ -31,6 +31,12 @@ fn cube_combine(partial: f32, shared: &mut SharedMemory<f32>, #[comptime] block:
     total
 }
 
+/// Cube-wide sum of one f32 per unit; every unit receives the result.
+#[cube]
+pub fn cube_sum(partial: f32, shared: &mut SharedMemory<f32>, #[comptime] block: u32) -> f32 {
+    cube_combine(partial, shared, block, false)
+}
+
 /// `out[row] = sum | max | mean(input[row, :])`.
 #[cube(launch_unchecked)]
 pub fn reduce_rows<E: Numeric>(input: &Array<E>, output: &mut Array<E>, n: u32, rows: u32, #[comptime] op: u32, #[comptime] block: u32) {
@@ -165,6 +171,47 @@ pub fn rms_norm_rows<E: Numeric>(input: &Array<E>, weight: &Array<E>, output: &m
     i = UNIT_POS as usize;
     while i < n {
         output[base + i] = E::cast_from(f32::cast_from(input[base + i]) * scale * f32::cast_from(weight[i]));
+        i += block as usize;
+    }
+}
+
+/// Fused residual add + RMSNorm: `sum = x + residual` (the new residual stream) and
+/// `normed = sum / sqrt(mean(sum²) + eps) · weight`, statistics in f32.
+#[cube(launch_unchecked)]
+pub fn add_rms_norm_rows<E: Numeric>(
+    input: &Array<E>,
+    residual: &Array<E>,
+    weight: &Array<E>,
+    sum_out: &mut Array<E>,
+    normed: &mut Array<E>,
+    n: u32,
+    rows: u32,
+    eps: f32,
+    #[comptime] block: u32,
+) {
+    let row = CUBE_POS;
+    if row >= rows as usize {
+        terminate!();
+    }
+    let n = n as usize;
+    let base = row * n;
+    let mut shared = SharedMemory::<f32>::new(comptime![block as usize]);
+    let mut local = 0.0f32;
+    let mut i = UNIT_POS as usize;
+    while i < n {
+        // Round the sum to E first, so normed is computed from the stored residual stream.
+        let h = E::cast_from(f32::cast_from(input[base + i]) + f32::cast_from(residual[base + i]));
+        sum_out[base + i] = h;
+        let x = f32::cast_from(h);
+        local += x * x;
+        i += block as usize;
+    }
+    let sum_sq = cube_combine(local, &mut shared, block, false);
+    let scale = f32::inverse_sqrt(sum_sq / f32::cast_from(n) + eps);
+    i = UNIT_POS as usize;
+    while i < n {
+        let h = f32::cast_from(E::cast_from(f32::cast_from(input[base + i]) + f32::cast_from(residual[base + i])));
+        normed[base + i] = E::cast_from(h * scale * f32::cast_from(weight[i]));
         i += block as usize;
     }
 }

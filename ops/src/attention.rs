@@ -1,0 +1,476 @@
+//! Fused attention (GQA, causal / block-causal / no mask, key padding), rotary embedding
+//! (1D and multi-scale 3D, spec §4.2), and the KV cache.
+
+use crate::gpu::{self, array, buffer, upload_u32, with_client, with_dtype};
+use crate::{contiguous, cpu};
+use cubecl::prelude::*;
+use nextflow_runtime::{cubecl, DType, Device, Error, Layout, Result, Storage, Tensor};
+use nextflow_shaders::attention as kernels;
+use rayon::prelude::*;
+
+/// Which keys a query may see. Positions are absolute key positions; query `i` of `sq`
+/// sits at `skv - sq + i` (the queries are the newest tokens).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mask {
+    /// Every valid key.
+    None,
+    /// Keys at or before the query's position.
+    Causal,
+    /// Block-causal over consecutive segments of the key sequence (lengths summing to
+    /// `skv`): a query sees its own segment and every earlier one. A causal prefix of `t`
+    /// tokens is `t` segments of length 1, as the next-scale model needs.
+    Segments(Vec<usize>),
+}
+
+/// Options of [`attention`].
+#[derive(Clone, Debug, Default)]
+pub struct AttentionOptions {
+    pub mask: Option<Mask>,
+    /// Valid keys per batch row (right padding); default: all `skv`.
+    pub kv_lens: Option<Vec<usize>>,
+    /// Default `1/sqrt(head_dim)`.
+    pub scale: Option<f32>,
+}
+
+/// `softmax(q·kᵀ·scale + mask)·v` per head. `q [b, hq, sq, d]`, `k`/`v [b, hkv, skv, d]`
+/// (any strides with a dense last dim, e.g. views of a KV cache or of a fused QKV matmul),
+/// `hkv` dividing `hq`. Returns `[b, hq, sq, d]` whose buffer is laid out `[b, sq, hq, d]`,
+/// so `.transpose(1, 2)` then `reshape` to `[b, sq, hq·d]` is free.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions) -> Result<Tensor> {
+    let err = |msg: String| Err(Error::Shape { op: "attention", msg });
+    crate::check_float("attention", q)?;
+    crate::check_same("attention", q, k)?;
+    crate::check_same("attention", q, v)?;
+    if q.rank() != 4 || k.rank() != 4 || v.rank() != 4 {
+        return err(format!("q, k, v must be [batch, heads, seq, head_dim], got {:?}, {:?}, {:?}", q.shape(), k.shape(), v.shape()));
+    }
+    let (b, hq, sq, d) = (q.shape()[0], q.shape()[1], q.shape()[2], q.shape()[3]);
+    let (hkv, skv) = (k.shape()[1], k.shape()[2]);
+    if k.shape() != v.shape() || k.shape()[0] != b || k.shape()[3] != d {
+        return err(format!("k {:?} and v {:?} must both be [{b}, hkv, skv, {d}]", k.shape(), v.shape()));
+    }
+    if hkv == 0 || hq % hkv != 0 {
+        return err(format!("{hkv} kv heads do not divide {hq} query heads"));
+    }
+    if !(16..=256).contains(&d) || d % 2 != 0 {
+        return err(format!("head_dim {d} is outside the supported 16..=256 (even)"));
+    }
+    if sq > skv {
+        return err(format!("{sq} queries but only {skv} keys: queries must be the newest keys"));
+    }
+    let kv_lens = options.kv_lens.clone().unwrap_or_else(|| vec![skv; b]);
+    if kv_lens.len() != b || kv_lens.iter().any(|&l| l > skv) {
+        return err(format!("kv_lens {kv_lens:?} must give one length <= {skv} per batch row ({b})"));
+    }
+    let mask = options.mask.clone().unwrap_or(Mask::None);
+    if let Mask::Segments(s) = &mask {
+        if s.iter().sum::<usize>() != skv || s.contains(&0) {
+            return err(format!("segment lengths {s:?} must be positive and sum to skv = {skv}"));
+        }
+    }
+    let scale = options.scale.unwrap_or(1.0 / (d as f32).sqrt());
+    // Kernels need a dense last dim.
+    let dense_last = |t: &Tensor| if t.strides()[3] == 1 { Ok(t.clone()) } else { contiguous(t) };
+    let (q, k, v) = (dense_last(q)?, dense_last(k)?, dense_last(v)?);
+    let run = Attention { mask, kv_lens, scale };
+    if q.device().is_cpu() {
+        return Ok(run.cpu(&q, &k, &v));
+    }
+    if !crate::on_gpu(q.device(), &[q.dtype()]) {
+        return crate::via_cpu(&[&q, &k, &v], |h| Ok(run.cpu(&h[0], &h[1], &h[2])));
+    }
+    run.gpu(&q, &k, &v)
+}
+
+struct Attention {
+    mask: Mask,
+    kv_lens: Vec<usize>,
+    scale: f32,
+}
+
+impl Attention {
+    /// Segment id of each key position (causal = every key its own segment).
+    fn segment_ids(&self, skv: usize) -> Vec<u32> {
+        match &self.mask {
+            Mask::Segments(s) => s.iter().enumerate().flat_map(|(i, &n)| std::iter::repeat_n(i as u32, n)).collect(),
+            _ => (0..skv as u32).collect(),
+        }
+    }
+
+    fn visible(&self, seg: &[u32], key: usize, q_pos: usize) -> bool {
+        match self.mask {
+            Mask::None => true,
+            Mask::Causal => key <= q_pos,
+            Mask::Segments(_) => seg[key] <= seg[q_pos],
+        }
+    }
+
+    /// Output `[b, hq, sq, d]` view over a dense `[b, sq, hq, d]` buffer.
+    fn output_layout(b: usize, hq: usize, sq: usize, d: usize) -> Layout {
+        Layout::contiguous(&[b, sq, hq, d]).permute(&[0, 2, 1, 3]).expect("valid permutation")
+    }
+
+    fn gpu(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (b, hq, sq, d) = (q.shape()[0], q.shape()[1], q.shape()[2], q.shape()[3]);
+        let (hkv, skv) = (k.shape()[1], k.shape()[2]);
+        let device = q.device();
+        let storage = device.alloc(b * sq * hq * d * q.dtype().size());
+        let out = Tensor::from_storage(storage, Self::output_layout(b, hq, sq, d), q.dtype(), device.clone());
+        if out.numel() == 0 {
+            return Ok(out);
+        }
+        let (qs, ks, vs) = (q.strides(), k.strides(), v.strides());
+        let mut geometry = vec![sq, hq, hq / hkv, skv - sq];
+        geometry.extend([q.layout().offset(), qs[0], qs[1], qs[2]]);
+        geometry.extend([k.layout().offset(), ks[0], ks[1], ks[2]]);
+        geometry.extend([v.layout().offset(), vs[0], vs[1], vs[2]]);
+        geometry.extend([sq * hq * d, d, hq * d]);
+        let geometry: Vec<u32> = geometry.into_iter().map(|x| x as u32).collect();
+        let segments = match self.mask {
+            Mask::Segments(_) => self.segment_ids(skv),
+            _ => vec![0],
+        };
+        let kv_lens: Vec<u32> = self.kv_lens.iter().map(|&l| l as u32).collect();
+        let mask = match self.mask {
+            Mask::None => kernels::MASK_NONE,
+            Mask::Causal => kernels::MASK_CAUSAL,
+            Mask::Segments(_) => kernels::MASK_SEGMENTS,
+        };
+        // Two f32 tiles of block_kv × d must fit 16 KiB of shared memory (wgpu's floor).
+        let block_kv = (2048 / d).max(1);
+        let block_q = 64u32;
+        let dtype = q.dtype();
+        with_client!(device, c => {
+            let (geo, seg, lens) = (upload_u32(c, &geometry), upload_u32(c, &segments), upload_u32(c, &kv_lens));
+            with_dtype!(dtype, E => unsafe {
+                kernels::flash_attention::launch_unchecked::<E, _>(
+                    c,
+                    CubeCount::Static(sq.div_ceil(block_q as usize) as u32, hq as u32, b as u32),
+                    CubeDim::new_1d(block_q),
+                    array(buffer(q), dtype),
+                    array(buffer(k), dtype),
+                    array(buffer(v), dtype),
+                    array(buffer(&out), dtype),
+                    ArrayArg::from_raw_parts(seg.clone(), segments.len()),
+                    ArrayArg::from_raw_parts(lens.clone(), kv_lens.len()),
+                    ArrayArg::from_raw_parts(geo.clone(), geometry.len()),
+                    self.scale,
+                    d,
+                    block_q,
+                    block_kv,
+                    mask,
+                )
+            })
+        });
+        Ok(out)
+    }
+
+    /// CPU: per (batch, head, block of queries), scores of the block against the visible
+    /// keys, softmax, and the weighted sum of values; blocks run in parallel.
+    fn cpu(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+        const BLOCK: usize = 64;
+        let (b, hq, sq, d) = (q.shape()[0], q.shape()[1], q.shape()[2], q.shape()[3]);
+        let (hkv, skv) = (k.shape()[1], k.shape()[2]);
+        let group = hq / hkv;
+        let (qv, kv, vv) = (cpu::read_f32(q), cpu::read_f32(k), cpu::read_f32(v));
+        let seg = self.segment_ids(skv);
+        let q_pos0 = skv - sq;
+        let blocks = sq.div_ceil(BLOCK);
+        let mut out = vec![0f32; b * sq * hq * d];
+        // Each task writes the rows of one (batch, head, block): collect, then scatter.
+        let results: Vec<(usize, usize, usize, Vec<f32>)> = (0..b * hq * blocks)
+            .into_par_iter()
+            .map(|task| {
+                let (bi, h, blk) = (task / (hq * blocks), (task / blocks) % hq, task % blocks);
+                let (q0, q1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(sq));
+                let rows = q1 - q0;
+                let kv_len = self.kv_lens[bi];
+                let kv_end = match self.mask {
+                    Mask::Causal => kv_len.min(q_pos0 + q1),
+                    _ => kv_len,
+                };
+                let qm = |i: usize| &qv[((bi * hq + h) * sq + i) * d..][..d];
+                let kh = (bi * hkv + h / group) * skv;
+                let mut scores = vec![0f32; rows * kv_end];
+                if kv_end > 0 {
+                    // SAFETY: dense row-major blocks inside the read_f32 copies.
+                    unsafe {
+                        gemm::gemm(
+                            rows, kv_end, d,
+                            scores.as_mut_ptr(), 1, kv_end as isize, false,
+                            qm(q0).as_ptr(), 1, d as isize,
+                            kv[kh * d..].as_ptr(), d as isize, 1,
+                            0.0, self.scale, false, false, false,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                }
+                for (r, row) in scores.chunks_mut(kv_end.max(1)).enumerate().take(rows) {
+                    let q_pos = q_pos0 + q0 + r;
+                    let mut max = f32::NEG_INFINITY;
+                    for (key, s) in row.iter_mut().enumerate() {
+                        if !self.visible(&seg, key, q_pos) {
+                            *s = f32::NEG_INFINITY;
+                        }
+                        max = max.max(*s);
+                    }
+                    if max == f32::NEG_INFINITY {
+                        row.iter_mut().for_each(|s| *s = 0.0);
+                        continue;
+                    }
+                    let mut sum = 0.0;
+                    for s in row.iter_mut() {
+                        *s = (*s - max).exp();
+                        sum += *s;
+                    }
+                    let inv = 1.0 / sum;
+                    row.iter_mut().for_each(|s| *s *= inv);
+                }
+                let mut o = vec![0f32; rows * d];
+                if kv_end > 0 {
+                    // SAFETY: as above.
+                    unsafe {
+                        gemm::gemm(
+                            rows, d, kv_end,
+                            o.as_mut_ptr(), 1, d as isize, false,
+                            scores.as_ptr(), 1, kv_end as isize,
+                            vv[kh * d..].as_ptr(), 1, d as isize,
+                            0.0, 1.0, false, false, false,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                }
+                (bi, h, q0, o)
+            })
+            .collect();
+        for (bi, h, q0, o) in results {
+            for (r, row) in o.chunks(d).enumerate() {
+                let at = ((bi * sq + q0 + r) * hq + h) * d;
+                out[at..at + d].copy_from_slice(row);
+            }
+        }
+        let dense = cpu::write_f32(&out, q.dtype(), &[b, sq, hq, d], q.device());
+        dense.permute(&[0, 2, 1, 3]).expect("valid permutation")
+    }
+}
+
+/// Rotary-embedding tables: per frequency pair `i < head_dim/2`, `inv_freq[i] =
+/// theta^(-2i/head_dim)` and the position axis it reads (spec §4.2: M-RoPE sections).
+#[derive(Clone, Debug)]
+pub struct Rope {
+    pub head_dim: usize,
+    inv_freq: Vec<f32>,
+    axis: Vec<u32>,
+}
+
+impl Rope {
+    /// `sections` split the `head_dim/2` frequencies among the three position axes, e.g.
+    /// `[16, 24, 24]` for Qwen2.5-VL; `[head_dim/2]` (or `[head_dim/2, 0, 0]`) is 1D RoPE.
+    pub fn new(head_dim: usize, theta: f32, sections: &[usize]) -> Result<Rope> {
+        let half = head_dim / 2;
+        if head_dim % 2 != 0 || sections.len() > 3 || sections.iter().sum::<usize>() != half {
+            return Err(Error::Shape {
+                op: "rope",
+                msg: format!("sections {sections:?} must be at most 3 and sum to head_dim/2 = {half}"),
+            });
+        }
+        // As HF computes it: in f32, base ** (2i / dim).
+        let inv_freq = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect();
+        let axis = sections.iter().enumerate().flat_map(|(a, &n)| std::iter::repeat_n(a as u32, n)).collect();
+        Ok(Rope { head_dim, inv_freq, axis })
+    }
+
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+    pub fn axis(&self) -> &[u32] {
+        &self.axis
+    }
+
+    /// Applies the rotation to `x [b, heads, seq, head_dim]` (any strides, dense last dim)
+    /// with `positions [b or 1, seq, 3]` f32; returns a dense tensor.
+    pub fn apply(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        let err = |msg: String| Err(Error::Shape { op: "rope", msg });
+        crate::check_float("rope", x)?;
+        if x.rank() != 4 || x.shape()[3] != self.head_dim {
+            return err(format!("x must be [batch, heads, seq, {}], got {:?}", self.head_dim, x.shape()));
+        }
+        let (b, h, s) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+        if positions.dtype() != DType::F32 {
+            return Err(Error::DTypeMismatch { op: "rope", expected: DType::F32, found: positions.dtype() });
+        }
+        if positions.rank() != 3 || (positions.shape()[0] != b && positions.shape()[0] != 1) || positions.shape()[1..] != [s, 3] {
+            return err(format!("positions must be [{b} or 1, {s}, 3], got {:?}", positions.shape()));
+        }
+        if !x.device().same(positions.device()) {
+            return Err(Error::DeviceMismatch { op: "rope", lhs: x.device().info().spec(), rhs: positions.device().info().spec() });
+        }
+        let x = if x.strides()[3] == 1 { x.clone() } else { contiguous(x)? };
+        let positions = contiguous(positions)?;
+        if x.device().is_cpu() {
+            return Ok(self.cpu(&x, &positions));
+        }
+        if !crate::on_gpu(x.device(), &[x.dtype()]) {
+            return crate::via_cpu(&[&x, &positions], |t| Ok(self.cpu(&t[0], &t[1])));
+        }
+        let half = self.head_dim / 2;
+        let out = gpu::empty(x.device(), x.dtype(), x.shape());
+        let numel = b * h * s * half;
+        if numel == 0 {
+            return Ok(out);
+        }
+        let xs = x.strides();
+        let pos_sb = if positions.shape()[0] == 1 { 0 } else { s * 3 };
+        let geometry: Vec<u32> = [h, s, x.layout().offset(), xs[0], xs[1], xs[2], pos_sb].iter().map(|&v| v as u32).collect();
+        let dtype = x.dtype();
+        with_client!(x.device(), c => {
+            let geo = upload_u32(c, &geometry);
+            let axis = upload_u32(c, &self.axis);
+            let freq = c.create_from_slice(bytemuck::cast_slice(&self.inv_freq));
+            with_dtype!(dtype, E => unsafe {
+                nextflow_shaders::attention::rope::launch_unchecked::<E, _>(
+                    c,
+                    gpu::grid(numel, nextflow_shaders::ELEMENTWISE_CUBE),
+                    CubeDim::new_1d(nextflow_shaders::ELEMENTWISE_CUBE),
+                    array(buffer(&x), dtype),
+                    array(buffer(&out), dtype),
+                    array(buffer(&positions), DType::F32),
+                    ArrayArg::from_raw_parts(freq.clone(), half),
+                    ArrayArg::from_raw_parts(axis.clone(), half),
+                    ArrayArg::from_raw_parts(geo.clone(), geometry.len()),
+                    numel as u32,
+                    half,
+                )
+            })
+        });
+        Ok(out)
+    }
+
+    fn cpu(&self, x: &Tensor, positions: &Tensor) -> Tensor {
+        let (b, h, s, d) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+        let half = d / 2;
+        let xv = cpu::read_f32(x);
+        let pos = cpu::read_f32(positions);
+        let shared = positions.shape()[0] == 1;
+        let mut out = vec![0f32; b * h * s * d];
+        out.par_chunks_mut(d).enumerate().for_each(|(row, o)| {
+            let (bi, si) = (row / (h * s), row % s);
+            let p = &pos[((if shared { 0 } else { bi }) * s + si) * 3..][..3];
+            let xr = &xv[row * d..][..d];
+            for i in 0..half {
+                let angle = p[self.axis[i] as usize] * self.inv_freq[i];
+                let (sin, cos) = angle.sin_cos();
+                o[i] = xr[i] * cos - xr[i + half] * sin;
+                o[i + half] = xr[i + half] * cos + xr[i] * sin;
+            }
+        });
+        cpu::write_f32(&out, x.dtype(), x.shape(), x.device())
+    }
+}
+
+/// Positions `[1, len, 3]` of text tokens `start..start+len`: `(t, t, t)` (spec §4.2).
+pub fn text_positions(start: usize, len: usize, device: &Device) -> Result<Tensor> {
+    let v: Vec<f32> = (start..start + len).flat_map(|t| [t as f32; 3]).collect();
+    Tensor::from_slice(&v, &[1, len, 3], device)
+}
+
+/// Per-layer key/value cache `[batch, kv_heads, capacity, head_dim]`; attention reads
+/// [`KvCache::keys`] / [`KvCache::values`] (views of the filled part) without copies.
+pub struct KvCache {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
+}
+
+impl KvCache {
+    pub fn new(device: &Device, dtype: DType, batch: usize, kv_heads: usize, head_dim: usize, capacity: usize) -> Result<KvCache> {
+        let zeros = vec![0u8; batch * kv_heads * capacity * head_dim * dtype.size()];
+        let shape = [batch, kv_heads, capacity, head_dim];
+        Ok(KvCache {
+            k: Tensor::from_bytes(&zeros, dtype, &shape, device)?,
+            v: Tensor::from_bytes(&zeros, dtype, &shape, device)?,
+            len: 0,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn capacity(&self) -> usize {
+        self.k.shape()[2]
+    }
+
+    /// The cached keys `[batch, kv_heads, len, head_dim]` (a view).
+    pub fn keys(&self) -> Tensor {
+        self.k.narrow(2, 0, self.len).expect("len <= capacity")
+    }
+    pub fn values(&self) -> Tensor {
+        self.v.narrow(2, 0, self.len).expect("len <= capacity")
+    }
+
+    /// Appends `k`/`v [batch, kv_heads, s, head_dim]`. Views from `keys()`/`values()` must
+    /// have been dropped (the buffers are written in place).
+    pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
+        let s = k.shape().get(2).copied().unwrap_or(0);
+        let expected = [self.k.shape()[0], self.k.shape()[1], s, self.k.shape()[3]];
+        for t in [k, v] {
+            if t.shape() != expected {
+                return Err(Error::Shape { op: "kv_cache", msg: format!("append expects {expected:?}, got {:?}", t.shape()) });
+            }
+            crate::check_same("kv_cache", &self.k, t)?;
+        }
+        if self.len + s > self.capacity() {
+            return Err(Error::Shape {
+                op: "kv_cache",
+                msg: format!("{} cached + {s} new tokens exceed the capacity of {}", self.len, self.capacity()),
+            });
+        }
+        write_into(&mut self.k, 2, self.len, k)?;
+        write_into(&mut self.v, 2, self.len, v)?;
+        self.len += s;
+        Ok(())
+    }
+}
+
+/// Copies `src` into `dst.narrow(dim, start, src.shape()[dim])` in place.
+pub fn write_into(dst: &mut Tensor, dim: usize, start: usize, src: &Tensor) -> Result<()> {
+    crate::check_same("write_into", dst, src)?;
+    let view = dst.layout().narrow(dim, start, src.shape().get(dim).copied().unwrap_or(0))?;
+    if view.shape() != src.shape() {
+        return Err(Error::Shape { op: "write_into", msg: format!("cannot write {:?} into {:?}", src.shape(), view.shape()) });
+    }
+    let device = dst.device().clone();
+    let dtype = dst.dtype();
+    let busy = || Error::Shape { op: "write_into", msg: "the destination buffer is shared by a live view".into() };
+    let storage = dst.storage_mut().ok_or_else(busy)?;
+    match storage {
+        Storage::Cpu(buf) => {
+            let bytes = src.to_bytes()?;
+            let size = dtype.size();
+            let out = buf.bytes_mut();
+            for (i, at) in view.offsets().enumerate() {
+                out[at * size..(at + 1) * size].copy_from_slice(&bytes[i * size..(i + 1) * size]);
+            }
+            Ok(())
+        }
+        Storage::Gpu(g) => {
+            let g = g.clone();
+            if crate::on_gpu(&device, &[dtype]) {
+                gpu::unary_into(src, &g, dtype, &view, nextflow_shaders::elementwise::OP_COPY)
+            } else {
+                // No kernels for this dtype here: patch the bytes on the host.
+                let mut all = device.download(&Storage::Gpu(g))?;
+                let bytes = src.to_bytes()?;
+                let size = dtype.size();
+                for (i, at) in view.offsets().enumerate() {
+                    all[at * size..(at + 1) * size].copy_from_slice(&bytes[i * size..(i + 1) * size]);
+                }
+                *dst = Tensor::from_bytes(&all, dtype, dst.shape(), &device)?;
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! Matrix multiplication with a fused epilogue (bias, activation, residual add).
+//!
+//! `matmul(a [.., m, k], b [.., k, n])`: transposes are views (`w.transpose(0, 1)` for an
+//! HF `[out, in]` weight), `b` may be 2-D and shared by every batch. f32 accumulation for
+//! every dtype. GPU kernel choice: GEMV for few rows, else a tiled kernel from
+//! [`MATMUL_TILES`] (the candidates the autotuner will time; [`DEFAULT_TILE`] until then).
+
+use crate::gpu::{self, array, buffer, upload_u32, with_client, with_dtype};
+use crate::{contiguous, cpu};
+use cubecl::prelude::*;
+use nextflow_runtime::{cubecl, DType, Error, Result, Storage, Tensor};
+use nextflow_shaders::matmul as kernels;
+use rayon::prelude::*;
+
+/// Activation applied after the bias, before the residual add.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Activation {
+    #[default]
+    None,
+    Silu,
+    GeluErf,
+}
+
+/// What a matmul adds to `a·b` before storing it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    /// `[n]`, added to every row.
+    pub bias: Option<&'a Tensor>,
+    pub activation: Activation,
+    /// Shaped like the output, added last.
+    pub residual: Option<&'a Tensor>,
+}
+
+/// One register-blocked tile shape: a cube computes `bm × bn`, each unit `tm × tn`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TileConfig {
+    pub bm: usize,
+    pub bn: usize,
+    pub bk: usize,
+    pub tm: usize,
+    pub tn: usize,
+}
+
+impl TileConfig {
+    pub fn units(&self) -> u32 {
+        ((self.bm / self.tm) * (self.bn / self.tn)) as u32
+    }
+    pub fn name(&self) -> String {
+        format!("tiled {}x{}x{} / {}x{}", self.bm, self.bn, self.bk, self.tm, self.tn)
+    }
+}
+
+/// The tiled-kernel candidates, all 256 units per cube.
+pub const MATMUL_TILES: &[TileConfig] = &[
+    TileConfig { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 },
+    TileConfig { bm: 32, bn: 32, bk: 16, tm: 2, tn: 2 },
+    TileConfig { bm: 128, bn: 64, bk: 8, tm: 8, tn: 4 },
+];
+pub const DEFAULT_TILE: TileConfig = MATMUL_TILES[0];
+
+/// Rows at or below which the GPU uses a GEMV kernel.
+pub const GEMV_MAX_ROWS: usize = 4;
+
+/// A GPU kernel choice (the CPU backend always uses the `gemm` crate).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulKernel {
+    Auto,
+    Tiled(TileConfig),
+    Gemv,
+}
+
+/// A view as `(offset, batch stride, row stride, col stride)` over `batch` matrices.
+#[derive(Clone, Copy, Debug)]
+struct MatView {
+    offset: usize,
+    sb: usize,
+    sr: usize,
+    sc: usize,
+}
+
+/// Collapses the batch dims of a rank >= 2 view into one stride, if they allow it.
+fn mat_view(t: &Tensor) -> Option<MatView> {
+    let (shape, strides) = (t.shape(), t.strides());
+    let r = shape.len();
+    let mut sb = 0;
+    let mut expected: Option<usize> = None;
+    for d in (0..r - 2).rev() {
+        if shape[d] == 1 {
+            continue;
+        }
+        match expected {
+            None => sb = strides[d],
+            Some(e) if e != strides[d] => return None,
+            Some(_) => {}
+        }
+        expected = Some(strides[d] * shape[d]);
+    }
+    Some(MatView { offset: t.layout().offset(), sb, sr: strides[r - 2], sc: strides[r - 1] })
+}
+
+/// A view usable by the kernels: batch dims collapsible, else a dense copy.
+fn as_mat(t: &Tensor) -> Result<(Tensor, MatView)> {
+    if let Some(v) = mat_view(t) {
+        return Ok((t.clone(), v));
+    }
+    let dense = contiguous(t)?;
+    let v = mat_view(&dense).expect("dense tensors collapse");
+    Ok((dense, v))
+}
+
+/// `a·b` with the epilogue, choosing the kernel automatically.
+pub fn matmul(a: &Tensor, b: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
+    matmul_with(a, b, epilogue, MatmulKernel::Auto)
+}
+
+/// `x·wᵀ + bias` for an HF-layout weight `[out, in]` and any `x [.., in]`.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    if weight.rank() != 2 {
+        return Err(Error::Shape { op: "linear", msg: format!("weight must be [out, in], got {:?}", weight.shape()) });
+    }
+    matmul(x, &weight.transpose(0, 1)?, Epilogue { bias, ..Default::default() })
+}
+
+fn check(a: &Tensor, b: &Tensor, epilogue: &Epilogue) -> Result<Vec<usize>> {
+    crate::check_float("matmul", a)?;
+    crate::check_same("matmul", a, b)?;
+    let err = |msg: String| Err(Error::Shape { op: "matmul", msg });
+    if a.rank() < 2 || b.rank() < 2 {
+        return err(format!("operands need rank >= 2, got {:?} and {:?}", a.shape(), b.shape()));
+    }
+    let (m, k) = (a.shape()[a.rank() - 2], a.shape()[a.rank() - 1]);
+    let (kb, n) = (b.shape()[b.rank() - 2], b.shape()[b.rank() - 1]);
+    if k != kb {
+        return err(format!("inner dims differ: {:?} · {:?}", a.shape(), b.shape()));
+    }
+    if b.rank() > 2 && b.shape()[..b.rank() - 2] != a.shape()[..a.rank() - 2] {
+        return err(format!("batch dims differ: {:?} · {:?} (b may also be 2-D)", a.shape(), b.shape()));
+    }
+    let mut out: Vec<usize> = a.shape()[..a.rank() - 2].to_vec();
+    out.extend([m, n]);
+    if let Some(bias) = epilogue.bias {
+        crate::check_same("matmul bias", a, bias)?;
+        if bias.shape() != [n] {
+            return err(format!("bias has shape {:?}, expected [{n}]", bias.shape()));
+        }
+    }
+    if let Some(r) = epilogue.residual {
+        crate::check_same("matmul residual", a, r)?;
+        if r.shape() != out.as_slice() {
+            return err(format!("residual has shape {:?}, expected {out:?}", r.shape()));
+        }
+    }
+    Ok(out)
+}
+
+/// `a·b` with the epilogue on a chosen GPU kernel (tests and the autotuner use this).
+pub fn matmul_with(a: &Tensor, b: &Tensor, epilogue: Epilogue, kernel: MatmulKernel) -> Result<Tensor> {
+    let out_shape = check(a, b, &epilogue)?;
+    let device = a.device().clone();
+    if device.is_cpu() {
+        return cpu_matmul(a, b, &epilogue, &out_shape);
+    }
+    if !crate::on_gpu(&device, &[a.dtype()]) {
+        let mut inputs = vec![a, b];
+        inputs.extend(epilogue.bias);
+        inputs.extend(epilogue.residual);
+        let has_bias = epilogue.bias.is_some();
+        return crate::via_cpu(&inputs, |h| {
+            let bias = has_bias.then(|| &h[2]);
+            let residual = epilogue.residual.map(|_| &h[h.len() - 1]);
+            cpu_matmul(&h[0], &h[1], &Epilogue { bias, activation: epilogue.activation, residual }, &out_shape)
+        });
+    }
+    gpu_matmul(a, b, &epilogue, &out_shape, kernel)
+}
+
+fn act_code(a: Activation) -> u32 {
+    match a {
+        Activation::None => kernels::ACT_NONE,
+        Activation::Silu => kernels::ACT_SILU,
+        Activation::GeluErf => kernels::ACT_GELU_ERF,
+    }
+}
+
+fn gpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize], kernel: MatmulKernel) -> Result<Tensor> {
+    let (a, av) = as_mat(a)?;
+    let (b, mut bv) = as_mat(b)?;
+    if b.rank() == 2 {
+        bv.sb = 0;
+    }
+    let r = out_shape.len();
+    let (m, n) = (out_shape[r - 2], out_shape[r - 1]);
+    let k = a.shape()[a.rank() - 1];
+    let batch: usize = out_shape[..r - 2].iter().product();
+    let out = gpu::empty(a.device(), a.dtype(), out_shape);
+    if out.numel() == 0 {
+        return Ok(out);
+    }
+    let bias = ep.bias.map(contiguous).transpose()?;
+    let residual = ep.residual.map(|t| as_mat(t)).transpose()?;
+    let rv = residual.as_ref().map(|(_, v)| *v).unwrap_or(MatView { offset: 0, sb: 0, sr: 0, sc: 0 });
+    let geometry: Vec<u32> = [m, n, k, av.offset, av.sb, av.sr, av.sc, bv.offset, bv.sb, bv.sr, bv.sc, rv.offset, rv.sb, rv.sr, rv.sc]
+        .iter()
+        .map(|&v| v as u32)
+        .collect();
+    // Absent epilogue operands bind the output buffer; the kernel never reads them.
+    let bias_buf = bias.as_ref().map(buffer).unwrap_or(buffer(&out));
+    let res_buf = residual.as_ref().map(|(t, _)| buffer(t)).unwrap_or(buffer(&out));
+    let (has_bias, has_res, act) = (bias.is_some(), residual.is_some(), act_code(ep.activation));
+    let dtype = a.dtype();
+    let kernel = match kernel {
+        MatmulKernel::Auto if m <= GEMV_MAX_ROWS => MatmulKernel::Gemv,
+        MatmulKernel::Auto => MatmulKernel::Tiled(DEFAULT_TILE),
+        chosen => chosen,
+    };
+    with_client!(a.device(), c => {
+        let geometry = upload_u32(c, &geometry);
+        let geo = unsafe { ArrayArg::from_raw_parts(geometry.clone(), 15) };
+        with_dtype!(dtype, E => unsafe {
+            let args = (array(buffer(&a), dtype), array(buffer(&b), dtype), array(bias_buf, dtype), array(res_buf, dtype), array(buffer(&out), dtype));
+            match kernel {
+                MatmulKernel::Tiled(t) => kernels::matmul_tiled::launch_unchecked::<E, _>(
+                    c,
+                    CubeCount::Static(n.div_ceil(t.bn) as u32, m.div_ceil(t.bm) as u32, batch as u32),
+                    CubeDim::new_1d(t.units()),
+                    args.0, args.1, args.2, args.3, args.4, geo,
+                    t.bm, t.bn, t.bk, t.tm, t.tn,
+                    av.sr == 1 && av.sc != 1,
+                    bv.sr == 1 && bv.sc != 1,
+                    has_bias, act, has_res,
+                ),
+                _ if bv.sr == 1 => kernels::gemv_k_contiguous::launch_unchecked::<E, _>(
+                    c,
+                    CubeCount::Static(n as u32, m as u32, batch as u32),
+                    CubeDim::new_1d(64),
+                    args.0, args.1, args.2, args.3, args.4, geo,
+                    64, has_bias, act, has_res,
+                ),
+                _ => kernels::gemv_n_contiguous::launch_unchecked::<E, _>(
+                    c,
+                    CubeCount::Static(n.div_ceil(64) as u32, m as u32, batch as u32),
+                    CubeDim::new_1d(64),
+                    args.0, args.1, args.2, args.3, args.4, geo,
+                    has_bias, act, has_res,
+                ),
+            }
+        })
+    });
+    Ok(out)
+}
+
+/// f32 view of a CPU tensor for the `gemm` crate: the tensor itself when it is f32,
+/// else an f32 copy (f16/bf16 widen exactly).
+fn f32_operand(t: &Tensor) -> Result<Tensor> {
+    if t.dtype() == DType::F32 {
+        return Ok(t.clone());
+    }
+    crate::cast(t, DType::F32)
+}
+
+fn cpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize]) -> Result<Tensor> {
+    let dtype = a.dtype();
+    let (a32, b32) = (f32_operand(a)?, f32_operand(b)?);
+    let (a32, av) = as_mat(&a32)?;
+    let (b32, mut bv) = as_mat(&b32)?;
+    if b32.rank() == 2 {
+        bv.sb = 0;
+    }
+    let r = out_shape.len();
+    let (m, n) = (out_shape[r - 2], out_shape[r - 1]);
+    let k = a32.shape()[a32.rank() - 1];
+    let batch: usize = out_shape[..r - 2].iter().product();
+    let mut out = vec![0f32; batch * m * n];
+    let (sa, sb) = (cpu_f32(&a32), cpu_f32(&b32));
+    for (bi, dst) in out.chunks_mut((m * n).max(1)).enumerate().take(batch) {
+        if k == 0 {
+            break;
+        }
+        // SAFETY: offsets and strides describe views inside the two buffers (checked by the
+        // runtime's layouts); dst is a dense m×n block.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                sa.as_ptr().add(av.offset + bi * av.sb),
+                av.sc as isize,
+                av.sr as isize,
+                sb.as_ptr().add(bv.offset + bi * bv.sb),
+                bv.sc as isize,
+                bv.sr as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(0),
+            );
+        }
+    }
+    if ep.bias.is_some() || ep.residual.is_some() || ep.activation != Activation::None {
+        let bias = ep.bias.map(cpu::read_f32);
+        let residual = ep.residual.map(cpu::read_f32);
+        out.par_chunks_mut(n.max(1)).enumerate().for_each(|(row, o)| {
+            for (j, v) in o.iter_mut().enumerate() {
+                let mut x = *v + bias.as_ref().map_or(0.0, |b| b[j]);
+                x = match ep.activation {
+                    Activation::None => x,
+                    Activation::Silu => x / (1.0 + (-x).exp()),
+                    Activation::GeluErf => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
+                };
+                *v = x + residual.as_ref().map_or(0.0, |r| r[row * n + j]);
+            }
+        });
+    }
+    Ok(cpu::write_f32(&out, dtype, out_shape, a.device()))
+}
+
+fn cpu_f32(t: &Tensor) -> &[f32] {
+    match t.storage() {
+        Storage::Cpu(b) => b.as_slice::<f32>(),
+        Storage::Gpu(_) => unreachable!("CPU matmul on a device tensor"),
+    }
+}
+

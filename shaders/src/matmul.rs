@@ -1,0 +1,220 @@
+//! Matrix multiplication: a register-blocked tiled GEMM and a GEMV for one-row activations.
+//!
+//! `out[b, i, j] = act(Σ_p A[b, i, p]·B[b, p, j] + bias[j]) + residual[b, i, j]`, f32
+//! accumulation whatever the element type. Operands are strided views (a transpose is a
+//! stride, a shared weight has batch stride 0), described by the `geometry` array:
+//! `[m, n, k, a_off, a_sb, a_sm, a_sk, b_off, b_sb, b_sk, b_sn, r_off, r_sb, r_sm, r_sn]`;
+//! the output is dense `[batch, m, n]`.
+
+use cubecl::prelude::*;
+
+pub const ACT_NONE: u32 = 0;
+pub const ACT_SILU: u32 = 1;
+pub const ACT_GELU_ERF: u32 = 2;
+
+/// The fused epilogue: bias, then activation, then residual add.
+#[cube]
+fn epilogue<E: Numeric>(
+    acc: f32,
+    i: usize,
+    j: usize,
+    batch: usize,
+    bias: &Array<E>,
+    residual: &Array<E>,
+    geometry: &Array<u32>,
+    #[comptime] has_bias: bool,
+    #[comptime] act: u32,
+    #[comptime] has_residual: bool,
+) -> E {
+    let mut v = acc;
+    if comptime![has_bias] {
+        v += f32::cast_from(bias[j]);
+    }
+    if comptime![act == ACT_SILU] {
+        v = v / (1.0 + f32::exp(-v));
+    }
+    if comptime![act == ACT_GELU_ERF] {
+        v = 0.5 * v * (1.0 + Erf::erf(v * 0.70710677));
+    }
+    if comptime![has_residual] {
+        let at = geometry[11] as usize + batch * geometry[12] as usize + i * geometry[13] as usize + j * geometry[14] as usize;
+        v += f32::cast_from(residual[at]);
+    }
+    E::cast_from(v)
+}
+
+/// Tiled GEMM: a cube computes a `bm × bn` output tile, each unit a `tm × tn` block held in
+/// registers; `bk`-deep slices of A and B are staged in shared memory (as f32).
+/// Cube: `(bm/tm)·(bn/tn)` units; grid: (n tiles, m tiles, batch).
+/// `a_m_fast` / `b_k_fast` pick the load order that walks memory contiguously.
+#[cube(launch_unchecked)]
+pub fn matmul_tiled<E: Numeric>(
+    a: &Array<E>,
+    b: &Array<E>,
+    bias: &Array<E>,
+    residual: &Array<E>,
+    out: &mut Array<E>,
+    geometry: &Array<u32>,
+    #[comptime] bm: usize,
+    #[comptime] bn: usize,
+    #[comptime] bk: usize,
+    #[comptime] tm: usize,
+    #[comptime] tn: usize,
+    #[comptime] a_m_fast: bool,
+    #[comptime] b_k_fast: bool,
+    #[comptime] has_bias: bool,
+    #[comptime] act: u32,
+    #[comptime] has_residual: bool,
+) {
+    let m = geometry[0] as usize;
+    let n = geometry[1] as usize;
+    let k = geometry[2] as usize;
+    let batch = CUBE_POS_Z as usize;
+    let m0 = CUBE_POS_Y as usize * bm;
+    let n0 = CUBE_POS_X as usize * bn;
+    let threads = comptime![(bm / tm) * (bn / tn)];
+    let unit = UNIT_POS as usize;
+    let tx = unit % comptime![bn / tn];
+    let ty = unit / comptime![bn / tn];
+
+    let a_base = geometry[3] as usize + batch * geometry[4] as usize;
+    let (a_sm, a_sk) = (geometry[5] as usize, geometry[6] as usize);
+    let b_base = geometry[7] as usize + batch * geometry[8] as usize;
+    let (b_sk, b_sn) = (geometry[9] as usize, geometry[10] as usize);
+
+    let mut tile_a = SharedMemory::<f32>::new(comptime![bm * bk]);
+    let mut tile_b = SharedMemory::<f32>::new(comptime![bk * bn]);
+    let mut acc = Array::<f32>::new(comptime![tm * tn]);
+    #[unroll]
+    for t in 0..tm * tn {
+        acc[t] = 0.0;
+    }
+    let mut a_frag = Array::<f32>::new(tm);
+    let mut b_frag = Array::<f32>::new(tn);
+
+    let mut k0 = 0usize.runtime();
+    while k0 < k {
+        // Stage A[m0.., k0..] as tile_a[r * bk + c] and B[k0.., n0..] as tile_b[r * bn + c].
+        let mut e = unit;
+        while e < comptime![bm * bk] {
+            let (r, c) = if comptime![a_m_fast] { (e % bm, e / bm) } else { (e / bk, e % bk) };
+            let (gi, gk) = (m0 + r, k0 + c);
+            let mut v = 0.0f32;
+            if gi < m && gk < k {
+                v = f32::cast_from(a[a_base + gi * a_sm + gk * a_sk]);
+            }
+            tile_a[r * bk + c] = v;
+            e += threads;
+        }
+        e = unit;
+        while e < comptime![bk * bn] {
+            let (r, c) = if comptime![b_k_fast] { (e % bk, e / bk) } else { (e / bn, e % bn) };
+            let (gk, gj) = (k0 + r, n0 + c);
+            let mut v = 0.0f32;
+            if gk < k && gj < n {
+                v = f32::cast_from(b[b_base + gk * b_sk + gj * b_sn]);
+            }
+            tile_b[r * bn + c] = v;
+            e += threads;
+        }
+        sync_cube();
+        #[unroll]
+        for kk in 0..bk {
+            #[unroll]
+            for i in 0..tm {
+                a_frag[i] = tile_a[(ty * tm + i) * bk + kk];
+            }
+            #[unroll]
+            for j in 0..tn {
+                b_frag[j] = tile_b[kk * bn + tx * tn + j];
+            }
+            #[unroll]
+            for i in 0..tm {
+                #[unroll]
+                for j in 0..tn {
+                    acc[i * tn + j] += a_frag[i] * b_frag[j];
+                }
+            }
+        }
+        sync_cube();
+        k0 += bk;
+    }
+
+    let out_base = batch * m * n;
+    #[unroll]
+    for i in 0..tm {
+        #[unroll]
+        for j in 0..tn {
+            let (gi, gj) = (m0 + ty * tm + i, n0 + tx * tn + j);
+            if gi < m && gj < n {
+                out[out_base + gi * n + gj] =
+                    epilogue::<E>(acc[i * tn + j], gi, gj, batch, bias, residual, geometry, has_bias, act, has_residual);
+            }
+        }
+    }
+}
+
+/// GEMV for few-row activations against a k-contiguous B (weights stored `[n, k]`): a cube
+/// reduces one output element over k. Grid: (n, m, batch).
+#[cube(launch_unchecked)]
+pub fn gemv_k_contiguous<E: Numeric>(
+    a: &Array<E>,
+    b: &Array<E>,
+    bias: &Array<E>,
+    residual: &Array<E>,
+    out: &mut Array<E>,
+    geometry: &Array<u32>,
+    #[comptime] block: u32,
+    #[comptime] has_bias: bool,
+    #[comptime] act: u32,
+    #[comptime] has_residual: bool,
+) {
+    let (m, n, k) = (geometry[0] as usize, geometry[1] as usize, geometry[2] as usize);
+    let (j, i, batch) = (CUBE_POS_X as usize, CUBE_POS_Y as usize, CUBE_POS_Z as usize);
+    let a_row = geometry[3] as usize + batch * geometry[4] as usize + i * geometry[5] as usize;
+    let a_sk = geometry[6] as usize;
+    let b_col = geometry[7] as usize + batch * geometry[8] as usize + j * geometry[10] as usize;
+    let b_sk = geometry[9] as usize;
+    let mut partial = 0.0f32;
+    let mut p = UNIT_POS as usize;
+    while p < k {
+        partial += f32::cast_from(a[a_row + p * a_sk]) * f32::cast_from(b[b_col + p * b_sk]);
+        p += block as usize;
+    }
+    let mut shared = SharedMemory::<f32>::new(comptime![block as usize]);
+    let total = crate::reduce::cube_sum(partial, &mut shared, block);
+    if UNIT_POS == 0 {
+        out[(batch * m + i) * n + j] = epilogue::<E>(total, i, j, batch, bias, residual, geometry, has_bias, act, has_residual);
+    }
+}
+
+/// GEMV against an n-contiguous B (`[k, n]`): one unit per output element walks k, so
+/// neighbouring units read neighbouring columns. Grid: (n / block, m, batch).
+#[cube(launch_unchecked)]
+pub fn gemv_n_contiguous<E: Numeric>(
+    a: &Array<E>,
+    b: &Array<E>,
+    bias: &Array<E>,
+    residual: &Array<E>,
+    out: &mut Array<E>,
+    geometry: &Array<u32>,
+    #[comptime] has_bias: bool,
+    #[comptime] act: u32,
+    #[comptime] has_residual: bool,
+) {
+    let (m, n, k) = (geometry[0] as usize, geometry[1] as usize, geometry[2] as usize);
+    let j = ABSOLUTE_POS_X as usize;
+    let (i, batch) = (CUBE_POS_Y as usize, CUBE_POS_Z as usize);
+    if j >= n {
+        terminate!();
+    }
+    let a_row = geometry[3] as usize + batch * geometry[4] as usize + i * geometry[5] as usize;
+    let a_sk = geometry[6] as usize;
+    let b_col = geometry[7] as usize + batch * geometry[8] as usize + j * geometry[10] as usize;
+    let b_sk = geometry[9] as usize;
+    let mut acc = 0.0f32;
+    for p in 0..k {
+        acc += f32::cast_from(a[a_row + p * a_sk]) * f32::cast_from(b[b_col + p * b_sk]);
+    }
+    out[(batch * m + i) * n + j] = epilogue::<E>(acc, i, j, batch, bias, residual, geometry, has_bias, act, has_residual);
+}

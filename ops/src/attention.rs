@@ -374,6 +374,14 @@ pub fn text_positions(start: usize, len: usize, device: &Device) -> Result<Tenso
     Tensor::from_slice(&v, &[1, len, 3], device)
 }
 
+/// Positions `[h·w, 3]` (flattened row-major) of one input map of a next-scale step
+/// (spec §4.2 eq. 1): `(p_s, C/√(hw)·(i+0.5), C/√(hw)·(j+0.5))` for cell `(i, j)`, in the
+/// (scale, row, column) axis order; the model permutes the axes if its config says so.
+pub fn grid_positions(scale_pos: f32, h: usize, w: usize, c: f32) -> Vec<f32> {
+    let step = c / ((h * w) as f32).sqrt();
+    (0..h * w).flat_map(|cell| [scale_pos, step * ((cell / w) as f32 + 0.5), step * ((cell % w) as f32 + 0.5)]).collect()
+}
+
 /// Per-layer key/value cache `[batch, kv_heads, capacity, head_dim]`; attention reads
 /// [`KvCache::keys`] / [`KvCache::values`] (views of the filled part) without copies.
 pub struct KvCache {

@@ -16,7 +16,7 @@ use nextflow_runtime::{broadcast_shape, DType, Device, Error, Result, Tensor};
 use nextflow_shaders::{elementwise, reduce as kernels};
 
 pub use nextflow_runtime as runtime;
-pub use attention::{attention, text_positions, write_into, AttentionOptions, KvCache, Mask, Rope};
+pub use attention::{attention, grid_positions, text_positions, write_into, AttentionOptions, KvCache, Mask, Rope};
 pub use matmul::{linear, matmul, Activation, Epilogue};
 pub use table::{OpEntry, OP_TABLE};
 

@@ -258,6 +258,15 @@ fn run_transformer_ops(device: &Device, dtype: DType, ck: &mut Checker) {
             }
         }
     }
+    // Long causal sequences: several query blocks, with and without a cached prefix.
+    for sq in [300, 150] {
+        let (q, hq_) = random(&mut rng, &[1, 4, sq, 32], dtype, -1.0, 1.0, d);
+        let (k, hk) = random(&mut rng, &[1, 2, 300, 32], dtype, -1.0, 1.0, d);
+        let (v, hv) = random(&mut rng, &[1, 2, 300, 32], dtype, -1.0, 1.0, d);
+        let opts = AttentionOptions { mask: Some(Mask::Causal), ..Default::default() };
+        let want = r::attention(&hq_, &hk, &hv, &Mask::Causal, None, 1.0 / 32f64.sqrt());
+        ck.compare("attention", &format!("GQA 4:2 d32 causal q{sq}/kv300"), dtype, nextflow_ops::attention(&q, &k, &v, &opts), &want);
+    }
     // KV cache: a causal prefix then scale blocks appended step by step equals one call.
     let (hq, hkv, hd) = (8, 2, 32);
     let (q, hq_) = random(&mut rng, &[1, hq, skv, hd], dtype, -1.0, 1.0, d);

@@ -97,11 +97,13 @@ impl Attention {
         }
     }
 
-    fn visible(&self, seg: &[u32], key: usize, q_pos: usize) -> bool {
+    /// One past the last key a query at `q_pos` sees: segments are consecutive, so every
+    /// mask leaves a prefix of the keys visible. `seg_end[p]` is the end of p's segment.
+    fn visible_end(&self, seg_end: &[usize], q_pos: usize) -> usize {
         match self.mask {
-            Mask::None => true,
-            Mask::Causal => key <= q_pos,
-            Mask::Segments(_) => seg[key] <= seg[q_pos],
+            Mask::None => usize::MAX,
+            Mask::Causal => q_pos + 1,
+            Mask::Segments(_) => seg_end[q_pos],
         }
     }
 
@@ -168,19 +170,31 @@ impl Attention {
     /// CPU: per (batch, head, block of queries), scores of the block against the visible
     /// keys, softmax, and the weighted sum of values; blocks run in parallel.
     fn cpu(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
-        const BLOCK: usize = 64;
+        const BLOCK: usize = 128;
+        const SUB: usize = 32;
         let (b, hq, sq, d) = (q.shape()[0], q.shape()[1], q.shape()[2], q.shape()[3]);
         let (hkv, skv) = (k.shape()[1], k.shape()[2]);
         let group = hq / hkv;
         let (qv, kv, vv) = (cpu::read_f32(q), cpu::read_f32(k), cpu::read_f32(v));
-        let seg = self.segment_ids(skv);
+        let seg_end: Vec<usize> = match &self.mask {
+            Mask::Segments(lens) => lens
+                .iter()
+                .scan(0, |end, &n| {
+                    *end += n;
+                    Some(std::iter::repeat_n(*end, n))
+                })
+                .flatten()
+                .collect(),
+            _ => Vec::new(),
+        };
         let q_pos0 = skv - sq;
         let blocks = sq.div_ceil(BLOCK);
         let mut out = vec![0f32; b * sq * hq * d];
-        // Each task writes the rows of one (batch, head, block): collect, then scatter.
-        let results: Vec<(usize, usize, usize, Vec<f32>)> = (0..b * hq * blocks)
-            .into_par_iter()
-            .map(|task| {
+        let out_rows = SharedRows(out.as_mut_ptr());
+        // Tasks own disjoint output rows; scratch (scores, block output) is per thread.
+        (0..b * hq * blocks).into_par_iter().for_each_init(
+            || (Vec::<f32>::new(), Vec::<f32>::new()),
+            |(scores, o), task| {
                 let (bi, h, blk) = (task / (hq * blocks), (task / blocks) % hq, task % blocks);
                 let (q0, q1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(sq));
                 let rows = q1 - q0;
@@ -189,68 +203,86 @@ impl Attention {
                     Mask::Causal => kv_len.min(q_pos0 + q1),
                     _ => kv_len,
                 };
-                let qm = |i: usize| &qv[((bi * hq + h) * sq + i) * d..][..d];
+                let q_block = &qv[((bi * hq + h) * sq + q0) * d..];
                 let kh = (bi * hkv + h / group) * skv;
-                let mut scores = vec![0f32; rows * kv_end];
+                scores.clear();
+                scores.resize(rows * kv_end, 0.0);
+                o.clear();
+                o.resize(rows * d, 0.0);
                 if kv_end > 0 {
-                    // SAFETY: dense row-major blocks inside the read_f32 copies.
-                    unsafe {
-                        gemm::gemm(
-                            rows, kv_end, d,
-                            scores.as_mut_ptr(), 1, kv_end as isize, false,
-                            qm(q0).as_ptr(), 1, d as isize,
-                            kv[kh * d..].as_ptr(), d as isize, 1,
-                            0.0, self.scale, false, false, false,
-                            gemm::Parallelism::None,
-                        );
+                    // Causal blocks: keys before the block's first query are visible to every
+                    // row (one big product); the diagonal is done in sub-blocks that stop
+                    // at their last row's position, skipping the masked triangle.
+                    let full = match self.mask {
+                        Mask::Causal => (q_pos0 + q0).min(kv_end),
+                        _ => kv_end,
+                    };
+                    let mut pieces = vec![(0, rows, 0, full)];
+                    for s0 in (0..rows).step_by(SUB).filter(|_| full < kv_end) {
+                        let s1 = (s0 + SUB).min(rows);
+                        pieces.push((s0, s1, full, (q_pos0 + q0 + s1).min(kv_end)));
                     }
-                }
-                for (r, row) in scores.chunks_mut(kv_end.max(1)).enumerate().take(rows) {
-                    let q_pos = q_pos0 + q0 + r;
-                    let mut max = f32::NEG_INFINITY;
-                    for (key, s) in row.iter_mut().enumerate() {
-                        if !self.visible(&seg, key, q_pos) {
-                            *s = f32::NEG_INFINITY;
+                    for &(r0, r1, c0, c1) in &pieces {
+                        if r1 > r0 && c1 > c0 {
+                            // SAFETY: dense row-major blocks inside the read_f32 copies.
+                            unsafe {
+                                gemm::gemm(
+                                    r1 - r0, c1 - c0, d,
+                                    scores.as_mut_ptr().add(r0 * kv_end + c0), 1, kv_end as isize, false,
+                                    q_block.as_ptr().add(r0 * d), 1, d as isize,
+                                    kv[(kh + c0) * d..].as_ptr(), d as isize, 1,
+                                    0.0, self.scale, false, false, false,
+                                    gemm::Parallelism::None,
+                                );
+                            }
                         }
-                        max = max.max(*s);
                     }
-                    if max == f32::NEG_INFINITY {
-                        row.iter_mut().for_each(|s| *s = 0.0);
-                        continue;
+                    for (r, row) in scores.chunks_mut(kv_end).enumerate() {
+                        // Every mask leaves a prefix of the keys visible.
+                        let visible = self.visible_end(&seg_end, q_pos0 + q0 + r).min(kv_end);
+                        row[visible..].iter_mut().for_each(|s| *s = 0.0);
+                        crate::simd::softmax_in_place(&mut row[..visible]);
                     }
-                    let mut sum = 0.0;
-                    for s in row.iter_mut() {
-                        *s = (*s - max).exp();
-                        sum += *s;
-                    }
-                    let inv = 1.0 / sum;
-                    row.iter_mut().for_each(|s| *s *= inv);
-                }
-                let mut o = vec![0f32; rows * d];
-                if kv_end > 0 {
-                    // SAFETY: as above.
-                    unsafe {
-                        gemm::gemm(
-                            rows, d, kv_end,
-                            o.as_mut_ptr(), 1, d as isize, false,
-                            scores.as_ptr(), 1, kv_end as isize,
-                            vv[kh * d..].as_ptr(), 1, d as isize,
-                            0.0, 1.0, false, false, false,
-                            gemm::Parallelism::None,
-                        );
+                    for (i, &(r0, r1, c0, c1)) in pieces.iter().enumerate() {
+                        if r1 > r0 && c1 > c0 {
+                            // SAFETY: as above; later pieces accumulate into the output.
+                            unsafe {
+                                gemm::gemm(
+                                    r1 - r0, d, c1 - c0,
+                                    o.as_mut_ptr().add(r0 * d), 1, d as isize, i > 0 && c0 > 0,
+                                    scores.as_ptr().add(r0 * kv_end + c0), 1, kv_end as isize,
+                                    vv[(kh + c0) * d..].as_ptr(), 1, d as isize,
+                                    1.0, 1.0, false, false, false,
+                                    gemm::Parallelism::None,
+                                );
+                            }
+                        }
                     }
                 }
-                (bi, h, q0, o)
-            })
-            .collect();
-        for (bi, h, q0, o) in results {
-            for (r, row) in o.chunks(d).enumerate() {
-                let at = ((bi * sq + q0 + r) * hq + h) * d;
-                out[at..at + d].copy_from_slice(row);
-            }
-        }
+                for (r, row) in o.chunks(d).enumerate() {
+                    let at = ((bi * sq + q0 + r) * hq + h) * d;
+                    // SAFETY: row (bi, q0 + r, h) belongs to this task alone.
+                    unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out_rows.at(at), d) };
+                }
+            },
+        );
         let dense = cpu::write_f32(&out, q.dtype(), &[b, sq, hq, d], q.device());
         dense.permute(&[0, 2, 1, 3]).expect("valid permutation")
+    }
+}
+
+/// The output buffer shared by attention tasks that write disjoint rows.
+#[derive(Clone, Copy)]
+struct SharedRows(*mut f32);
+// SAFETY: every task writes rows no other task touches, and the buffer outlives the scope.
+unsafe impl Send for SharedRows {}
+unsafe impl Sync for SharedRows {}
+
+impl SharedRows {
+    /// Pointer to element `at` (a method, so closures capture the whole Sync wrapper).
+    fn at(&self, at: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the buffer.
+        unsafe { self.0.add(at) }
     }
 }
 

@@ -10,6 +10,7 @@ pub mod cpu;
 mod gpu;
 pub mod matmul;
 pub mod reference;
+mod simd;
 mod table;
 
 use nextflow_runtime::{broadcast_shape, DType, Device, Error, Result, Tensor};

@@ -276,6 +276,12 @@ fn cpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize]) -> Res
         if k == 0 {
             break;
         }
+        let a_at = av.offset + bi * av.sb;
+        let b_at = bv.offset + bi * bv.sb;
+        if m <= GEMV_MAX_ROWS && av.sc == 1 && (bv.sc == 1 || bv.sr == 1) {
+            cpu_gemv(&sa[a_at..], av.sr, &sb[b_at..], bv, m, k, n, dst);
+            continue;
+        }
         // SAFETY: offsets and strides describe views inside the two buffers (checked by the
         // runtime's layouts); dst is a dense m×n block.
         unsafe {
@@ -287,10 +293,10 @@ fn cpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize]) -> Res
                 1,
                 n as isize,
                 false,
-                sa.as_ptr().add(av.offset + bi * av.sb),
+                sa.as_ptr().add(a_at),
                 av.sc as isize,
                 av.sr as isize,
-                sb.as_ptr().add(bv.offset + bi * bv.sb),
+                sb.as_ptr().add(b_at),
                 bv.sc as isize,
                 bv.sr as isize,
                 0.0,
@@ -318,6 +324,43 @@ fn cpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize]) -> Res
         });
     }
     Ok(cpu::write_f32(&out, dtype, out_shape, a.device()))
+}
+
+/// Few-row matmul on the CPU, memory-bound: parallel over blocks of output columns.
+/// `b` n-contiguous (`[k, n]`): each thread streams a range of B's rows through axpy; k-contiguous (an HF weight
+/// `[n, k]` seen transposed): one dot product per output.
+#[allow(clippy::too_many_arguments)]
+fn cpu_gemv(a: &[f32], a_sr: usize, b: &[f32], bv: MatView, m: usize, k: usize, n: usize, dst: &mut [f32]) {
+    const COLS: usize = 512;
+    for i in 0..m {
+        let x = &a[i * a_sr..][..k];
+        let row = &mut dst[i * n..(i + 1) * n];
+        if bv.sc == 1 {
+            // Split k, not n, so each thread streams whole rows of B; then add the partials.
+            let parts = rayon::current_num_threads().max(1);
+            let rows_per = k.div_ceil(parts);
+            let partials: Vec<Vec<f32>> = (0..parts)
+                .into_par_iter()
+                .map(|t| {
+                    let mut acc = vec![0f32; n];
+                    for p in t * rows_per..((t + 1) * rows_per).min(k) {
+                        crate::simd::axpy(x[p], &b[p * bv.sr..][..n], &mut acc);
+                    }
+                    acc
+                })
+                .collect();
+            row.copy_from_slice(&partials[0]);
+            for part in &partials[1..] {
+                crate::simd::axpy(1.0, part, row);
+            }
+        } else {
+            row.par_chunks_mut(COLS).enumerate().for_each(|(blk, out)| {
+                for (jj, o) in out.iter_mut().enumerate() {
+                    *o = crate::simd::dot(x, &b[(blk * COLS + jj) * bv.sc..][..k]);
+                }
+            });
+        }
+    }
 }
 
 fn cpu_f32(t: &Tensor) -> &[f32] {

@@ -7,7 +7,7 @@
 //! Outside CI a missing Vulkan adapter is reported as skipped; with CI=true it fails.
 
 use nextflow_ops::reference::{self as r, HostArray};
-use nextflow_ops::matmul::{matmul_with, MatmulKernel, MATMUL_TILES};
+use nextflow_ops::matmul::{cmma_available, matmul_with, MatmulKernel, MATMUL_TILES};
 use nextflow_ops::{Activation, AttentionOptions, BinaryOp, Epilogue, KvCache, Mask, ReduceOp, Rope, UnaryOp, OP_TABLE};
 use nextflow_runtime::{discover, set_poison_outputs, Backend, DType, Device, Result, Tensor};
 use rand::rngs::StdRng;
@@ -204,6 +204,10 @@ fn run_transformer_ops(device: &Device, dtype: DType, ck: &mut Checker) {
             let got = matmul_with(&a, &b, Epilogue::default(), MatmulKernel::Tiled(*tile));
             ck.compare("matmul", &format!("{m}x{k}x{n} {}", tile.name()), dtype, got, &want);
         }
+        if dtype == DType::F16 && cmma_available(d) {
+            let got = matmul_with(&a, &b, Epilogue::default(), MatmulKernel::Cmma);
+            ck.compare("matmul", &format!("{m}x{k}x{n} cmma"), dtype, got, &want);
+        }
         // Transposed storage: A stored [k, m], B stored [n, k] (an HF weight).
         let (at, hat) = random(&mut rng, &[k, m], dtype, -1.0, 1.0, d);
         let (bt, hbt) = random(&mut rng, &[n, k], dtype, -1.0, 1.0, d);
@@ -341,6 +345,9 @@ fn op_coverage_every_device() {
             let mut ck = Checker { device: &device, covered: BTreeSet::new(), failures: Vec::new(), checks: 0 };
             let fallback: Vec<&str> =
                 DType::ALL.iter().filter(|&&t| !device.supports(t)).map(|t| t.name()).collect();
+            if !device.is_cpu() && dtype == DType::F16 && !cmma_available(&device) {
+                println!("matmul cmma: SKIPPED on {} (the device reports no f16 16x16x16 MMA)", info.spec());
+            }
             let path = match (device.is_cpu(), device.supports(dtype)) {
                 (true, _) => "the native CPU backend".to_string(),
                 (false, false) => "CPU fallback: this device has no kernels for this dtype".to_string(),

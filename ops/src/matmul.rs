@@ -67,6 +67,29 @@ pub enum MatmulKernel {
     Auto,
     Tiled(TileConfig),
     Gemv,
+    /// Tensor cores, f16 only, where [`cmma_available`] says so. Not chosen by `Auto` until
+    /// it has been validated on hardware by `scripts/device-check.sh` (no GPU here yet).
+    Cmma,
+}
+
+/// Whether the device reports an f16×f16→f32 16×16×16 matrix-multiply-accumulate unit.
+pub fn cmma_available(device: &nextflow_runtime::Device) -> bool {
+    use cubecl::features::MmaConfig;
+    use cubecl::ir::{ElemType, FloatKind};
+    let config = MmaConfig {
+        a_type: ElemType::Float(FloatKind::F16).into(),
+        b_type: ElemType::Float(FloatKind::F16).into(),
+        cd_type: ElemType::Float(FloatKind::F32).into(),
+        m: 16,
+        n: 16,
+        k: 16,
+    };
+    match device.client() {
+        nextflow_runtime::Client::Cpu => false,
+        nextflow_runtime::Client::Wgpu(c) => c.features().matmul.cmma.contains(&config),
+        nextflow_runtime::Client::Cuda(c) => c.features().matmul.cmma.contains(&config),
+        nextflow_runtime::Client::Hip(c) => c.features().matmul.cmma.contains(&config),
+    }
 }
 
 /// A view as `(offset, batch stride, row stride, col stride)` over `batch` matrices.
@@ -211,6 +234,9 @@ fn gpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize], kernel
     let kernel = match kernel {
         MatmulKernel::Auto if m <= GEMV_MAX_ROWS => MatmulKernel::Gemv,
         MatmulKernel::Auto => MatmulKernel::Tiled(DEFAULT_TILE),
+        MatmulKernel::Cmma if dtype != DType::F16 || !cmma_available(a.device()) => {
+            return Err(Error::Unsupported { op: "matmul (cmma)", dtype, device: a.device().info().spec() });
+        }
         chosen => chosen,
     };
     with_client!(a.device(), c => {
@@ -227,6 +253,13 @@ fn gpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize], kernel
                     t.bm, t.bn, t.bk, t.tm, t.tn,
                     av.sr == 1 && av.sc != 1,
                     bv.sr == 1 && bv.sc != 1,
+                    has_bias, act, has_res,
+                ),
+                MatmulKernel::Cmma => kernels::matmul_cmma::launch_unchecked::<_>(
+                    c,
+                    CubeCount::Static(n.div_ceil(16) as u32, m.div_ceil(16) as u32, batch as u32),
+                    CubeDim::new_1d(32),
+                    array(buffer(&a), dtype), array(buffer(&b), dtype), array(bias_buf, dtype), array(res_buf, dtype), array(buffer(&out), dtype), geo,
                     has_bias, act, has_res,
                 ),
                 _ if bv.sr == 1 => kernels::gemv_k_contiguous::launch_unchecked::<E, _>(

@@ -218,3 +218,67 @@ pub fn gemv_n_contiguous<E: Numeric>(
     }
     out[(batch * m + i) * n + j] = epilogue::<E>(acc, i, j, batch, bias, residual, geometry, has_bias, act, has_residual);
 }
+
+/// Tensor-core GEMM for f16 operands (f32 accumulation): one plane per 16×16 output tile,
+/// 16×16 slices of A and B staged in shared memory as f16, multiplied with `cmma`.
+/// Launch only where the device reports an f16×f16→f32 16×16×16 MMA.
+/// Cube: 32 units; grid: (n / 16, m / 16, batch). Geometry as [`matmul_tiled`].
+#[cube(launch_unchecked)]
+pub fn matmul_cmma(
+    a: &Array<half::f16>,
+    b: &Array<half::f16>,
+    bias: &Array<half::f16>,
+    residual: &Array<half::f16>,
+    out: &mut Array<half::f16>,
+    geometry: &Array<u32>,
+    #[comptime] has_bias: bool,
+    #[comptime] act: u32,
+    #[comptime] has_residual: bool,
+) {
+    let (m, n, k) = (geometry[0] as usize, geometry[1] as usize, geometry[2] as usize);
+    let batch = CUBE_POS_Z as usize;
+    let (m0, n0) = (CUBE_POS_Y as usize * 16, CUBE_POS_X as usize * 16);
+    let a_base = geometry[3] as usize + batch * geometry[4] as usize;
+    let (a_sm, a_sk) = (geometry[5] as usize, geometry[6] as usize);
+    let b_base = geometry[7] as usize + batch * geometry[8] as usize;
+    let (b_sk, b_sn) = (geometry[9] as usize, geometry[10] as usize);
+    let unit = UNIT_POS as usize;
+    let mut tile_a = SharedMemory::<half::f16>::new(256usize);
+    let mut tile_b = SharedMemory::<half::f16>::new(256usize);
+    let mut tile_c = SharedMemory::<f32>::new(256usize);
+    let acc = cmma::Matrix::<f32>::from_value(cmma::MatrixIdent::Accumulator, 16usize, 16usize, 16usize, cmma::MatrixLayout::Undefined, 0.0);
+    let mut k0 = 0usize.runtime();
+    while k0 < k {
+        #[unroll]
+        for t in 0..8usize {
+            let e = unit + t * 32;
+            let (r, c) = (e / 16, e % 16);
+            let mut va = half::f16::from_int(0);
+            if m0 + r < m && k0 + c < k {
+                va = a[a_base + (m0 + r) * a_sm + (k0 + c) * a_sk];
+            }
+            tile_a[e] = va;
+            let mut vb = half::f16::from_int(0);
+            if k0 + r < k && n0 + c < n {
+                vb = b[b_base + (k0 + r) * b_sk + (n0 + c) * b_sn];
+            }
+            tile_b[e] = vb;
+        }
+        sync_cube();
+        let frag_a = cmma::Matrix::<half::f16>::from_slice(cmma::MatrixIdent::A, 16usize, 16usize, 16usize, cmma::MatrixLayout::RowMajor, &tile_a.to_slice(), 16);
+        let frag_b = cmma::Matrix::<half::f16>::from_slice(cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::RowMajor, &tile_b.to_slice(), 16);
+        cmma::execute::<half::f16, half::f16, f32, f32>(&frag_a, &frag_b, &acc, &acc);
+        sync_cube();
+        k0 += 16;
+    }
+    cmma::store(&mut tile_c.to_slice_mut(), &acc, 16, cmma::MatrixLayout::RowMajor);
+    sync_cube();
+    #[unroll]
+    for t in 0..8usize {
+        let e = unit + t * 32;
+        let (i, j) = (m0 + e / 16, n0 + e % 16);
+        if i < m && j < n {
+            out[(batch * m + i) * n + j] = epilogue::<half::f16>(tile_c[e], i, j, batch, bias, residual, geometry, has_bias, act, has_residual);
+        }
+    }
+}

@@ -116,7 +116,7 @@ impl Attention {
         let (b, hq, sq, d) = (q.shape()[0], q.shape()[1], q.shape()[2], q.shape()[3]);
         let (hkv, skv) = (k.shape()[1], k.shape()[2]);
         let device = q.device();
-        let storage = device.alloc(b * sq * hq * d * q.dtype().size());
+        let storage = device.alloc(b * sq * hq * d * q.dtype().size())?;
         let out = Tensor::from_storage(storage, Self::output_layout(b, hq, sq, d), q.dtype(), device.clone());
         if out.numel() == 0 {
             return Ok(out);
@@ -346,7 +346,7 @@ impl Rope {
             return crate::via_cpu(&[&x, &positions], |t| Ok(self.cpu(&t[0], &t[1])));
         }
         let half = self.head_dim / 2;
-        let out = gpu::empty(x.device(), x.dtype(), x.shape());
+        let out = gpu::empty(x.device(), x.dtype(), x.shape())?;
         let numel = b * h * s * half;
         if numel == 0 {
             return Ok(out);

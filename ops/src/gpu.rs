@@ -109,9 +109,9 @@ fn coalesce(shape: &[usize], strides: &[&[usize]]) -> (Vec<usize>, Vec<Vec<usize
 }
 
 /// A new output tensor on `device`.
-pub fn empty(device: &Device, dtype: DType, shape: &[usize]) -> Tensor {
+pub fn empty(device: &Device, dtype: DType, shape: &[usize]) -> Result<Tensor> {
     let numel: usize = shape.iter().product();
-    Tensor::from_storage(device.alloc(numel * dtype.size()), Layout::contiguous(shape), dtype, device.clone())
+    Ok(Tensor::from_storage(device.alloc(numel * dtype.size())?, Layout::contiguous(shape), dtype, device.clone()))
 }
 
 /// Writes `op(src)` (converted to `dst_dtype`) into the view `dst_layout` of `dst`.
@@ -146,14 +146,14 @@ pub(crate) fn unary_into(src: &Tensor, dst: &GpuBuffer, dst_dtype: DType, dst_la
 }
 
 pub fn unary(x: &Tensor, dtype: DType, op: u32) -> Result<Tensor> {
-    let out = empty(x.device(), dtype, x.shape());
+    let out = empty(x.device(), dtype, x.shape())?;
     unary_into(x, buffer(&out), dtype, out.layout(), op)?;
     Ok(out)
 }
 
 /// `a` and `b` are already broadcast to the output shape.
 pub fn binary(a: &Tensor, b: &Tensor, op: u32) -> Result<Tensor> {
-    let out = empty(a.device(), a.dtype(), a.shape());
+    let out = empty(a.device(), a.dtype(), a.shape())?;
     let (shape, strides) = coalesce(a.shape(), &[a.strides(), b.strides(), out.strides()]);
     let rank = shape.len();
     let mut layout = vec![a.layout().offset() as u32, b.layout().offset() as u32, 0];
@@ -192,7 +192,7 @@ fn rows_of(x: &Tensor) -> (usize, usize) {
 
 pub fn reduce(x: &Tensor, op: u32) -> Result<Tensor> {
     let (rows, n) = rows_of(x);
-    let out = empty(x.device(), x.dtype(), &x.shape()[..x.rank() - 1]);
+    let out = empty(x.device(), x.dtype(), &x.shape()[..x.rank() - 1])?;
     with_client_impl!(x.device(), c => with_dtype_impl!(x.dtype(), E => unsafe {
         reduce::reduce_rows::launch_unchecked::<E, _>(
             c, rows_grid(rows), CubeDim::new_1d(ROW_CUBE), array(buffer(x), x.dtype()), array(buffer(&out), out.dtype()), n as u32, rows as u32, op, ROW_CUBE,
@@ -203,7 +203,7 @@ pub fn reduce(x: &Tensor, op: u32) -> Result<Tensor> {
 
 pub fn argmax(x: &Tensor) -> Result<Tensor> {
     let (rows, n) = rows_of(x);
-    let out = empty(x.device(), DType::U32, &x.shape()[..x.rank() - 1]);
+    let out = empty(x.device(), DType::U32, &x.shape()[..x.rank() - 1])?;
     with_client_impl!(x.device(), c => with_dtype_impl!(x.dtype(), E => unsafe {
         reduce::argmax_rows::launch_unchecked::<E, _>(
             c, rows_grid(rows), CubeDim::new_1d(ROW_CUBE), array(buffer(x), x.dtype()), array(buffer(&out), out.dtype()), n as u32, rows as u32, ROW_CUBE,
@@ -214,7 +214,7 @@ pub fn argmax(x: &Tensor) -> Result<Tensor> {
 
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
     let (rows, n) = rows_of(x);
-    let out = empty(x.device(), x.dtype(), x.shape());
+    let out = empty(x.device(), x.dtype(), x.shape())?;
     with_client_impl!(x.device(), c => with_dtype_impl!(x.dtype(), E => unsafe {
         reduce::softmax_rows::launch_unchecked::<E, _>(
             c, rows_grid(rows), CubeDim::new_1d(ROW_CUBE), array(buffer(x), x.dtype()), array(buffer(&out), out.dtype()), n as u32, rows as u32, ROW_CUBE,
@@ -225,7 +225,7 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
 
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
     let (rows, n) = rows_of(x);
-    let out = empty(x.device(), x.dtype(), x.shape());
+    let out = empty(x.device(), x.dtype(), x.shape())?;
     with_client_impl!(x.device(), c => with_dtype_impl!(x.dtype(), E => unsafe {
         reduce::rms_norm_rows::launch_unchecked::<E, _>(
             c, rows_grid(rows), CubeDim::new_1d(ROW_CUBE), array(buffer(x), x.dtype()), array(buffer(weight), weight.dtype()), array(buffer(&out), out.dtype()), n as u32, rows as u32, eps, ROW_CUBE,
@@ -236,8 +236,8 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
 
 pub fn add_rms_norm(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
     let (rows, n) = rows_of(x);
-    let sum = empty(x.device(), x.dtype(), x.shape());
-    let normed = empty(x.device(), x.dtype(), x.shape());
+    let sum = empty(x.device(), x.dtype(), x.shape())?;
+    let normed = empty(x.device(), x.dtype(), x.shape())?;
     let dtype = x.dtype();
     with_client_impl!(x.device(), c => with_dtype_impl!(dtype, E => unsafe {
         reduce::add_rms_norm_rows::launch_unchecked::<E, _>(
@@ -255,7 +255,7 @@ pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let (vocab, dim) = (table.shape()[0], table.shape()[1]);
     let mut shape = ids.shape().to_vec();
     shape.push(dim);
-    let out = empty(table.device(), table.dtype(), &shape);
+    let out = empty(table.device(), table.dtype(), &shape)?;
     let numel = out.numel();
     if numel == 0 {
         return Ok(out);
@@ -278,7 +278,7 @@ pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
 
 /// Copies each part into its slice of a new tensor along `dim`.
 pub fn concat(parts: &[&Tensor], dim: usize, shape: &[usize]) -> Result<Tensor> {
-    let out = empty(parts[0].device(), parts[0].dtype(), shape);
+    let out = empty(parts[0].device(), parts[0].dtype(), shape)?;
     let mut start = 0;
     for p in parts {
         let view = out.layout().narrow(dim, start, p.shape()[dim])?;

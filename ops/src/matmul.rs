@@ -215,7 +215,7 @@ fn gpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize], kernel
     let (m, n) = (out_shape[r - 2], out_shape[r - 1]);
     let k = a.shape()[a.rank() - 1];
     let batch: usize = out_shape[..r - 2].iter().product();
-    let out = gpu::empty(a.device(), a.dtype(), out_shape);
+    let out = gpu::empty(a.device(), a.dtype(), out_shape)?;
     if out.numel() == 0 {
         return Ok(out);
     }

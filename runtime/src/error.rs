@@ -30,6 +30,9 @@ pub enum Error {
     #[error("{op} is not supported for dtype {dtype} on {device}")]
     Unsupported { op: &'static str, dtype: DType, device: String },
 
+    #[error("a buffer of {bytes} bytes exceeds {device}'s limit of {limit} bytes per buffer")]
+    BufferTooLarge { device: String, bytes: usize, limit: u64 },
+
     #[error("device error on {device}: {msg}")]
     Device { device: String, msg: String },
 }

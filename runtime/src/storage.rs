@@ -70,38 +70,59 @@ fn padded(bytes: usize) -> usize {
 }
 
 impl Device {
-    /// Uploads bytes to a new buffer on this device.
-    pub fn upload(&self, bytes: &[u8]) -> Storage {
-        let gpu = |handle| Storage::Gpu(GpuBuffer { handle, bytes: bytes.len() });
+    /// The largest single buffer this device accepts (kernels bind whole buffers).
+    pub fn max_buffer_bytes(&self) -> u64 {
         match self.client() {
+            Client::Cpu => u64::MAX,
+            Client::Wgpu(c) => c.properties().memory.max_page_size,
+            Client::Cuda(c) => c.properties().memory.max_page_size,
+            Client::Hip(c) => c.properties().memory.max_page_size,
+        }
+    }
+
+    /// Refuses a buffer the backend would abort on (cubecl panics in its device thread).
+    fn check_size(&self, bytes: usize) -> Result<()> {
+        let limit = self.max_buffer_bytes();
+        if padded(bytes) as u64 > limit {
+            return Err(Error::BufferTooLarge { device: self.info().spec(), bytes, limit });
+        }
+        Ok(())
+    }
+
+    /// Uploads bytes to a new buffer on this device.
+    pub fn upload(&self, bytes: &[u8]) -> Result<Storage> {
+        self.check_size(bytes.len())?;
+        let gpu = |handle| Storage::Gpu(GpuBuffer { handle, bytes: bytes.len() });
+        Ok(match self.client() {
             Client::Cpu => Storage::Cpu(CpuBuffer::from_bytes(bytes)),
             Client::Wgpu(c) => gpu(c.create_from_slice(&pad(bytes))),
             Client::Cuda(c) => gpu(c.create_from_slice(&pad(bytes))),
             Client::Hip(c) => gpu(c.create_from_slice(&pad(bytes))),
-        }
+        })
     }
 
     /// A new output buffer of `bytes` bytes (poisoned when [`set_poison_outputs`] is on).
-    pub fn alloc(&self, bytes: usize) -> Storage {
+    pub fn alloc(&self, bytes: usize) -> Result<Storage> {
+        self.check_size(bytes)?;
         if poison_outputs() {
             return match self.client() {
-                Client::Cpu => Storage::Cpu(CpuBuffer::filled(bytes, 0xFF)),
+                Client::Cpu => Ok(Storage::Cpu(CpuBuffer::filled(bytes, 0xFF))),
                 _ => {
-                    let mut s = self.upload(&vec![0xFF; padded(bytes)]);
+                    let mut s = self.upload(&vec![0xFF; padded(bytes)])?;
                     if let Storage::Gpu(g) = &mut s {
                         g.bytes = bytes;
                     }
-                    s
+                    Ok(s)
                 }
             };
         }
         let gpu = |handle| Storage::Gpu(GpuBuffer { handle, bytes });
-        match self.client() {
+        Ok(match self.client() {
             Client::Cpu => Storage::Cpu(CpuBuffer::filled(bytes, 0)),
             Client::Wgpu(c) => gpu(c.empty(padded(bytes))),
             Client::Cuda(c) => gpu(c.empty(padded(bytes))),
             Client::Hip(c) => gpu(c.empty(padded(bytes))),
-        }
+        })
     }
 
     /// Reads a whole buffer back to the host.

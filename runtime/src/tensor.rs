@@ -31,7 +31,7 @@ impl Tensor {
         if bytes.len() != numel * dtype.size() {
             return Err(Error::DataLength { op: "from_bytes", shape: shape.to_vec(), expected: numel, found: bytes.len() / dtype.size() });
         }
-        Ok(Tensor::from_storage(device.upload(bytes), Layout::contiguous(shape), dtype, device.clone()))
+        Ok(Tensor::from_storage(device.upload(bytes)?, Layout::contiguous(shape), dtype, device.clone()))
     }
 
     /// Converts f64 values to `dtype` on the host and uploads them (test and loader helper).
@@ -189,6 +189,18 @@ mod tests {
             let u = t.reshape(&[6, 4]).unwrap().unsqueeze(1).unwrap();
             assert_eq!(u.shape(), &[6, 1, 4]);
             assert_eq!(u.to_vec::<u32>().unwrap(), (0..24).collect::<Vec<u32>>());
+        }
+    }
+
+    #[test]
+    fn buffers_past_the_device_limit_are_errors_not_aborts() {
+        for device in devices() {
+            let limit = device.max_buffer_bytes();
+            if limit < 1 << 30 {
+                let err = device.alloc(limit as usize + 4).unwrap_err();
+                assert!(matches!(err, Error::BufferTooLarge { .. }), "{err}");
+                assert!(err.to_string().contains("limit"), "{err}");
+            }
         }
     }
 

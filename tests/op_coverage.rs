@@ -327,6 +327,93 @@ fn run_transformer_ops(device: &Device, dtype: DType, ck: &mut Checker) {
     }
 }
 
+/// Image-side kernels: interpolation, conv2d, GroupNorm, spatial attention, code search.
+/// (Interpolation is also checked against PyTorch's own values in `image_golden.rs`.)
+fn run_image_ops(device: &Device, dtype: DType, ck: &mut Checker) {
+    use nextflow_ops::msrq::Codebook;
+    use nextflow_ops::{Conv2d, Resize};
+    let mut rng = StdRng::seed_from_u64(0x1a6e ^ dtype.size() as u64);
+    let d = device;
+    for (mode, name) in [(Resize::Nearest, "nearest"), (Resize::Area, "area"), (Resize::Bicubic, "bicubic")] {
+        for &((h, w), (oh, ow)) in &[((3, 3), (4, 4)), ((7, 5), (13, 11)), ((13, 11), (7, 5)), ((1, 2), (4, 8)), ((4, 3), (8, 6))] {
+            let (x, hx) = random(&mut rng, &[2, 3, h, w], dtype, -2.0, 2.0, d);
+            let want = r::interpolate(&hx, oh, ow, mode);
+            ck.compare("interpolate", &format!("{name} {h}x{w}->{oh}x{ow}"), dtype, nextflow_ops::interpolate(&x, oh, ow, mode), &want);
+            // Channels-last: the same values stored [n, h, w, c].
+            let nhwc = nextflow_ops::contiguous(&x.permute(&[0, 2, 3, 1]).unwrap()).unwrap();
+            let got = nextflow_ops::interpolate_nhwc(&nhwc, oh, ow, mode).and_then(|t| t.permute(&[0, 3, 1, 2]));
+            ck.compare("interpolate", &format!("{name} {h}x{w}->{oh}x{ow} NHWC"), dtype, got, &want);
+        }
+    }
+    for (label, (kh, kw), p, bias) in [
+        ("3x3 pad 1", (3, 3), Conv2d::same(3), true),
+        ("1x1", (1, 1), Conv2d::same(1), true),
+        ("3x3 stride 2 pad right/bottom", (3, 3), Conv2d::downsample(), false),
+    ] {
+        for &(cin, cout, h, w) in &[(3usize, 5usize, 7usize, 9usize), (8, 4, 8, 8)] {
+            let (x, hx) = strided(&mut rng, &[2, cin, h, w], dtype, -1.0, 1.0, d);
+            let (wt, hw) = random(&mut rng, &[cout, cin, kh, kw], dtype, -0.5, 0.5, d);
+            let (b, hb) = random(&mut rng, &[cout], dtype, -0.5, 0.5, d);
+            let got = nextflow_ops::conv2d(&x, &wt, bias.then_some(&b), p);
+            ck.compare("conv2d", &format!("{label} {cin}->{cout} {h}x{w}"), dtype, got, &r::conv2d(&hx, &hw, bias.then_some(&hb), p));
+        }
+    }
+    for &(c, groups, h, w, silu) in &[(8usize, 4usize, 5usize, 7usize, false), (32, 8, 9, 9, true), (6, 1, 33, 33, true)] {
+        let (x, hx) = random(&mut rng, &[2, c, h, w], dtype, -2.0, 3.0, d);
+        let (g, hg) = random(&mut rng, &[c], dtype, 0.5, 1.5, d);
+        let (b, hb) = random(&mut rng, &[c], dtype, -0.5, 0.5, d);
+        let got = nextflow_ops::group_norm(&x, groups, &g, &b, 1e-6, silu);
+        ck.compare("group_norm", &format!("c{c} g{groups} {h}x{w} silu {silu}"), dtype, got, &r::group_norm(&hx, groups, &hg, &hb, 1e-6, silu));
+    }
+    for &(c, h, w) in &[(16usize, 3usize, 5usize), (8, 4, 4), (300, 2, 3)] {
+        let (q, hq_) = random(&mut rng, &[1, c, h, w], dtype, -1.0, 1.0, d);
+        let (k, hk) = random(&mut rng, &[1, c, h, w], dtype, -1.0, 1.0, d);
+        let (v, hv) = random(&mut rng, &[1, c, h, w], dtype, -1.0, 1.0, d);
+        let as_rows = |a: &HostArray| {
+            let t = Tensor::from_f64(&a.data, DType::F32, &[c, h * w], &Device::cpu()).unwrap();
+            let data = t.transpose(0, 1).unwrap().to_f64_vec().unwrap();
+            HostArray::new(&[1, 1, h * w, c], data)
+        };
+        let att = r::attention(&as_rows(&hq_), &as_rows(&hk), &as_rows(&hv), &Mask::None, None, 1.0 / (c as f64).sqrt());
+        let back = Tensor::from_f64(&att.data, DType::F32, &[h * w, c], &Device::cpu()).unwrap();
+        let want = HostArray::new(&[1, c, h, w], back.transpose(0, 1).unwrap().to_f64_vec().unwrap());
+        ck.compare("spatial_attention", &format!("c{c} {h}x{w}"), dtype, nextflow_ops::spatial_attention(&q, &k, &v), &want);
+    }
+    // Code search: indices must match the f64 reference, or tie with it to 1e-5.
+    for (dual, k) in [(false, 1), (false, 4), (true, 1), (true, 3)] {
+        let (table, _) = random(&mut rng, &[37, 12], dtype, -1.0, 1.0, d);
+        let book = if dual {
+            Codebook::dual(&table.narrow(1, 0, 8).unwrap(), &table.narrow(1, 8, 4).unwrap(), 1.0, 0.5).unwrap()
+        } else {
+            Codebook::plain(&table).unwrap()
+        };
+        let (z, hz) = random(&mut rng, &[70, 12], dtype, -1.0, 1.0, d);
+        let label = format!("{} k{k} 70 rows x 37 codes", if dual { "dual" } else { "plain" });
+        ck.covered.insert("nearest_codes");
+        ck.checks += 1;
+        let table64 = book.table().to_f64_vec().unwrap();
+        let got = book.nearest(&z, k).and_then(|n| Ok((n.indices.to_vec::<u32>()?, n.distances.to_vec::<f32>()?)));
+        match got {
+            Err(e) => ck.failures.push(format!("nearest_codes [{label}] {dtype}: {e}")),
+            Ok((idx, dist)) => {
+                for (row, zr) in hz.data.chunks(12).enumerate() {
+                    let (want_i, want_d) = book.nearest_row::<f64>(zr, &table64, k);
+                    let near = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs().max(1e-3);
+                    for t in 0..k {
+                        let (gi, wi) = (idx[row * k + t], want_i[t]);
+                        // The chosen code's own distance (recomputed in f64) and the reported
+                        // one must both equal the best; a different index is then a tie.
+                        let own = (gi as usize) < 37 && near(book.nearest_row::<f64>(zr, &table64[gi as usize * 12..][..12], 1).1[0], want_d[t]);
+                        if !own || !near(dist[row * k + t] as f64, want_d[t]) {
+                            ck.failures.push(format!("nearest_codes [{label}] {dtype}: row {row} #{t}: {gi} ({}) vs {wi} ({})", dist[row * k + t], want_d[t]));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn op_coverage_every_device() {
     set_poison_outputs(true);
@@ -357,6 +444,7 @@ fn op_coverage_every_device() {
             let started = std::time::Instant::now();
             run_device(&device, dtype, &mut ck);
             run_transformer_ops(&device, dtype, &mut ck);
+            run_image_ops(&device, dtype, &mut ck);
             let missing: Vec<&str> = OP_TABLE.iter().map(|e| e.name).filter(|n| !ck.covered.contains(n)).collect();
             assert!(missing.is_empty(), "ops in the table without a coverage case: {missing:?}");
             println!(

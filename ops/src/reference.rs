@@ -261,3 +261,36 @@ pub fn rope(x: &HostArray, positions: &HostArray, inv_freq: &[f32], axis: &[u32]
     }
     HostArray::new(&x.shape, data)
 }
+
+/// Resize of `[n, c, h, w]` values (the shared formula in f64).
+pub fn interpolate(x: &HostArray, out_h: usize, out_w: usize, mode: crate::Resize) -> HostArray {
+    let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    let mut data = vec![0.0; n * c * out_h * out_w];
+    for (o, p) in data.chunks_mut(out_h * out_w).zip(x.data.chunks(h * w)) {
+        crate::image::resize_plane(p, h, w, out_h, out_w, mode, o);
+    }
+    HostArray::new(&[n, c, out_h, out_w], data)
+}
+
+pub fn conv2d(x: &HostArray, weight: &HostArray, bias: Option<&HostArray>, p: crate::Conv2d) -> HostArray {
+    let (n, cin, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    let (cout, kh, kw) = (weight.shape[0], weight.shape[2], weight.shape[3]);
+    let oh = (h + p.pad[0] + p.pad[1] - kh) / p.stride + 1;
+    let ow = (w + p.pad[2] + p.pad[3] - kw) / p.stride + 1;
+    let mut data = vec![0.0; n * cout * oh * ow];
+    for (o, img) in data.chunks_mut(cout * oh * ow).zip(x.data.chunks(cin * h * w)) {
+        crate::image::conv2d_image(img, cin, h, w, &weight.data, cout, kh, kw, bias.map(|b| b.data.as_slice()), p, o);
+    }
+    HostArray::new(&[n, cout, oh, ow], data)
+}
+
+pub fn group_norm(x: &HostArray, groups: usize, gamma: &HostArray, beta: &HostArray, eps: f64, silu: bool) -> HostArray {
+    let c = x.shape[1];
+    let spatial: usize = x.shape[2..].iter().product();
+    let len = c / groups * spatial;
+    let mut data = vec![0.0; x.data.len()];
+    for (row, (o, v)) in data.chunks_mut(len).zip(x.data.chunks(len)).enumerate() {
+        crate::image::group_norm_group(v, (row % groups) * (c / groups), spatial, &gamma.data, &beta.data, eps, silu, o);
+    }
+    HostArray::new(&x.shape, data)
+}

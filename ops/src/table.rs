@@ -40,4 +40,9 @@ pub const OP_TABLE: &[OpEntry] = &[
     OpEntry { name: "rope", kernel: "attention::rope" },
     OpEntry { name: "swiglu", kernel: "elementwise::binary_strided (silu·mul)" },
     OpEntry { name: "add_rms_norm", kernel: "reduce::add_rms_norm_rows" },
+    OpEntry { name: "interpolate", kernel: "image::interpolate (nearest, area, bicubic; NCHW and NHWC)" },
+    OpEntry { name: "conv2d", kernel: "image::conv2d" },
+    OpEntry { name: "group_norm", kernel: "image::group_norm (+ SiLU)" },
+    OpEntry { name: "spatial_attention", kernel: "attention::flash_attention, or matmul + softmax" },
+    OpEntry { name: "nearest_codes", kernel: "image::nearest_codes (plain and dual codebook, top-k)" },
 ];

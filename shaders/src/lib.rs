@@ -7,6 +7,7 @@
 pub mod attention;
 pub mod elementwise;
 pub mod gather;
+pub mod image;
 pub mod matmul;
 pub mod reduce;
 

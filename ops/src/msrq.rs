@@ -1,0 +1,284 @@
+//! Multi-scale residual quantization (spec §1–§2): nearest-code search (plain squared L2
+//! or TokenFlow's dual codebook with a shared index), and the encode / decode loops over a
+//! schedule of `(h, w)` scales, with VAR's optional phi blend.
+
+use crate::gpu::{self, array, buffer, with_client, with_dtype};
+use crate::image::{conv2d, interpolate, Conv2d, Resize};
+use crate::{binary, contiguous, cpu, embedding, BinaryOp};
+use cubecl::prelude::*;
+use nextflow_runtime::{cubecl, DType, Error, Result, Tensor};
+use num_traits::Float;
+use rayon::prelude::*;
+
+/// Largest `k` of [`Codebook::nearest`] (the kernel keeps the list in registers).
+pub const MAX_TOP_K: usize = 16;
+
+/// A codebook `[vocab, dim]` and how distances are measured.
+#[derive(Clone, Debug)]
+pub struct Codebook {
+    /// Rows as distances and lookups use them (per-branch normalized in the dual form).
+    table: Tensor,
+    /// Dual form: the first `split` dims are the semantic branch, the rest the pixel one.
+    split: usize,
+    w_sem: f32,
+    w_pix: f32,
+}
+
+/// Nearest codes of each row: indices `[rows, k]` (u32) and distances `[rows, k]` (f32),
+/// ascending; `k = 1` is the plain argmin.
+#[derive(Clone, Debug)]
+pub struct Nearest {
+    pub indices: Tensor,
+    pub distances: Tensor,
+}
+
+impl Codebook {
+    /// VAR's codebook: squared L2 to raw rows.
+    pub fn plain(table: &Tensor) -> Result<Codebook> {
+        if table.rank() != 2 || table.shape()[0] == 0 {
+            return Err(Error::Shape { op: "codebook", msg: format!("expected [vocab, dim], got {:?}", table.shape()) });
+        }
+        crate::check_float("codebook", table)?;
+        Ok(Codebook { table: contiguous(table)?, split: 0, w_sem: 1.0, w_pix: 1.0 })
+    }
+
+    /// TokenFlow's dual codebook: semantic `[vocab, ds]` and pixel `[vocab, dp]` rows, each
+    /// L2-normalized; one shared index minimizes `w_sem·d_sem + w_pix·d_pix` between the
+    /// per-branch normalized input and code (spec §2.2; TokenFlow uses weights 1 and 1).
+    pub fn dual(semantic: &Tensor, pixel: &Tensor, w_sem: f32, w_pix: f32) -> Result<Codebook> {
+        if semantic.rank() != 2 || pixel.rank() != 2 || semantic.shape()[0] != pixel.shape()[0] || semantic.shape()[0] == 0 {
+            return Err(Error::Shape { op: "codebook", msg: format!("expected [vocab, ds] and [vocab, dp], got {:?} and {:?}", semantic.shape(), pixel.shape()) });
+        }
+        crate::check_same("codebook", semantic, pixel)?;
+        let normalize = |t: &Tensor| -> Result<Tensor> {
+            let v = t.to_f64_vec()?;
+            let d = t.shape()[1];
+            let out: Vec<f64> = v
+                .chunks(d)
+                .flat_map(|r| {
+                    let n = r.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+                    r.iter().map(move |x| x / n)
+                })
+                .collect();
+            Tensor::from_f64(&out, t.dtype(), t.shape(), &nextflow_runtime::Device::cpu())
+        };
+        let joined = crate::concat(&[&normalize(semantic)?, &normalize(pixel)?], 1)?.to_device(semantic.device())?;
+        Ok(Codebook { table: joined, split: semantic.shape()[1], w_sem, w_pix })
+    }
+
+    pub fn vocab(&self) -> usize {
+        self.table.shape()[0]
+    }
+    pub fn dim(&self) -> usize {
+        self.table.shape()[1]
+    }
+    /// The rows that decoding sums (normalized per branch in the dual form).
+    pub fn table(&self) -> &Tensor {
+        &self.table
+    }
+    /// `(split, w_sem, w_pix)`; split 0 is the plain form.
+    pub fn form(&self) -> (usize, f32, f32) {
+        (self.split, self.w_sem, self.w_pix)
+    }
+
+    /// Distance of one row to one code in T (the shared formula; `z` already normalized).
+    fn distance<T: Float>(&self, z: &[T], code: &[T]) -> T {
+        let (mut ds, mut dp) = (T::zero(), T::zero());
+        for (c, (a, b)) in z.iter().zip(code).enumerate() {
+            let d = *a - *b;
+            if self.split > 0 && c < self.split {
+                ds = ds + d * d;
+            } else {
+                dp = dp + d * d;
+            }
+        }
+        if self.split > 0 {
+            T::from(self.w_sem).unwrap() * ds + T::from(self.w_pix).unwrap() * dp
+        } else {
+            dp
+        }
+    }
+
+    /// The row as compared: per-branch `F.normalize` in the dual form.
+    fn prepare<T: Float>(&self, z: &mut [T]) {
+        if self.split == 0 {
+            return;
+        }
+        let (s, p) = z.split_at_mut(self.split);
+        for part in [s, p] {
+            let n = part.iter().fold(T::zero(), |a, &v| a + v * v).sqrt().max(T::from(1e-12).unwrap());
+            part.iter_mut().for_each(|v| *v = *v / n);
+        }
+    }
+
+    /// Top-k of one row in T: `(indices, distances)` ascending, first index on ties.
+    pub fn nearest_row<T: Float>(&self, z: &[T], table: &[T], k: usize) -> (Vec<u32>, Vec<T>) {
+        let mut zr = z.to_vec();
+        self.prepare(&mut zr);
+        let dim = self.dim();
+        let mut best: Vec<(T, u32)> = Vec::with_capacity(k + 1);
+        for (v, code) in table.chunks(dim).enumerate() {
+            let d = self.distance(&zr, code);
+            if best.len() < k || d < best[best.len() - 1].0 {
+                let at = best.iter().position(|(bd, _)| d < *bd).unwrap_or(best.len());
+                best.insert(at, (d, v as u32));
+                best.truncate(k);
+            }
+        }
+        best.into_iter().map(|(d, i)| (i, d)).unzip()
+    }
+
+    /// The `k` nearest codes of every row of `z [rows, dim]`.
+    pub fn nearest(&self, z: &Tensor, k: usize) -> Result<Nearest> {
+        crate::check_same("nearest_codes", &self.table, z)?;
+        if z.rank() != 2 || z.shape()[1] != self.dim() {
+            return Err(Error::Shape { op: "nearest_codes", msg: format!("z must be [rows, {}], got {:?}", self.dim(), z.shape()) });
+        }
+        if k == 0 || k > MAX_TOP_K.min(self.vocab()) {
+            return Err(Error::Shape { op: "nearest_codes", msg: format!("k = {k} must be in 1..={}", MAX_TOP_K.min(self.vocab())) });
+        }
+        let rows = z.shape()[0];
+        let cpu_path = |t: &[Tensor]| -> Result<Nearest> {
+            let zs = cpu::read_f32(&contiguous(&t[0])?).into_owned();
+            let table = cpu::read_f32(&t[1]).into_owned();
+            let found: Vec<(Vec<u32>, Vec<f32>)> = zs.par_chunks(self.dim()).map(|r| self.nearest_row(r, &table, k)).collect();
+            let (idx, dist): (Vec<u32>, Vec<f32>) = found.into_iter().flat_map(|(i, d)| i.into_iter().zip(d)).unzip();
+            Ok(Nearest { indices: Tensor::from_slice(&idx, &[rows, k], t[0].device())?, distances: Tensor::from_slice(&dist, &[rows, k], t[0].device())? })
+        };
+        let device = z.device();
+        if device.is_cpu() || !crate::on_gpu(device, &[z.dtype(), self.table.dtype()]) || z.dtype() != self.table.dtype() {
+            let cpu_dev = nextflow_runtime::Device::cpu();
+            let found = cpu_path(&[z.to_device(&cpu_dev)?, self.table.to_device(&cpu_dev)?])?;
+            return Ok(Nearest { indices: found.indices.to_device(device)?, distances: found.distances.to_device(device)? });
+        }
+        let z = contiguous(z)?;
+        let indices = gpu::empty(device, DType::U32, &[rows, k])?;
+        let distances = gpu::empty(device, DType::F32, &[rows, k])?;
+        let dtype = z.dtype();
+        with_client!(device, cl => with_dtype!(dtype, E => unsafe {
+            nextflow_shaders::image::nearest_codes::launch_unchecked::<E, _>(
+                cl, gpu::grid(rows, 64), CubeDim::new_1d(64),
+                array(buffer(&z), dtype), array(buffer(&self.table), dtype),
+                array(buffer(&indices), DType::U32), array(buffer(&distances), DType::F32),
+                rows as u32, self.vocab() as u32, self.w_sem, self.w_pix,
+                self.dim(), self.split, k,
+            )
+        }));
+        Ok(Nearest { indices, distances })
+    }
+
+    /// Codes of `indices [b, h·w]` as a feature map `[b, dim, h, w]` (a view).
+    pub fn lookup(&self, indices: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+        let b = indices.shape()[0];
+        let rows = embedding(&self.table, &contiguous(indices)?.reshape(&[b * h * w])?)?;
+        rows.reshape(&[b, h, w, self.dim()])?.permute(&[0, 3, 1, 2])
+    }
+}
+
+/// VAR's quant_resi: `phi(h) = (1 − r)·h + r·conv3x3(h)` with one of several convs per scale.
+#[derive(Clone, Debug)]
+pub struct Phi {
+    /// `(weight [c, c, 3, 3], bias [c])` per shared conv.
+    pub convs: Vec<(Tensor, Tensor)>,
+    pub ratio: f32,
+}
+
+impl Phi {
+    /// Which conv scale `k` of `scales` uses (VAR's tick table: `a = 1/12, b = 11/12`,
+    /// nearest tick to `k/(K−1)`, first minimum wins) for `convs.len()` convs.
+    pub fn select(&self, k: usize, scales: usize) -> usize {
+        let n = self.convs.len();
+        if n <= 1 || scales <= 1 {
+            return 0;
+        }
+        let (a, b) = (1.0 / 12.0, 11.0 / 12.0);
+        let ticks: Vec<f64> = (0..n).map(|i| if i + 1 == n { b } else { a + i as f64 * (b - a) / (n - 1) as f64 }).collect();
+        let at = k as f64 / (scales - 1) as f64;
+        let mut best = 0;
+        for (i, t) in ticks.iter().enumerate() {
+            if (t - at).abs() < (ticks[best] - at).abs() {
+                best = i;
+            }
+        }
+        best
+    }
+
+    fn apply(&self, h: &Tensor, k: usize, scales: usize) -> Result<Tensor> {
+        let (w, b) = &self.convs[self.select(k, scales)];
+        let conv = conv2d(h, w, Some(b), Conv2d::same(3))?;
+        let r = self.ratio as f64;
+        let keep = Tensor::from_f64(&[1.0 - r], h.dtype(), &[1], h.device())?;
+        let mix = Tensor::from_f64(&[r], h.dtype(), &[1], h.device())?;
+        binary(&binary(h, &keep, BinaryOp::Mul)?, &binary(&conv, &mix, BinaryOp::Mul)?, BinaryOp::Add)
+    }
+}
+
+/// What [`encode`] returns.
+#[derive(Clone, Debug)]
+pub struct Encoding {
+    /// Per scale `[b, h_k·w_k]` u32, row-major cells.
+    pub indices: Vec<Tensor>,
+    /// Σ of the (upsampled, phi-blended) codes: the map the decoder sees.
+    pub f_hat: Tensor,
+    /// ‖f − f_hat‖ after each scale.
+    pub residual_norms: Vec<f64>,
+}
+
+fn check_schedule(op: &'static str, schedule: &[(usize, usize)], h: usize, w: usize) -> Result<()> {
+    if schedule.is_empty() || schedule.iter().any(|&(a, b)| a == 0 || b == 0 || a > h || b > w) {
+        return Err(Error::Shape { op, msg: format!("schedule {schedule:?} must be non-empty, each (h, w) within {h}x{w}") });
+    }
+    Ok(())
+}
+
+/// MSRQ encode of `f [b, dim, h, w]` (spec §1.2–1.3): per scale, area-downsample the
+/// residual, pick the nearest codes, bicubic-upsample them back, (phi), accumulate,
+/// subtract. The last scale is usually the full grid, where both resizes are identities.
+pub fn encode(f: &Tensor, codebook: &Codebook, schedule: &[(usize, usize)], phi: Option<&Phi>) -> Result<Encoding> {
+    if f.rank() != 4 || f.shape()[1] != codebook.dim() {
+        return Err(Error::Shape { op: "msrq_encode", msg: format!("f must be [b, {}, h, w], got {:?}", codebook.dim(), f.shape()) });
+    }
+    let (b, c, h, w) = (f.shape()[0], f.shape()[1], f.shape()[2], f.shape()[3]);
+    check_schedule("msrq_encode", schedule, h, w)?;
+    let mut rest = contiguous(f)?;
+    let mut f_hat = Tensor::from_f64(&vec![0.0; b * c * h * w], f.dtype(), f.shape(), f.device())?;
+    let (mut indices, mut norms) = (Vec::new(), Vec::new());
+    for (k, &(hk, wk)) in schedule.iter().enumerate() {
+        let z = interpolate(&rest, hk, wk, Resize::Area)?;
+        let rows = contiguous(&z.permute(&[0, 2, 3, 1])?)?.reshape(&[b * hk * wk, c])?;
+        let idx = codebook.nearest(&rows, 1)?.indices.reshape(&[b, hk * wk])?;
+        let mut up = interpolate(&codebook.lookup(&idx, hk, wk)?, h, w, Resize::Bicubic)?;
+        if let Some(phi) = phi {
+            up = phi.apply(&up, k, schedule.len())?;
+        }
+        f_hat = binary(&f_hat, &up, BinaryOp::Add)?;
+        rest = binary(&rest, &up, BinaryOp::Sub)?;
+        norms.push(rest.to_f64_vec()?.iter().map(|v| v * v).sum::<f64>().sqrt());
+        indices.push(idx);
+    }
+    Ok(Encoding { indices, f_hat, residual_norms: norms })
+}
+
+/// MSRQ decode: `f_hat = Σ_k phi(bicubic(code(idx_k), h × w))`, the same arithmetic, in the
+/// same order, as [`encode`] accumulates.
+pub fn decode(indices: &[Tensor], codebook: &Codebook, schedule: &[(usize, usize)], out_hw: (usize, usize), phi: Option<&Phi>) -> Result<Tensor> {
+    let (h, w) = out_hw;
+    check_schedule("msrq_decode", schedule, h, w)?;
+    if indices.len() != schedule.len() {
+        return Err(Error::Shape { op: "msrq_decode", msg: format!("{} index maps for {} scales", indices.len(), schedule.len()) });
+    }
+    let b = indices[0].shape()[0];
+    let dtype = codebook.table().dtype();
+    let mut f_hat = Tensor::from_f64(&vec![0.0; b * codebook.dim() * h * w], dtype, &[b, codebook.dim(), h, w], codebook.table().device())?;
+    for (k, (idx, &(hk, wk))) in indices.iter().zip(schedule).enumerate() {
+        if idx.shape() != [b, hk * wk] {
+            return Err(Error::Shape { op: "msrq_decode", msg: format!("scale {k} indices {:?}, expected [{b}, {}]", idx.shape(), hk * wk) });
+        }
+        let mut up = interpolate(&codebook.lookup(idx, hk, wk)?, h, w, Resize::Bicubic)?;
+        if let Some(phi) = phi {
+            up = phi.apply(&up, k, schedule.len())?;
+        }
+        f_hat = binary(&f_hat, &up, BinaryOp::Add)?;
+    }
+    Ok(f_hat)
+}

@@ -212,8 +212,60 @@ pub fn conv2d_image<T: Float>(x: &[T], cin: usize, h: usize, w: usize, weight: &
     }
 }
 
+/// CPU convolution as im2col + GEMM (the `gemm` crate): per image, the patches become a
+/// `[cin·kh·kw, oh·ow]` matrix and `out = weight [cout, cin·kh·kw] · cols`. Measured
+/// against the direct loop in `benches/image.rs`; this is the faster of the two on CPUs.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_im2col(x: &[f32], cin: usize, h: usize, w: usize, weight: &[f32], cout: usize, kh: usize, kw: usize, bias: Option<&[f32]>, p: Conv2d, out: &mut [f32]) {
+    let (oh, ow) = p.out_size(h, w, kh, kw).expect("checked by conv2d");
+    let (rows, cols_n) = (cin * kh * kw, oh * ow);
+    let mut cols = vec![0f32; rows * cols_n];
+    cols.par_chunks_mut(cols_n).enumerate().for_each(|(r, col)| {
+        let (c, i, j) = (r / (kh * kw), (r / kw) % kh, r % kw);
+        for oy in 0..oh {
+            let yy = oy * p.stride + i;
+            if yy < p.pad[0] || yy - p.pad[0] >= h {
+                continue;
+            }
+            let src = &x[(c * h + yy - p.pad[0]) * w..][..w];
+            for ox in 0..ow {
+                let xx = ox * p.stride + j;
+                if xx >= p.pad[2] && xx - p.pad[2] < w {
+                    col[oy * ow + ox] = src[xx - p.pad[2]];
+                }
+            }
+        }
+    });
+    if let Some(b) = bias {
+        out.chunks_mut(cols_n).zip(b).for_each(|(o, &v)| o.fill(v));
+    }
+    // SAFETY: dense row-major matrices of the sizes given.
+    unsafe {
+        gemm::gemm(
+            cout, cols_n, rows,
+            out.as_mut_ptr(), 1, cols_n as isize, bias.is_some(),
+            weight.as_ptr(), 1, rows as isize,
+            cols.as_ptr(), 1, cols_n as isize,
+            1.0, 1.0, false, false, false,
+            gemm::Parallelism::Rayon(0),
+        );
+    }
+}
+
+/// Which CPU convolution `conv2d` uses (benchmarks compare both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvAlgorithm {
+    Direct,
+    Im2col,
+}
+
 /// `x [n, cin, h, w]` (any view) ⋆ `weight [cout, cin, kh, kw]` + `bias [cout]`: dense NCHW.
 pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2d) -> Result<Tensor> {
+    conv2d_with(x, weight, bias, p, ConvAlgorithm::Im2col)
+}
+
+/// [`conv2d`] with a chosen CPU algorithm (GPUs always run the direct kernel).
+pub fn conv2d_with(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2d, algorithm: ConvAlgorithm) -> Result<Tensor> {
     let err = |msg: String| Err(Error::Shape { op: "conv2d", msg });
     crate::check_float("conv2d", x)?;
     crate::check_same("conv2d", x, weight)?;
@@ -240,9 +292,16 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2d) -> 
         let ws = cpu::read_f32(&contiguous(wt)?).into_owned();
         let bs = t.get(2).map(|b| cpu::read_f32(b).into_owned());
         let mut out = vec![0f32; n * cout * oh * ow];
-        out.par_chunks_mut(cout * oh * ow)
-            .zip(xs.par_chunks(cin * h * w))
-            .for_each(|(o, img)| conv2d_image(img, cin, h, w, &ws, cout, kh, kw, bs.as_deref(), p, o));
+        match algorithm {
+            ConvAlgorithm::Direct => out
+                .par_chunks_mut(cout * oh * ow)
+                .zip(xs.par_chunks(cin * h * w))
+                .for_each(|(o, img)| conv2d_image(img, cin, h, w, &ws, cout, kh, kw, bs.as_deref(), p, o)),
+            ConvAlgorithm::Im2col => out
+                .chunks_mut(cout * oh * ow)
+                .zip(xs.chunks(cin * h * w))
+                .for_each(|(o, img)| conv2d_im2col(img, cin, h, w, &ws, cout, kh, kw, bs.as_deref(), p, o)),
+        }
         Ok(cpu::write_f32(&out, x.dtype(), &[n, cout, oh, ow], x.device()))
     };
     let mut inputs = vec![x, weight];

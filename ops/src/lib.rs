@@ -20,7 +20,7 @@ use nextflow_shaders::{elementwise, reduce as kernels};
 
 pub use nextflow_runtime as runtime;
 pub use attention::{attention, grid_positions, text_positions, write_into, AttentionOptions, KvCache, Mask, Rope};
-pub use image::{conv2d, group_norm, interpolate, interpolate_nhwc, spatial_attention, Conv2d, Resize};
+pub use image::{conv2d, conv2d_with, group_norm, interpolate, interpolate_nhwc, spatial_attention, Conv2d, ConvAlgorithm, Resize};
 pub use matmul::{linear, matmul, Activation, Epilogue};
 pub use table::{OpEntry, OP_TABLE};
 

@@ -1,0 +1,64 @@
+//! Image-side benchmarks: the CPU convolution algorithms side by side (the faster is the
+//! default), and the decoder-shaped GroupNorm and interpolation.
+//!
+//! `cargo bench --bench image [-- --device DEV]` (lavapipe figures are not speed).
+
+use nextflow_ops::{conv2d_with, group_norm, interpolate, Conv2d, ConvAlgorithm, Resize};
+use nextflow_runtime::{Device, Tensor};
+use std::time::Instant;
+
+fn best_of<F: FnMut()>(reps: usize, mut f: F) -> f64 {
+    f();
+    (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn random(shape: &[usize], device: &Device) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|i| ((i * 2654435761usize) % 1000) as f32 / 500.0 - 1.0).collect();
+    Tensor::from_slice(&v, shape, device).unwrap()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let spec = args.iter().position(|a| a == "--device").and_then(|i| args.get(i + 1)).map(String::as_str).unwrap_or("cpu");
+    let device = Device::open(spec).unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(1)
+    });
+    println!("device {device}");
+    println!("{:<34} {:>10} {:>10} {:>10}", "conv2d f32", "direct ms", "im2col ms", "GFLOP/s*");
+    for &(cin, cout, hw, k, p) in &[(64usize, 64usize, 64usize, 3usize, Conv2d::same(3)), (128, 128, 32, 3, Conv2d::same(3)), (64, 64, 64, 1, Conv2d::same(1)), (64, 64, 64, 3, Conv2d::downsample())] {
+        let x = random(&[1, cin, hw, hw], &device);
+        let w = random(&[cout, cin, k, k], &device);
+        let b = random(&[cout], &device);
+        let time = |alg| best_of(5, || {
+            let y = conv2d_with(&x, &w, Some(&b), p, alg).unwrap();
+            device.sync().unwrap();
+            std::hint::black_box(y);
+        });
+        let (direct, im2col) = (time(ConvAlgorithm::Direct), time(ConvAlgorithm::Im2col));
+        let out = conv2d_with(&x, &w, Some(&b), p, ConvAlgorithm::Im2col).unwrap();
+        let flops = 2.0 * (cout * cin * k * k * out.shape()[2] * out.shape()[3]) as f64;
+        println!(
+            "{:<34} {:>10.2} {:>10.2} {:>10.1}",
+            format!("{cin}->{cout} {hw}x{hw} k{k} s{}", p.stride),
+            direct * 1e3,
+            im2col * 1e3,
+            flops / direct.min(im2col) / 1e9
+        );
+    }
+    let x = random(&[1, 256, 64, 64], &device);
+    let (g, b) = (random(&[256], &device), random(&[256], &device));
+    let t = best_of(5, || std::hint::black_box(group_norm(&x, 32, &g, &b, 1e-6, true).unwrap()).device().sync().unwrap());
+    println!("\ngroup_norm+silu [1,256,64,64] g32: {:.2} ms ({:.1} GB/s)", t * 1e3, 2.0 * 4.0 * x.numel() as f64 / t / 1e9);
+    let m = random(&[1, 8, 48, 48], &device);
+    let t = best_of(5, || std::hint::black_box(interpolate(&m, 64, 64, Resize::Bicubic).unwrap()).device().sync().unwrap());
+    println!("bicubic [1,8,48,48]->64x64: {:.3} ms", t * 1e3);
+    println!("* of the faster algorithm");
+}

@@ -3,34 +3,16 @@
 //!
 //! `cargo bench --bench image [-- --device DEV]` (lavapipe figures are not speed).
 
+mod common;
+
+use common::*;
 use nextflow_ops::{conv2d_with, group_norm, interpolate, Conv2d, ConvAlgorithm, Resize};
-use nextflow_runtime::{Device, Tensor};
-use std::time::Instant;
 
-fn best_of<F: FnMut()>(reps: usize, mut f: F) -> f64 {
-    f();
-    (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
-}
 
-fn random(shape: &[usize], device: &Device) -> Tensor {
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|i| ((i * 2654435761usize) % 1000) as f32 / 500.0 - 1.0).collect();
-    Tensor::from_slice(&v, shape, device).unwrap()
-}
+
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let spec = args.iter().position(|a| a == "--device").and_then(|i| args.get(i + 1)).map(String::as_str).unwrap_or("cpu");
-    let device = Device::open(spec).unwrap_or_else(|e| {
-        eprintln!("error: {e}");
-        std::process::exit(1)
-    });
+    let device = device_from_args();
     println!("device {device}");
     println!("{:<34} {:>10} {:>10} {:>10}", "conv2d f32", "direct ms", "im2col ms", "GFLOP/s*");
     for &(cin, cout, hw, k, p) in &[(64usize, 64usize, 64usize, 3usize, Conv2d::same(3)), (128, 128, 32, 3, Conv2d::same(3)), (64, 64, 64, 1, Conv2d::same(1)), (64, 64, 64, 3, Conv2d::downsample())] {

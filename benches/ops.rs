@@ -5,28 +5,15 @@
 //! same run — the limit a bandwidth-bound op can reach on the CPU. On lavapipe the numbers
 //! only show the kernels run; they are not speed.
 
-use nextflow_ops::{BinaryOp, ReduceOp, UnaryOp};
-use nextflow_runtime::{DType, Device, Tensor};
-use std::time::Instant;
+mod common;
 
-fn best_of<F: FnMut()>(reps: usize, mut f: F) -> f64 {
-    f();
-    (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
-}
+use common::*;
+use nextflow_ops::{BinaryOp, ReduceOp, UnaryOp};
+use nextflow_runtime::{DType, Tensor};
+
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let spec = args.iter().position(|a| a == "--device").and_then(|i| args.get(i + 1)).map(String::as_str).unwrap_or("cpu");
-    let device = Device::open(spec).unwrap_or_else(|e| {
-        eprintln!("error: {e}");
-        std::process::exit(1)
-    });
+    let device = device_from_args();
     let (rows, n) = if device.is_cpu() { (4096, 1024) } else { (256, 1024) };
     let numel = rows * n;
     let bytes = (numel * 4) as f64;

@@ -10,21 +10,12 @@
 //! The peers run through `python3 benches/peers.py` (numpy, torch from pip). On lavapipe
 //! the figures only show the kernels run: they are not speed.
 
-use nextflow_ops::{attention, matmul, AttentionOptions, Epilogue, Mask};
-use nextflow_runtime::{Device, Tensor};
-use std::process::Command;
-use std::time::Instant;
+mod common;
 
-fn best_of<F: FnMut()>(reps: usize, mut f: F) -> f64 {
-    f();
-    (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
-}
+use common::*;
+use nextflow_ops::{attention, matmul, AttentionOptions, Epilogue, Mask};
+use std::process::Command;
+
 
 /// One number from the peer script, or None if python or the package is missing.
 fn peer(args: &[&str]) -> Option<String> {
@@ -39,20 +30,10 @@ fn peer(args: &[&str]) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn random(shape: &[usize], device: &Device) -> Tensor {
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|i| ((i * 2654435761usize) % 1000) as f32 / 500.0 - 1.0).collect();
-    Tensor::from_slice(&v, shape, device).unwrap()
-}
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let spec = args.iter().position(|a| a == "--device").and_then(|i| args.get(i + 1)).map(String::as_str).unwrap_or("cpu");
-    let peers = !args.iter().any(|a| a == "--no-peers");
-    let device = Device::open(spec).unwrap_or_else(|e| {
-        eprintln!("error: {e}");
-        std::process::exit(1)
-    });
+    let device = device_from_args();
+    let peers = !has_flag("--no-peers");
     let threads = rayon::current_num_threads();
     println!("device {device}; rayon threads {threads}");
     if peers {

@@ -12,6 +12,7 @@ pub mod image;
 pub mod matmul;
 pub mod msrq;
 pub mod reference;
+pub mod sampling;
 mod simd;
 mod table;
 

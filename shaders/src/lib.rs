@@ -10,6 +10,7 @@ pub mod gather;
 pub mod image;
 pub mod matmul;
 pub mod reduce;
+pub mod sampling;
 
 /// Threads per cube for one-element-per-thread kernels.
 pub const ELEMENTWISE_CUBE: u32 = 256;

@@ -414,6 +414,28 @@ fn run_image_ops(device: &Device, dtype: DType, ck: &mut Checker) {
     }
 }
 
+/// Sampling must pick the very same ids as the CPU backend (bit-identical arithmetic;
+/// the statistics of the draws are tested in `sampling.rs`).
+fn run_sampling_ops(device: &Device, dtype: DType, ck: &mut Checker) {
+    use nextflow_ops::sampling::{sample, SamplerConfig};
+    let mut rng = StdRng::seed_from_u64(0x5a3b ^ dtype.size() as u64);
+    let cpu = Device::cpu();
+    let (cond, _) = random(&mut rng, &[33, 1031], dtype, -6.0, 6.0, device);
+    let (uncond, _) = random(&mut rng, &[33, 1031], dtype, -6.0, 6.0, device);
+    let (cond_cpu, uncond_cpu) = (cond.to_device(&cpu).unwrap(), uncond.to_device(&cpu).unwrap());
+    let configs = [
+        ("plain", SamplerConfig::default(), false),
+        ("top-k 50 top-p 0.6 cfg 3", SamplerConfig { cfg_scale: 3.0, top_k: 50, top_p: 0.6, ..Default::default() }, true),
+        ("ids 7..900 T 0.7", SamplerConfig { temperature: 0.7, id_range: Some((7, 900)), ..Default::default() }, false),
+        ("greedy", SamplerConfig { temperature: 0.0, ..Default::default() }, false),
+    ];
+    for (label, cfg, with_uncond) in configs {
+        let want = sample(&cond_cpu, with_uncond.then_some(&uncond_cpu), &cfg, 42, 3).unwrap();
+        let got = sample(&cond, with_uncond.then_some(&uncond), &cfg, 42, 3);
+        ck.compare("sample", &format!("{label} 33x1031 vs CPU"), DType::U32, got, &HostArray::of(&want).unwrap());
+    }
+}
+
 #[test]
 fn op_coverage_every_device() {
     set_poison_outputs(true);
@@ -445,6 +467,7 @@ fn op_coverage_every_device() {
             run_device(&device, dtype, &mut ck);
             run_transformer_ops(&device, dtype, &mut ck);
             run_image_ops(&device, dtype, &mut ck);
+            run_sampling_ops(&device, dtype, &mut ck);
             let missing: Vec<&str> = OP_TABLE.iter().map(|e| e.name).filter(|n| !ck.covered.contains(n)).collect();
             assert!(missing.is_empty(), "ops in the table without a coverage case: {missing:?}");
             println!(

@@ -45,4 +45,5 @@ pub const OP_TABLE: &[OpEntry] = &[
     OpEntry { name: "group_norm", kernel: "image::group_norm (+ SiLU)" },
     OpEntry { name: "spatial_attention", kernel: "attention::flash_attention, or matmul + softmax" },
     OpEntry { name: "nearest_codes", kernel: "image::nearest_codes (plain and dual codebook, top-k)" },
+    OpEntry { name: "sample", kernel: "sampling::sample_rows (CFG, range, temperature, top-k/top-p, Philox draw)" },
 ];

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# One prepared check for a lent GPU machine (see the device tool's README): build here,
+# carry the binaries, run the kernel tests and benchmarks there, results under $OUT.
+#
+#   bash scripts/device-check.sh prepare   # here: release test + bench binaries -> device-bin.tar.xz
+#   bash scripts/device-check.sh run       # there (device tool, carry ["device-bin.tar.xz"]); a dry run here too
+# The binaries are ~110 MB, over the device tool's 64 MiB carry; xz brings them to ~25 MB.
+#
+# `run` exercises every device the machine offers (CUDA, HIP, Vulkan, CPU): the op-coverage
+# test (all ops, f32 + f16, cmma where the GPU reports it), 3D-RoPE attention, sampling
+# identity, then the transformer and image benchmarks on cuda and vulkan. ~3-5 minutes.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+TESTS=(op_coverage rope_attention sampling)
+BENCHES=(transformer image ops)
+
+case "${1:-}" in
+  prepare)
+    set -e
+    mkdir -p device-bin && rm -f device-bin/*
+    {
+      cargo test --release --no-run --message-format=json $(printf -- '--test %s ' "${TESTS[@]}")
+      cargo bench --no-run --message-format=json $(printf -- '--bench %s ' "${BENCHES[@]}")
+    } | python3 -c '
+import json, shutil, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    # The CLI binary comes from the same (test-feature) build, so nothing compiles twice.
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] in (["test"], ["bench"], ["bin"]):
+        shutil.copy(m["executable"], "device-bin/" + m["target"]["name"])
+'
+    strip device-bin/* 2>/dev/null || true
+    tar -C device-bin -cf - . | xz -T0 -6 > device-bin.tar.xz
+    ls -la device-bin device-bin.tar.xz
+    ;;
+  run)
+    OUT="${OUT:-/tmp/device-check}"
+    mkdir -p "$OUT"
+    bin=device-bin
+    if [ -f device-bin.tar.xz ]; then
+      mkdir -p "$bin" && xz -dc device-bin.tar.xz | tar -C "$bin" -xf -
+    fi
+    [ -x "$bin/nextflow" ] || { echo "error: run 'bash scripts/device-check.sh prepare' first and carry device-bin" >&2; exit 1; }
+    nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
+    "$bin/nextflow" devices 2>&1 | tee "$OUT/devices.txt"
+    status=0
+    for t in "${TESTS[@]}"; do
+      echo "== test $t"
+      timeout 300 "$bin/$t" --nocapture > "$OUT/test-$t.txt" 2>&1 || status=1
+      grep -E "op-coverage|SKIPPED|NMSE|sampling|test result|panicked|failures" "$OUT/test-$t.txt" | head -40
+    done
+    for b in transformer image; do
+      for d in cuda vulkan; do
+        echo "== bench $b on $d"
+        timeout 150 "$bin/$b" --device "$d" --no-peers > "$OUT/bench-$b-$d.txt" 2>&1
+        cat "$OUT/bench-$b-$d.txt"
+      done
+    done
+    exit $status
+    ;;
+  *)
+    sed -n 2,12p "$0"
+    exit 2
+    ;;
+esac

@@ -138,17 +138,6 @@ pub fn write_f32(values: &[f32], dtype: DType, shape: &[usize], device: &Device)
     write_with(dtype, shape, device, |start, c| c.copy_from_slice(&values[start..start + c.len()]))
 }
 
-fn unary_f32(op: UnaryOp, x: f32) -> f32 {
-    match op {
-        UnaryOp::Neg => -x,
-        UnaryOp::Exp => x.exp(),
-        UnaryOp::Sqrt => x.sqrt(),
-        UnaryOp::Rsqrt => 1.0 / x.sqrt(),
-        UnaryOp::Tanh => x.tanh(),
-        UnaryOp::Silu => x / (1.0 + (-x).exp()),
-        UnaryOp::GeluErf => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
-    }
-}
 
 /// Applies `f` to each row of `n` values, in parallel when it pays.
 fn for_rows(data: &mut [f32], n: usize, f: &(impl Fn(&mut [f32]) + Sync + Send)) {
@@ -162,7 +151,7 @@ fn for_rows(data: &mut [f32], n: usize, f: &(impl Fn(&mut [f32]) + Sync + Send))
 pub fn unary(x: &Tensor, op: UnaryOp) -> Tensor {
     let v = read_f32(x);
     write_with(x.dtype(), x.shape(), x.device(), |start, c| {
-        c.iter_mut().zip(&v[start..]).for_each(|(o, a)| *o = unary_f32(op, *a))
+        c.iter_mut().zip(&v[start..]).for_each(|(o, a)| *o = reference::unary_scalar(op, *a))
     })
 }
 

@@ -349,8 +349,8 @@ fn cpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize]) -> Res
                 let mut x = *v + bias.as_ref().map_or(0.0, |b| b[j]);
                 x = match ep.activation {
                     Activation::None => x,
-                    Activation::Silu => x / (1.0 + (-x).exp()),
-                    Activation::GeluErf => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
+                    Activation::Silu => crate::reference::unary_scalar(crate::UnaryOp::Silu, x),
+                    Activation::GeluErf => crate::reference::unary_scalar(crate::UnaryOp::GeluErf, x),
                 };
                 *v = x + residual.as_ref().map_or(0.0, |r| r[row * n + j]);
             }

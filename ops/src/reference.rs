@@ -29,15 +29,35 @@ impl HostArray {
     }
 }
 
-pub fn unary_scalar(op: UnaryOp, x: f64) -> f64 {
+/// Floats the unary formulas run in: f64 for the reference, f32 for the CPU backend.
+pub trait Scalar: num_traits::Float {
+    fn erf(self) -> Self;
+}
+
+impl Scalar for f32 {
+    fn erf(self) -> f32 {
+        libm::erff(self)
+    }
+}
+
+impl Scalar for f64 {
+    fn erf(self) -> f64 {
+        libm::erf(self)
+    }
+}
+
+/// The unary functions, written once for every float type.
+pub fn unary_scalar<T: Scalar>(op: UnaryOp, x: T) -> T {
+    let one = T::one();
+    let half = T::from(0.5).unwrap();
     match op {
         UnaryOp::Neg => -x,
         UnaryOp::Exp => x.exp(),
         UnaryOp::Sqrt => x.sqrt(),
-        UnaryOp::Rsqrt => 1.0 / x.sqrt(),
+        UnaryOp::Rsqrt => one / x.sqrt(),
         UnaryOp::Tanh => x.tanh(),
-        UnaryOp::Silu => x / (1.0 + (-x).exp()),
-        UnaryOp::GeluErf => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+        UnaryOp::Silu => x / (one + (-x).exp()),
+        UnaryOp::GeluErf => half * x * (one + (x * T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap()).erf()),
     }
 }
 

@@ -37,6 +37,32 @@ pub fn cube_sum(partial: f32, shared: &mut SharedMemory<f32>, #[comptime] block:
     cube_combine(partial, shared, block, false)
 }
 
+/// Cube-wide argmax of one (value, index) pair per unit: the largest value, the smallest
+/// index among equal values. Every unit receives the winning index.
+#[cube]
+pub fn cube_argmax(value: f32, index: u32, values: &mut SharedMemory<f32>, indices: &mut SharedMemory<u32>, #[comptime] block: u32) -> u32 {
+    let unit = UNIT_POS as usize;
+    values[unit] = value;
+    indices[unit] = index;
+    sync_cube();
+    let mut stride = comptime![(block / 2) as usize].runtime();
+    while stride > 0 {
+        if unit < stride {
+            let (v, j) = (values[unit + stride], indices[unit + stride]);
+            let (w, k) = (values[unit], indices[unit]);
+            if v > w || (v == w && j < k) {
+                values[unit] = v;
+                indices[unit] = j;
+            }
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    let winner = indices[0];
+    sync_cube();
+    winner
+}
+
 /// `out[row] = sum | max | mean(input[row, :])`.
 #[cube(launch_unchecked)]
 pub fn reduce_rows<E: Numeric>(input: &Array<E>, output: &mut Array<E>, n: u32, rows: u32, #[comptime] op: u32, #[comptime] block: u32) {
@@ -97,24 +123,9 @@ pub fn argmax_rows<E: Numeric>(input: &Array<E>, output: &mut Array<u32>, n: u32
         }
         i += block as usize;
     }
-    values[unit] = best;
-    indices[unit] = best_i;
-    sync_cube();
-    let mut stride = comptime![(block / 2) as usize].runtime();
-    while stride > 0 {
-        if unit < stride {
-            let (v, j) = (values[unit + stride], indices[unit + stride]);
-            let (w, k) = (values[unit], indices[unit]);
-            if v > w || (v == w && j < k) {
-                values[unit] = v;
-                indices[unit] = j;
-            }
-        }
-        sync_cube();
-        stride /= 2;
-    }
+    let winner = cube_argmax(best, best_i, &mut values, &mut indices, block);
     if unit == 0 {
-        output[row] = indices[0];
+        output[row] = winner;
     }
 }
 

@@ -258,24 +258,9 @@ pub fn sample_rows<E: Numeric>(
             }
             j += step;
         }
-        values[unit] = best;
-        indices[unit] = best_j as u32;
-        sync_cube();
-        let mut stride = comptime![(block / 2) as usize].runtime();
-        while stride > 0 {
-            if unit < stride {
-                let (v, vj) = (values[unit + stride], indices[unit + stride]);
-                let (w, wj) = (values[unit], indices[unit]);
-                if v > w || (v == w && vj < wj) {
-                    values[unit] = v;
-                    indices[unit] = vj;
-                }
-            }
-            sync_cube();
-            stride /= 2;
-        }
+        let winner = crate::reduce::cube_argmax(best, best_j as u32, &mut values, &mut indices, block);
         if unit == 0 {
-            output[row] = start + indices[0];
+            output[row] = start + winner;
         }
     } else {
         let mut partial = SharedMemory::<f32>::new(comptime![SPLITS * block as usize]);

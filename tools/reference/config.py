@@ -17,6 +17,7 @@ from pathlib import Path
 import shapeworld as sw
 
 CONFIG_PATH = Path(__file__).with_name("config.json")
+MODEL_TYPE = "nextflow"  # top-level "model_type" of a saved config.json (HF style: loaders dispatch on it)
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<boi>", "<eoi>", "<unk>")
 
 
@@ -160,8 +161,11 @@ class Config:
     visual: Visual = dataclasses.field(default_factory=Visual)
     tokenizer: Tokenizer = dataclasses.field(default_factory=Tokenizer)
     sampler: Sampler = dataclasses.field(default_factory=Sampler)
+    # Accepted (and checked) so that Config(**json.load(f)) reads a saved config.json; not a field.
+    model_type: dataclasses.InitVar[str] = MODEL_TYPE
 
-    def __post_init__(self):
+    def __post_init__(self, model_type: str = MODEL_TYPE):
+        assert model_type == MODEL_TYPE, f"model_type {model_type!r} is not {MODEL_TYPE!r}"
         for name, kind in [("vocabulary", Vocabulary), ("backbone", Backbone), ("visual", Visual),
                            ("tokenizer", Tokenizer), ("sampler", Sampler)]:  # fmt: skip
             value = getattr(self, name)
@@ -184,7 +188,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        Path(path).write_text(json.dumps({"model_type": MODEL_TYPE, **self.to_dict()}, indent=1) + "\n")
 
     @classmethod
     def load(cls, path: Path = CONFIG_PATH) -> Config:

@@ -263,7 +263,7 @@ def layer0_qk(model: nf.NextFlow, batch: dict) -> tuple:
     return nf.apply_rope(q, cos, sin)[0], nf.apply_rope(k, cos, sin)[0]
 
 
-def nextflow_tiny(assets: Path, out: Path, sampler: str = "top_k_1") -> None:
+def nextflow_tiny(assets: Path, out: Path, sampler: str = "philox") -> None:
     fresh_dir(out)
     cfg, tok, model = load_exported(assets)
     vocab, scales = cfg.vocabulary, [tuple(s) for s in cfg.tokenizer.scales]
@@ -298,7 +298,11 @@ def nextflow_tiny(assets: Path, out: Path, sampler: str = "top_k_1") -> None:
         target_rows = (rows["targets"] >= 0).nonzero()[:, 0]
         code_logits = model.code_logits(final[target_rows])
 
-        generated = generate(model, tok, cfg, prompt_ids, sampler)
+        if sampler == "philox":
+            generated = generate(model, tok, cfg, prompt_ids, cfg.sampler, "philox")
+            greedy = generate(model, tok, cfg, prompt_ids, dataclasses.replace(cfg.sampler, temperature=0.0), "philox")
+        else:  # argmax through torch.multinomial on a one-hot distribution
+            generated = greedy = generate(model, tok, cfg, prompt_ids, dataclasses.replace(cfg.sampler, top_k=1), "torch")
 
     # The targets are the image's codes, scale by scale, in row order.
     assert rows["targets"][target_rows].tolist() == [vocab.code_start + int(i) for idx in indices for i in idx[0]]
@@ -338,7 +342,10 @@ def nextflow_tiny(assets: Path, out: Path, sampler: str = "top_k_1") -> None:
         "code_logits": {"rows": target_rows.tolist(), "rows_per_scale": [h * w for h, w in scales],
                         "note": "model.code_logits(final_norm[rows]): lm_head rows code_start.. only, [rows, codebook]; "
                                 "rows are the <boi> row then each map's cells, scale by scale"},
-        "generation": generated["meta"] | {"indices_per_scale": generated["indices"]},
+        "generation": generated["meta"] | {"indices_per_scale": generated["indices"],
+                                            "note": "the config's sampler settings" if sampler == "philox" else "top_k = 1: argmax"},
+        "generation_greedy": greedy["meta"] | {"indices_per_scale": greedy["indices"],
+                                               "note": "temperature 0: argmax of the CFG logits, first index on ties"},
         "vocabulary": {"code_start": vocab.code_start, "size": vocab.size},
         "tensors": {k: {"shape": shapes[k], "what": TENSOR_DOC[k]} for k in tensors},
     })  # fmt: skip
@@ -359,41 +366,39 @@ TENSOR_DOC = {
 }
 
 
-def generate(model, tok, cfg, prompt_ids: list, sampler: str) -> dict:
-    """A full seeded generation: nextflow_ref.generate with the config's CFG and KV cache."""
-    s = cfg.sampler
-    if sampler == "philox":
-        settings = dataclasses.replace(s)
-        idx = nf.generate(model, tok.quantize, [prompt_ids], settings, seed=GENERATION_SEED, sampler="philox")
-        meta = {"sampler": "philox", "seed": GENERATION_SEED, "settings": dataclasses.asdict(settings),
-                "rust_sampler_config": {"cfg_scale": settings.cfg_scale - 1.0, "temperature": settings.temperature,
-                                        "top_k": settings.top_k, "top_p": settings.top_p, "id_range": "code rows"},
-                "counters": "Philox counter (position, scale): scale = 0-based scale index k, position = row-major index "
-                            "of the cell in the scale's [h*w] logits (batch of one)",
-                "cfg": "Rust convention: l = (1+t)·cond − t·uncond with t = cfg_scale − 1, divided by temperature"}  # fmt: skip
+def generate(model, tok, cfg, prompt_ids: list, settings, sampling: str) -> dict:
+    """A full seeded generation: nextflow_ref.generate with CFG (batch of two) and KV cache."""
+    idx = nf.generate(model, tok.quantize, [prompt_ids], settings, seed=GENERATION_SEED, sampling=sampling)
+    w, linear = settings.cfg_scale, settings.cfg_schedule == "linear"
+    meta = {"sampling": sampling, "seed": GENERATION_SEED, "settings": dataclasses.asdict(settings),
+            "cfg_weight": w, "cfg_schedule": "linear: w_k = 1 + (w - 1) k / (K - 1)" if linear else "constant: w at every scale",
+            "uncond_prompt_ids": [cfg.vocabulary.id("<bos>")], "kv_cache": True,
+            "call": f"nextflow_ref.generate(model, tok.quantize, [prompt_ids], settings, seed={GENERATION_SEED}, sampling={sampling!r})"}  # fmt: skip
+    if sampling == "philox":
+        meta |= {
+            "rust_sampler_config": {"cfg_scale": "w_k - 1" if linear else w - 1.0, "temperature": settings.temperature,
+                                    "top_k": settings.top_k, "top_p": settings.top_p,
+                                    "id_range": "[code_start, vocab) on full-vocabulary logits, or none on the code logits alone"},
+            "cfg_formula": "Rust's: l = (1+t)·cond − t·uncond with t = w − 1 (then / temperature)",
+            "philox": "seed = the seed; scale counter = 0-based scale index k; position = row-major index of the row in "
+                      "the scale's cond logits [batch, h*w] (batch of one: the cell index)",
+        }  # fmt: skip
     else:
-        settings = dataclasses.replace(s, top_k=1)
-        idx = nf.generate(model, tok.quantize, [prompt_ids], settings, seed=GENERATION_SEED)
-        meta = {"sampler": "top_k=1: argmax of the CFG logits (torch.multinomial on a one-hot distribution), deterministic",
-                "seed": GENERATION_SEED, "settings": dataclasses.asdict(settings)}  # fmt: skip
-    ramp = "linear: w_k = 1 + (w - 1) k / (K - 1)" if s.cfg_schedule == "linear" else "constant: w at every scale"
-    meta |= {"cfg_weight": s.cfg_scale, "cfg_formula": "l_u + w (l_c - l_u) (nextflow_ref)", "cfg_schedule": ramp,
-             "uncond_prompt_ids": [cfg.vocabulary.id("<bos>")], "kv_cache": True,
-             "call": "nextflow_ref.generate(model, tok.quantize, [prompt_ids], settings, seed)"}  # fmt: skip
+        meta["cfg_formula"] = "l_u + w (l_c - l_u) (nextflow_ref)"
     return {"indices": [i[0].tolist() for i in idx], "meta": meta}
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-PARTS = ["qwen2", "nextflow"]
+PARTS = ["qwen2", "nextflow", "sampler"]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("parts", nargs="*", help="qwen2, nextflow, sampler (default: all)")
     parser.add_argument("--assets", type=Path, default=ASSETS)
-    parser.add_argument("--generation-sampler", default="top_k_1", choices=["philox", "top_k_1"])
+    parser.add_argument("--generation-sampler", default="philox", choices=["philox", "top_k_1"])
     args = parser.parse_args(argv)
     args.parts = args.parts or PARTS
     assert set(args.parts) <= set(PARTS), f"parts are {PARTS}"
@@ -406,6 +411,7 @@ def main(argv=None):
         import philox_sampler
 
         philox_sampler.write_golden(GOLDEN / "sampler")
+        check_size(GOLDEN / "sampler")
 
 
 if __name__ == "__main__":

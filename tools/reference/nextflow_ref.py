@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import philox_sampler
 from config import Config
 
 # ---------------------------------------------------------------------------------------------
@@ -590,10 +591,13 @@ def sample_top_k_top_p(logits, top_k: int, top_p: float, temperature: float, gen
 
 @torch.no_grad()
 def generate(model: NextFlow, codebook: DualCodebook, prompts: list, sampler=None, seed: int = 0,
-             uncond_prompts: list | None = None, use_cache: bool = True) -> list:  # fmt: skip
+             uncond_prompts: list | None = None, use_cache: bool = True, sampling: str = "torch") -> list:  # fmt: skip
     """Prompts -> per scale [B, h*w] code indices. A prompt is its token ids before <boi>, or a
     SequenceBuilder holding a prefix with images (editing). CFG runs the unconditional prompts
-    (default: <bos> alone) as the second half of the batch."""
+    (default: <bos> alone) as the second half of the batch.
+    sampling "torch": VAR's top-k/top-p and torch.multinomial; "philox": the Rust engine's
+    sampler (philox_sampler.py, bit-exact with its CPU path): CFG as (1+t) l_c - t l_u with
+    t = w - 1, Philox counter (row-major row of the scale's [B, h*w] logits, scale index k)."""
     cfg, sampler = model.cfg, sampler or model.cfg.sampler
     scales, mode = cfg.tokenizer.scales, cfg.visual.input_mode
     guided = sampler.cfg_scale != 1.0
@@ -611,11 +615,16 @@ def generate(model: NextFlow, codebook: DualCodebook, prompts: list, sampler=Non
     indices, state, n = [], None, len(prompts)
     for k, (h, w) in enumerate(scales):
         logits = model.code_logits(hidden)
-        if guided:
-            ramp = k / max(len(scales) - 1, 1) if sampler.cfg_schedule == "linear" else 1.0
-            weight = 1.0 + (sampler.cfg_scale - 1.0) * ramp
-            logits = logits[n:] + weight * (logits[:n] - logits[n:])
-        idx = sample_top_k_top_p(logits, sampler.top_k, sampler.top_p, sampler.temperature, generator)
+        ramp = k / max(len(scales) - 1, 1) if sampler.cfg_schedule == "linear" else 1.0
+        weight = 1.0 + (sampler.cfg_scale - 1.0) * ramp
+        if sampling == "philox":
+            uncond = logits[n:].numpy() if guided else None
+            idx = torch.from_numpy(philox_sampler.sample(logits[:n].numpy(), uncond, cfg_scale=weight - 1.0, temperature=sampler.temperature,
+                                                         top_k=sampler.top_k, top_p=sampler.top_p, seed=seed, scale=k))  # fmt: skip
+        else:
+            if guided:
+                logits = logits[n:] + weight * (logits[:n] - logits[n:])
+            idx = sample_top_k_top_p(logits, sampler.top_k, sampler.top_p, sampler.temperature, generator)
         indices.append(idx)
         if k == len(scales) - 1:
             break

@@ -254,10 +254,15 @@ fn run_transformer_ops(device: &Device, dtype: DType, ck: &mut Checker) {
                 let (q, hq_) = random(&mut rng, &[2, hq, sq, hd], dtype, -1.0, 1.0, d);
                 let (k, hk) = random(&mut rng, &[2, hkv, skv, hd], dtype, -1.0, 1.0, d);
                 let (v, hv) = random(&mut rng, &[2, hkv, skv, hd], dtype, -1.0, 1.0, d);
-                let lens = if mask == Mask::None { Some(vec![skv, 20]) } else { None };
-                let opts = AttentionOptions { mask: Some(mask.clone()), kv_lens: lens.clone(), scale: None };
-                let want = r::attention(&hq_, &hk, &hv, &mask, lens.as_deref(), 1.0 / (hd as f64).sqrt());
-                let what = format!("GQA {hq}:{hkv} d{hd} {label} q{sq}/kv{skv}{}", if lens.is_some() { " lens 37,20" } else { "" });
+                // No mask: right padding of row 1; masks: left padding of row 1 (a shorter
+                // prompt left-aligned in a batch, as CFG's unconditional row is).
+                let (ranges, opts) = if mask == Mask::None {
+                    (vec![(0, skv), (0, 20)], AttentionOptions { mask: Some(mask.clone()), kv_lens: Some(vec![skv, 20]), ..Default::default() })
+                } else {
+                    (vec![(0, skv), (5, skv)], AttentionOptions { mask: Some(mask.clone()), kv_starts: Some(vec![0, 5]), ..Default::default() })
+                };
+                let want = r::attention(&hq_, &hk, &hv, &mask, Some(&ranges), 1.0 / (hd as f64).sqrt());
+                let what = format!("GQA {hq}:{hkv} d{hd} {label} q{sq}/kv{skv} keys {ranges:?}");
                 ck.compare("attention", &what, dtype, nextflow_ops::attention(&q, &k, &v, &opts), &want);
             }
         }

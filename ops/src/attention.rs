@@ -28,6 +28,9 @@ pub struct AttentionOptions {
     pub mask: Option<Mask>,
     /// Valid keys per batch row (right padding); default: all `skv`.
     pub kv_lens: Option<Vec<usize>>,
+    /// First valid key per batch row (left padding, as when a batch of prompts of
+    /// different lengths is left-aligned); default: 0.
+    pub kv_starts: Option<Vec<usize>>,
     /// Default `1/sqrt(head_dim)`.
     pub scale: Option<f32>,
 }
@@ -62,6 +65,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions)
     if kv_lens.len() != b || kv_lens.iter().any(|&l| l > skv) {
         return err(format!("kv_lens {kv_lens:?} must give one length <= {skv} per batch row ({b})"));
     }
+    let kv_starts = options.kv_starts.clone().unwrap_or_else(|| vec![0; b]);
+    if kv_starts.len() != b || kv_starts.iter().zip(&kv_lens).any(|(&s, &l)| s > l) {
+        return err(format!("kv_starts {kv_starts:?} must give one start <= its kv_len per batch row ({b})"));
+    }
     let mask = options.mask.clone().unwrap_or(Mask::None);
     if let Mask::Segments(s) = &mask {
         if s.iter().sum::<usize>() != skv || s.contains(&0) {
@@ -72,7 +79,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions)
     // Kernels need a dense last dim.
     let dense_last = |t: &Tensor| if t.strides()[3] == 1 { Ok(t.clone()) } else { contiguous(t) };
     let (q, k, v) = (dense_last(q)?, dense_last(k)?, dense_last(v)?);
-    let run = Attention { mask, kv_lens, scale };
+    let run = Attention { mask, kv_lens, kv_starts, scale };
     if q.device().is_cpu() {
         return Ok(run.cpu(&q, &k, &v));
     }
@@ -85,6 +92,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions)
 struct Attention {
     mask: Mask,
     kv_lens: Vec<usize>,
+    kv_starts: Vec<usize>,
     scale: f32,
 }
 
@@ -132,7 +140,7 @@ impl Attention {
             Mask::Segments(_) => self.segment_ids(skv),
             _ => vec![0],
         };
-        let kv_lens: Vec<u32> = self.kv_lens.iter().map(|&l| l as u32).collect();
+        let kv_ranges: Vec<u32> = self.kv_starts.iter().zip(&self.kv_lens).flat_map(|(&s, &l)| [s as u32, l as u32]).collect();
         let mask = match self.mask {
             Mask::None => kernels::MASK_NONE,
             Mask::Causal => kernels::MASK_CAUSAL,
@@ -143,7 +151,7 @@ impl Attention {
         let block_q = 64u32;
         let dtype = q.dtype();
         with_client!(device, c => {
-            let (geo, seg, lens) = (upload_u32(c, &geometry), upload_u32(c, &segments), upload_u32(c, &kv_lens));
+            let (geo, seg, lens) = (upload_u32(c, &geometry), upload_u32(c, &segments), upload_u32(c, &kv_ranges));
             with_dtype!(dtype, E => unsafe {
                 kernels::flash_attention::launch_unchecked::<E, _>(
                     c,
@@ -154,7 +162,7 @@ impl Attention {
                     array(buffer(v), dtype),
                     array(buffer(&out), dtype),
                     ArrayArg::from_raw_parts(seg.clone(), segments.len()),
-                    ArrayArg::from_raw_parts(lens.clone(), kv_lens.len()),
+                    ArrayArg::from_raw_parts(lens.clone(), kv_ranges.len()),
                     ArrayArg::from_raw_parts(geo.clone(), geometry.len()),
                     self.scale,
                     d,
@@ -199,6 +207,7 @@ impl Attention {
                 let (q0, q1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(sq));
                 let rows = q1 - q0;
                 let kv_len = self.kv_lens[bi];
+                let kv_start = self.kv_starts[bi];
                 let kv_end = match self.mask {
                     Mask::Causal => kv_len.min(q_pos0 + q1),
                     _ => kv_len,
@@ -240,8 +249,10 @@ impl Attention {
                     for (r, row) in scores.chunks_mut(kv_end).enumerate() {
                         // Every mask leaves a prefix of the keys visible.
                         let visible = self.visible_end(&seg_end, q_pos0 + q0 + r).min(kv_end);
+                        let start = kv_start.min(visible);
+                        row[..start].iter_mut().for_each(|s| *s = 0.0);
                         row[visible..].iter_mut().for_each(|s| *s = 0.0);
-                        crate::simd::softmax_in_place(&mut row[..visible]);
+                        crate::simd::softmax_in_place(&mut row[start..visible]);
                     }
                     for (i, &(r0, r1, c0, c1)) in pieces.iter().enumerate() {
                         if r1 > r0 && c1 > c0 {

@@ -207,8 +207,9 @@ pub fn matmul(a: &HostArray, b: &HostArray, bias: Option<&HostArray>, act: crate
     HostArray::new(&shape, data)
 }
 
-/// Plain attention: scores, mask, softmax, weighted sum. Shapes as [`crate::attention`].
-pub fn attention(q: &HostArray, k: &HostArray, v: &HostArray, mask: &crate::Mask, kv_lens: Option<&[usize]>, scale: f64) -> HostArray {
+/// Plain attention: scores, mask, softmax, weighted sum. Shapes as [`crate::attention`];
+/// `kv_ranges[b] = (start, end)` are the valid keys of batch row `b` (default: all).
+pub fn attention(q: &HostArray, k: &HostArray, v: &HostArray, mask: &crate::Mask, kv_ranges: Option<&[(usize, usize)]>, scale: f64) -> HostArray {
     let (b, hq, sq, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
     let (hkv, skv) = (k.shape[1], k.shape[2]);
     let segment: Vec<usize> = match mask {
@@ -217,14 +218,14 @@ pub fn attention(q: &HostArray, k: &HostArray, v: &HostArray, mask: &crate::Mask
     };
     let mut data = vec![0.0; b * hq * sq * d];
     for bi in 0..b {
-        let len = kv_lens.map_or(skv, |l| l[bi]);
+        let (start, len) = kv_ranges.map_or((0, skv), |l| l[bi]);
         for h in 0..hq {
             let kh = h / (hq / hkv);
             for i in 0..sq {
                 let q_pos = skv - sq + i;
                 let qrow = &q.data[((bi * hq + h) * sq + i) * d..][..d];
                 let visible = |j: usize| {
-                    j < len
+                    (start..len).contains(&j)
                         && match mask {
                             crate::Mask::None => true,
                             crate::Mask::Causal => j <= q_pos,

@@ -114,6 +114,9 @@ impl Layout {
         if self.is_contiguous() {
             return Ok(Layout { shape: shape.to_vec(), strides: contiguous_strides(shape), offset: self.offset });
         }
+        if let Some(strides) = view_strides(&self.shape, &self.strides, shape) {
+            return Ok(Layout { shape: shape.to_vec(), strides, offset: self.offset });
+        }
         Err(Error::Shape {
             op: "reshape",
             msg: format!(
@@ -203,6 +206,23 @@ mod tests {
     }
 
     #[test]
+    fn reshape_views_split_and_merge_contiguous_runs() {
+        // A fused QKV output [2, 3, 12] narrowed to k's 4 columns, split into 2 heads of 2.
+        let k = Layout::contiguous(&[2, 3, 12]).narrow(2, 4, 4).unwrap();
+        let heads = k.reshape(&[2, 3, 2, 2]).unwrap();
+        assert_eq!(heads.strides, vec![36, 12, 2, 1]);
+        assert_eq!(heads.offset, 4);
+        let direct: Vec<usize> = k.offsets().collect();
+        assert_eq!(heads.offsets().collect::<Vec<_>>(), direct);
+        // Merging the heads back is a view too; merging across the gap is not.
+        assert_eq!(heads.reshape(&[2, 3, 4]).unwrap().offsets().collect::<Vec<_>>(), direct);
+        assert!(k.reshape(&[6, 4]).is_ok());
+        assert!(k.reshape(&[24]).is_err());
+        // A transposed matrix cannot be flattened without a copy.
+        assert!(Layout::contiguous(&[3, 4]).permute(&[1, 0]).unwrap().reshape(&[12]).is_err());
+    }
+
+    #[test]
     fn bad_views_are_errors() {
         let l = Layout::contiguous(&[2, 3]);
         assert!(l.reshape(&[4]).is_err());
@@ -214,4 +234,37 @@ mod tests {
         assert_eq!(broadcast_shape("t", &[2, 1, 3], &[4, 1]).unwrap(), vec![2, 4, 3]);
         assert!(broadcast_shape("t", &[2], &[3]).is_err());
     }
+}
+
+/// Strides of `new_shape` viewing the same elements as `(shape, strides)` without a copy,
+/// if there are any: each run of old dims that is contiguous within itself may be split or
+/// merged (PyTorch's `view` rule), e.g. `[b, s, 3n]` narrowed to `[b, s, n]` views as
+/// `[b, s, h, n/h]`.
+fn view_strides(shape: &[usize], strides: &[usize], new_shape: &[usize]) -> Option<Vec<usize>> {
+    if shape.is_empty() || shape.contains(&0) {
+        return None;
+    }
+    let mut out = vec![0usize; new_shape.len()];
+    let mut view_d = new_shape.len() as isize - 1;
+    let mut base = strides[shape.len() - 1];
+    let (mut tensor_numel, mut view_numel) = (1usize, 1usize);
+    for d in (0..shape.len()).rev() {
+        tensor_numel *= shape[d];
+        if d == 0 || (shape[d - 1] != 1 && strides[d - 1] != tensor_numel * base) {
+            while view_d >= 0 && (view_numel < tensor_numel || new_shape[view_d as usize] == 1) {
+                out[view_d as usize] = view_numel * base;
+                view_numel *= new_shape[view_d as usize];
+                view_d -= 1;
+            }
+            if view_numel != tensor_numel {
+                return None;
+            }
+            if d > 0 {
+                base = strides[d - 1];
+                tensor_numel = 1;
+                view_numel = 1;
+            }
+        }
+    }
+    (view_d == -1).then_some(out)
 }

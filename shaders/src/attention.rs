@@ -15,7 +15,8 @@ pub const MASK_SEGMENTS: u32 = 2;
 /// `out[b, h, i, :] = softmax(scale · q[b, h, i] · K[b, h/g]ᵀ + mask) · V[b, h/g]`.
 /// Geometry: `[sq, hq, group, q_pos0, q_off, q_sb, q_sh, q_ss, k_off, k_sb, k_sh, k_ss,
 /// v_off, v_sb, v_sh, v_ss, o_sb, o_sh, o_ss]` (the last dim of every operand has stride 1);
-/// `kv_lens[b]` keys are valid in batch row `b`; query `i` sits at absolute key position
+/// keys `kv_ranges[2b] .. kv_ranges[2b+1]` are valid in batch row `b` (left and right
+/// padding); query `i` sits at absolute key position
 /// `q_pos0 + i`. Grid: (query blocks, hq, batch); cube: `block_q` units.
 #[cube(launch_unchecked)]
 pub fn flash_attention<E: Numeric>(
@@ -24,7 +25,7 @@ pub fn flash_attention<E: Numeric>(
     v: &Array<E>,
     out: &mut Array<E>,
     segments: &Array<u32>,
-    kv_lens: &Array<u32>,
+    kv_ranges: &Array<u32>,
     geometry: &Array<u32>,
     scale: f32,
     #[comptime] head_dim: usize,
@@ -60,7 +61,7 @@ pub fn flash_attention<E: Numeric>(
     let mut row_sum = 0.0f32.runtime();
 
     // Keys past the valid length, or (causal) past the cube's last query, are never loaded.
-    let mut kv_end = kv_lens[batch] as usize;
+    let mut kv_end = kv_ranges[2 * batch + 1] as usize;
     if comptime![mask == MASK_CAUSAL] {
         let last_q = min(first_q + block_q as usize, sq) - 1;
         kv_end = min(kv_end, q_pos0 + last_q + 1);
@@ -71,7 +72,7 @@ pub fn flash_attention<E: Numeric>(
     let mut tile_k = SharedMemory::<f32>::new(comptime![block_kv * head_dim]);
     let mut tile_v = SharedMemory::<f32>::new(comptime![block_kv * head_dim]);
 
-    let mut t0 = 0usize.runtime();
+    let mut t0 = kv_ranges[2 * batch] as usize;
     while t0 < kv_end {
         let mut e = UNIT_POS as usize;
         while e < comptime![block_kv * head_dim] {

@@ -1,0 +1,153 @@
+//! Text tokenizer (`tokenizer.json` through the pure-Rust `tokenizers` features), chat
+//! templates from `tokenizer_config.json` rendered with `minijinja`, and streaming
+//! detokenization that never emits half a UTF-8 character.
+
+use crate::{Error, Result};
+use serde::Serialize;
+use std::path::Path;
+
+/// One chat message.
+#[derive(Clone, Debug, Serialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+    chat_template: Option<String>,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+}
+
+fn tok_err(e: impl std::fmt::Display) -> Error {
+    Error::Tokenizer(e.to_string())
+}
+
+/// `bos_token`/`eos_token` of tokenizer_config.json: a string or `{"content": ...}`.
+fn token_string(v: Option<&serde_json::Value>) -> Option<String> {
+    match v? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+impl TextTokenizer {
+    /// `<dir>/tokenizer.json`, and `<dir>/tokenizer_config.json` if present.
+    pub fn load(dir: &Path) -> Result<TextTokenizer> {
+        let path = dir.join("tokenizer.json");
+        let bytes = std::fs::read(&path).map_err(|e| Error::Io { path: path.clone(), source: e })?;
+        TextTokenizer::from_bytes(&bytes, std::fs::read_to_string(dir.join("tokenizer_config.json")).ok().as_deref())
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))
+    }
+
+    pub fn from_bytes(tokenizer_json: &[u8], tokenizer_config: Option<&str>) -> Result<TextTokenizer> {
+        let inner = tokenizers::Tokenizer::from_bytes(tokenizer_json).map_err(tok_err)?;
+        let (mut chat_template, mut bos_token, mut eos_token) = (None, None, None);
+        if let Some(text) = tokenizer_config {
+            let v: serde_json::Value = serde_json::from_str(text).map_err(|e| Error::Tokenizer(format!("tokenizer_config.json: {e}")))?;
+            chat_template = match v.get("chat_template") {
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                // A list of named templates: take "default".
+                Some(serde_json::Value::Array(a)) => a
+                    .iter()
+                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                    .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+                _ => None,
+            };
+            bos_token = token_string(v.get("bos_token"));
+            eos_token = token_string(v.get("eos_token"));
+        }
+        Ok(TextTokenizer { inner, chat_template, bos_token, eos_token })
+    }
+
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        Ok(self.inner.encode(text, add_special_tokens).map_err(tok_err)?.get_ids().to_vec())
+    }
+
+    /// Tokens as the vocabulary spells them (to report unknown words).
+    pub fn encode_tokens(&self, text: &str) -> Result<Vec<String>> {
+        Ok(self.inner.encode(text, false).map_err(tok_err)?.get_tokens().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special_tokens).map_err(tok_err)
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn eos_token(&self) -> Option<&str> {
+        self.eos_token.as_deref()
+    }
+
+    pub fn has_chat_template(&self) -> bool {
+        self.chat_template.is_some()
+    }
+
+    /// Renders the chat template over `messages`.
+    pub fn apply_chat_template(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let template = self.chat_template.as_deref().ok_or_else(|| Error::Tokenizer("tokenizer_config.json has no chat_template".into()))?;
+        let mut env = minijinja::Environment::new();
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template("chat", template).map_err(|e| Error::Tokenizer(format!("chat_template: {e}")))?;
+        let ctx = minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token.clone().unwrap_or_default(),
+            eos_token => self.eos_token.clone().unwrap_or_default(),
+        };
+        env.get_template("chat").and_then(|t| t.render(ctx)).map_err(|e| Error::Tokenizer(format!("chat_template: {e}")))
+    }
+}
+
+/// Turns a stream of ids into text pieces, holding back bytes of an incomplete UTF-8
+/// character (byte-level BPE splits them across tokens) until a later token completes it.
+/// Each step decodes a short window that starts one emitted token back, so joining spaces
+/// and context-dependent decoders come out as a full decode would give them.
+pub struct StreamDecoder<'a> {
+    tokenizer: &'a TextTokenizer,
+    ids: Vec<u32>,
+    /// The window starts at `prev`; ids before `cur` have been emitted.
+    prev: usize,
+    cur: usize,
+    skip_special: bool,
+}
+
+impl<'a> StreamDecoder<'a> {
+    pub fn new(tokenizer: &'a TextTokenizer, skip_special: bool) -> StreamDecoder<'a> {
+        StreamDecoder { tokenizer, ids: Vec::new(), prev: 0, cur: 0, skip_special }
+    }
+
+    /// Adds one id; returns the text it completes (possibly empty).
+    pub fn push(&mut self, id: u32) -> Result<String> {
+        let before = self.tokenizer.decode(&self.ids[self.prev..self.cur], self.skip_special)?;
+        self.ids.push(id);
+        let text = self.tokenizer.decode(&self.ids[self.prev..], self.skip_special)?;
+        if text.len() <= before.len() || text.ends_with('\u{FFFD}') {
+            return Ok(String::new()); // nothing new yet, or an incomplete character
+        }
+        let Some(new) = text.get(before.len()..) else { return Ok(String::new()) };
+        let new = new.to_string();
+        self.prev = self.cur;
+        self.cur = self.ids.len();
+        Ok(new)
+    }
+
+    /// Whatever is still held back at the end of the stream.
+    pub fn finish(&mut self) -> Result<String> {
+        let before = self.tokenizer.decode(&self.ids[self.prev..self.cur], self.skip_special)?;
+        let text = self.tokenizer.decode(&self.ids[self.prev..], self.skip_special)?;
+        self.prev = self.ids.len();
+        self.cur = self.ids.len();
+        Ok(text.get(before.len()..).unwrap_or("").to_string())
+    }
+}

@@ -1,0 +1,237 @@
+//! Safetensors checkpoints through `memmap2`: one `model.safetensors`, or shards listed by
+//! `model.safetensors.index.json`. Headers are validated when the directory is opened (a
+//! truncated file or a header that lies about offsets is an error naming the tensor);
+//! tensors are converted from f32/f16/bf16 on disk to the device dtype on load, their
+//! shapes checked against what the model expects, and every tensor the model does not ask
+//! for is reported by [`Weights::unused`].
+
+use crate::{Error, Result};
+use half::{bf16, f16};
+use memmap2::Mmap;
+use nextflow_runtime::{DType, Device, Tensor};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Element types a checkpoint may hold (the float ones can be loaded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskDType {
+    F32,
+    F16,
+    BF16,
+    Other(&'static str, usize),
+}
+
+impl DiskDType {
+    fn parse(s: &str) -> Option<DiskDType> {
+        Some(match s {
+            "F32" => DiskDType::F32,
+            "F16" => DiskDType::F16,
+            "BF16" => DiskDType::BF16,
+            "F64" => DiskDType::Other("F64", 8),
+            "I64" => DiskDType::Other("I64", 8),
+            "U64" => DiskDType::Other("U64", 8),
+            "I32" => DiskDType::Other("I32", 4),
+            "U32" => DiskDType::Other("U32", 4),
+            "I16" => DiskDType::Other("I16", 2),
+            "U16" => DiskDType::Other("U16", 2),
+            "I8" => DiskDType::Other("I8", 1),
+            "U8" => DiskDType::Other("U8", 1),
+            "BOOL" => DiskDType::Other("BOOL", 1),
+            _ => return None,
+        })
+    }
+    pub fn size(self) -> usize {
+        match self {
+            DiskDType::F32 => 4,
+            DiskDType::F16 | DiskDType::BF16 => 2,
+            DiskDType::Other(_, n) => n,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskDType::F32 => "F32",
+            DiskDType::F16 => "F16",
+            DiskDType::BF16 => "BF16",
+            DiskDType::Other(n, _) => n,
+        }
+    }
+}
+
+/// Where one tensor lives.
+#[derive(Clone, Debug)]
+pub struct TensorInfo {
+    pub dtype: DiskDType,
+    pub shape: Vec<usize>,
+    file: usize,
+    start: usize,
+    end: usize,
+}
+
+/// An opened checkpoint directory.
+pub struct Weights {
+    dir: PathBuf,
+    files: Vec<(PathBuf, Mmap)>,
+    tensors: BTreeMap<String, TensorInfo>,
+    used: Mutex<BTreeSet<String>>,
+}
+
+fn bad(file: &Path, msg: impl Into<String>) -> Error {
+    Error::Checkpoint { file: file.to_path_buf(), msg: msg.into() }
+}
+
+/// Parses and checks one safetensors header; returns the tensors (offsets absolute in the file).
+fn read_header(path: &Path, bytes: &[u8], file: usize) -> Result<BTreeMap<String, TensorInfo>> {
+    if bytes.len() < 8 {
+        return Err(bad(path, format!("{} bytes: too short for a safetensors header (truncated file?)", bytes.len())));
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    if n > bytes.len() - 8 || n > 100 << 20 {
+        return Err(bad(path, format!("header length {n} exceeds the file ({} bytes): truncated or not a safetensors file", bytes.len())));
+    }
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).map_err(|e| bad(path, format!("header is not valid JSON: {e}")))?;
+    let data_start = 8 + n;
+    let data_len = bytes.len() - data_start;
+    let mut out = BTreeMap::new();
+    for (name, entry) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let field = |k: &str| entry.get(k).ok_or_else(|| bad(path, format!("tensor `{name}`: header entry has no `{k}`")));
+        let dtype_name = field("dtype")?.as_str().unwrap_or("?");
+        let dtype = DiskDType::parse(dtype_name).ok_or_else(|| bad(path, format!("tensor `{name}`: unknown dtype {dtype_name}")))?;
+        let shape: Vec<usize> = field("shape")?
+            .as_array()
+            .and_then(|a| a.iter().map(|v| v.as_u64().map(|x| x as usize)).collect())
+            .ok_or_else(|| bad(path, format!("tensor `{name}`: shape is not a list of sizes")))?;
+        let offsets: Vec<usize> = field("data_offsets")?
+            .as_array()
+            .and_then(|a| a.iter().map(|v| v.as_u64().map(|x| x as usize)).collect())
+            .filter(|v: &Vec<usize>| v.len() == 2)
+            .ok_or_else(|| bad(path, format!("tensor `{name}`: data_offsets must be [begin, end]")))?;
+        let (begin, end) = (offsets[0], offsets[1]);
+        let want = shape.iter().product::<usize>() * dtype.size();
+        if end < begin || end - begin != want {
+            return Err(bad(path, format!("tensor `{name}`: data_offsets [{begin}, {end}] hold {} bytes but {:?} {} needs {want}", end.saturating_sub(begin), shape, dtype.name())));
+        }
+        if end > data_len {
+            return Err(bad(path, format!("tensor `{name}`: data_offsets end {end} lies past the data ({data_len} bytes): truncated file or lying header")));
+        }
+        out.insert(name, TensorInfo { dtype, shape, file, start: data_start + begin, end: data_start + end });
+    }
+    Ok(out)
+}
+
+impl Weights {
+    /// Opens `model.safetensors`, or the shards named by `model.safetensors.index.json`.
+    pub fn open(dir: &Path) -> Result<Weights> {
+        let index = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        let names: Vec<PathBuf> = if index.exists() {
+            let text = std::fs::read_to_string(&index).map_err(|e| Error::Io { path: index.clone(), source: e })?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(&index, format!("not valid JSON: {e}")))?;
+            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad(&index, "no `weight_map` object"))?;
+            let files: BTreeSet<&str> = map.values().filter_map(|f| f.as_str()).collect();
+            if files.is_empty() {
+                return Err(bad(&index, "`weight_map` names no files"));
+            }
+            files.into_iter().map(|f| dir.join(f)).collect()
+        } else if single.exists() {
+            vec![single]
+        } else {
+            return Err(Error::Checkpoint { file: dir.to_path_buf(), msg: "no model.safetensors or model.safetensors.index.json here".into() });
+        };
+        Weights::open_files(dir, names)
+    }
+
+    /// Opens one safetensors file (golden vectors, or a file outside the HF layout).
+    pub fn open_file(path: &Path) -> Result<Weights> {
+        Weights::open_files(path.parent().unwrap_or(Path::new(".")), vec![path.to_path_buf()])
+    }
+
+    fn open_files(dir: &Path, names: Vec<PathBuf>) -> Result<Weights> {
+        let mut files = Vec::new();
+        let mut tensors = BTreeMap::new();
+        for (i, path) in names.into_iter().enumerate() {
+            let file = File::open(&path).map_err(|e| Error::Io { path: path.clone(), source: e })?;
+            // SAFETY: the map is read-only; a checkpoint changed on disk while we run is the
+            // one case this cannot guard against, as with every mmap-based loader.
+            let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::Io { path: path.clone(), source: e })?;
+            for (name, info) in read_header(&path, &map, i)? {
+                if tensors.insert(name.clone(), info).is_some() {
+                    return Err(bad(&path, format!("tensor `{name}` appears in two shards")));
+                }
+            }
+            files.push((path, map));
+        }
+        Ok(Weights { dir: dir.to_path_buf(), files, tensors, used: Mutex::new(BTreeSet::new()) })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(|s| s.as_str())
+    }
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.get(name)
+    }
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// Bytes of all tensors per on-disk dtype.
+    pub fn disk_dtypes(&self) -> BTreeMap<&'static str, usize> {
+        let mut m = BTreeMap::new();
+        for t in self.tensors.values() {
+            *m.entry(t.dtype.name()).or_default() += t.end - t.start;
+        }
+        m
+    }
+
+    /// Loads `name` at whatever shape it has, as `dtype` on `device`.
+    pub fn get_any(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        let shape = self.tensors.get(name).ok_or_else(|| Error::MissingTensor { name: name.into(), dir: self.dir.clone() })?.shape.clone();
+        self.get(name, &shape, dtype, device)
+    }
+
+    /// Loads `name`, checking it is `shape`, as `dtype` on `device`.
+    pub fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+        let info = self.tensors.get(name).ok_or_else(|| Error::MissingTensor { name: name.into(), dir: self.dir.clone() })?;
+        if info.shape != shape {
+            return Err(Error::TensorShape { name: name.into(), expected: shape.to_vec(), found: info.shape.clone() });
+        }
+        self.used.lock().expect("not poisoned").insert(name.to_string());
+        let (path, map) = &self.files[info.file];
+        let bytes = &map[info.start..info.end];
+        let host = convert(bytes, info.dtype, dtype).map_err(|msg| bad(path, format!("tensor `{name}`: {msg}")))?;
+        Ok(Tensor::from_bytes(&host, dtype, shape, device)?)
+    }
+
+    /// Tensors in the checkpoint that nothing asked for.
+    pub fn unused(&self) -> Vec<String> {
+        let used = self.used.lock().expect("not poisoned");
+        self.tensors.keys().filter(|n| !used.contains(*n)).cloned().collect()
+    }
+}
+
+/// Disk bytes of one dtype to host bytes of another.
+fn convert(bytes: &[u8], from: DiskDType, to: DType) -> std::result::Result<Vec<u8>, String> {
+    let floats: Vec<f32> = match from {
+        DiskDType::F32 if to == DType::F32 => return Ok(bytes.to_vec()),
+        DiskDType::F16 if to == DType::F16 => return Ok(bytes.to_vec()),
+        DiskDType::BF16 if to == DType::BF16 => return Ok(bytes.to_vec()),
+        DiskDType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect(),
+        DiskDType::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        DiskDType::BF16 => bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        DiskDType::Other(name, _) => return Err(format!("dtype {name} cannot be loaded as a float weight")),
+    };
+    Ok(match to {
+        DType::F32 => bytemuck::cast_slice(&floats).to_vec(),
+        DType::F16 => floats.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect(),
+        DType::BF16 => floats.iter().flat_map(|&x| bf16::from_f32(x).to_le_bytes()).collect(),
+        other => return Err(format!("cannot load weights as {other:?}")),
+    })
+}

@@ -3,14 +3,17 @@
 //! the visual tokenizer and the next-scale image pipelines.
 
 pub mod config;
+pub mod nextflow;
 pub mod npy;
 pub mod shapeeval;
 pub mod text;
 pub mod tokenizer;
 pub mod transformer;
+pub mod visual;
 pub mod weights;
 
 pub use config::{Config, ModelType};
+pub use nextflow::{ImageOptions, NextFlow, Sequence};
 pub use tokenizer::{Message, StreamDecoder, TextTokenizer};
 pub use transformer::{Cache, Linear, Transformer};
 pub use weights::Weights;

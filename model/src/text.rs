@@ -25,11 +25,13 @@ pub struct TextOptions {
     pub stop_tokens: Vec<u32>,
     /// Keep the logits of every generated position (for `--logits-out`).
     pub keep_logits: bool,
+    /// Only ids below this can be generated (e.g. NextFlow's text rows); None = all.
+    pub vocab_limit: Option<usize>,
 }
 
 impl Default for TextOptions {
     fn default() -> Self {
-        TextOptions { max_new_tokens: 128, temperature: 0.0, top_k: 0, top_p: 1.0, repetition_penalty: 1.0, seed: 0, stop_tokens: Vec::new(), keep_logits: false }
+        TextOptions { max_new_tokens: 128, temperature: 0.0, top_k: 0, top_p: 1.0, repetition_penalty: 1.0, seed: 0, stop_tokens: Vec::new(), keep_logits: false, vocab_limit: None }
     }
 }
 
@@ -71,6 +73,20 @@ fn apply_repetition_penalty(logits: &mut [f32], seen: &[u32], penalty: f32) {
     }
 }
 
+/// What the decoder sees before the first generated token.
+pub struct Prefill {
+    /// Row embeddings `[1, len, hidden]`.
+    pub x: Tensor,
+    /// `[1, len, 3]` f32.
+    pub positions: Tensor,
+    /// Attention segments of the rows.
+    pub segments: Vec<usize>,
+    /// Text position of the first generated token.
+    pub next_position: usize,
+    /// Ids the repetition penalty counts.
+    pub seen: Vec<u32>,
+}
+
 /// Generates after `prompt` (ids); `on_token` sees each new id and may stop generation.
 pub fn generate(model: &Transformer, prompt: &[u32], opts: &TextOptions, on_token: &mut dyn FnMut(u32) -> ControlFlow<()>) -> Result<TextOutput> {
     if prompt.is_empty() {
@@ -79,22 +95,36 @@ pub fn generate(model: &Transformer, prompt: &[u32], opts: &TextOptions, on_toke
     if let Some(&bad) = prompt.iter().find(|&&id| id as usize >= model.vocab_size) {
         return Err(Error::Input(format!("prompt id {bad} is outside the vocabulary (size {})", model.vocab_size)));
     }
+    let device = &model.device;
+    let ids = Tensor::from_slice(prompt, &[1, prompt.len()], device)?;
+    let prefill = Prefill {
+        x: model.embed(&ids)?,
+        positions: text_positions(0, prompt.len(), device)?,
+        segments: vec![1; prompt.len()],
+        next_position: prompt.len(),
+        seen: prompt.to_vec(),
+    };
+    generate_from(model, prefill, opts, on_token)
+}
+
+/// [`generate`] after any prefill (text, images, or both).
+pub fn generate_from(model: &Transformer, prefill: Prefill, opts: &TextOptions, on_token: &mut dyn FnMut(u32) -> ControlFlow<()>) -> Result<TextOutput> {
     let device = model.device.clone();
-    let mut cache = Cache::new(model, 1, prompt.len() + opts.max_new_tokens)?;
+    let len = prefill.x.shape()[1];
+    let mut cache = Cache::new(model, 1, len + opts.max_new_tokens)?;
     let vocab = model.vocab_size;
+    let limit = opts.vocab_limit.unwrap_or(vocab).min(vocab);
     let config = SamplerConfig { temperature: opts.temperature, top_k: opts.top_k, top_p: opts.top_p, ..Default::default() };
     let host_side = opts.keep_logits || opts.repetition_penalty != 1.0;
-    let mut out = TextOutput { prompt_tokens: prompt.len(), ..Default::default() };
-    let mut seen: Vec<u32> = prompt.to_vec();
+    let mut out = TextOutput { prompt_tokens: len, ..Default::default() };
+    let mut seen = prefill.seen;
 
     let start = Instant::now();
-    let ids = Tensor::from_slice(prompt, &[1, prompt.len()], &device)?;
-    let x = model.embed(&ids)?;
-    let hidden = model.forward(&x, &text_positions(0, prompt.len(), &device)?, &vec![1; prompt.len()], &mut cache)?;
-    let mut last = hidden.narrow(1, prompt.len() - 1, 1)?;
+    let hidden = model.forward(&prefill.x, &prefill.positions, &prefill.segments, &mut cache)?;
+    let mut last = hidden.narrow(1, len - 1, 1)?;
     let mut decode_start = None;
     for step in 0..opts.max_new_tokens {
-        let logits = model.logits(&last, 0..vocab)?; // [1, 1, vocab]
+        let logits = model.logits(&last, 0..limit)?; // [1, 1, limit]
         let id = if host_side {
             let mut row: Vec<f32> = nextflow_ops::cast(&logits, DType::F32)?.to_vec()?;
             if opts.keep_logits {
@@ -103,10 +133,10 @@ pub fn generate(model: &Transformer, prompt: &[u32], opts: &TextOptions, on_toke
             if opts.repetition_penalty != 1.0 {
                 apply_repetition_penalty(&mut row, &seen, opts.repetition_penalty);
             }
-            let host = Tensor::from_slice(&row, &[1, vocab], &Device::cpu())?;
+            let host = Tensor::from_slice(&row, &[1, limit], &Device::cpu())?;
             sample(&host, None, &config, opts.seed, step as u32)?.to_vec::<u32>()?[0]
         } else {
-            sample(&logits.reshape(&[1, vocab])?, None, &config, opts.seed, step as u32)?.to_vec::<u32>()?[0]
+            sample(&logits.reshape(&[1, limit])?, None, &config, opts.seed, step as u32)?.to_vec::<u32>()?[0]
         };
         if step == 0 {
             out.prefill = start.elapsed();
@@ -121,7 +151,7 @@ pub fn generate(model: &Transformer, prompt: &[u32], opts: &TextOptions, on_toke
         if on_token(id).is_break() || stop || step + 1 == opts.max_new_tokens {
             break;
         }
-        let pos = prompt.len() + step;
+        let pos = prefill.next_position + step;
         let x = model.embed(&Tensor::from_slice(&[id], &[1, 1], &device)?)?;
         last = model.forward(&x, &text_positions(pos, 1, &device)?, &[1], &mut cache)?;
     }

@@ -1,0 +1,562 @@
+//! NextFlow: the Qwen2 backbone plus the image side — visual rows (adapter + level and
+//! schedule-length embeddings, 3D positions), the next-scale sampler with CFG as a batch,
+//! and the three pipelines: text-to-image, understanding, editing (spec §4).
+//!
+//! Sequences are lists of segments: text tokens (causal, positions (t, t, t)) and input maps
+//! (bidirectional inside, positions (p_s, row, col)), as `SequenceBuilder` in
+//! tools/reference/nextflow_ref.py lays them out.
+
+use crate::config::{CfgSchedule, Config, InputMode, LevelEmbedding, NextFlowParts, RopeAxes};
+use crate::text::{self, Prefill, TextOptions, TextOutput};
+use crate::tokenizer::TextTokenizer;
+use crate::transformer::{Cache, Linear, Transformer};
+use crate::visual::Tokenizer;
+use crate::weights::Weights;
+use crate::{Error, Result};
+use nextflow_ops::sampling::{sample, SamplerConfig};
+use nextflow_ops::{self as ops, grid_positions, interpolate, Activation, Epilogue, Resize};
+use nextflow_runtime::{DType, Device, Tensor};
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+/// A loaded NextFlow model.
+pub struct NextFlow {
+    pub config: Config,
+    pub transformer: Transformer,
+    pub tokenizer: Tokenizer,
+    pub text: TextTokenizer,
+    adapter_in: Linear,
+    adapter_out: Linear,
+    /// Per level: adapter_out bias + lvl_embed row + schedule-length sinusoid, so the
+    /// whole visual-row embedding is two matmuls with fused epilogues.
+    level_bias: Vec<Tensor>,
+}
+
+/// Sinusoid of the schedule length K: PE[2i] = sin(K / 10000^(2i/D)), PE[2i+1] = cos.
+pub fn scale_length_embedding(k: usize, dim: usize) -> Vec<f32> {
+    let mut pe = vec![0f32; dim];
+    for i in (0..dim).step_by(2) {
+        let freq = 10000f32.powf(-(i as f32) / dim as f32);
+        let a = k as f32 * freq;
+        pe[i] = a.sin();
+        if i + 1 < dim {
+            pe[i + 1] = a.cos();
+        }
+    }
+    pe
+}
+
+/// One part of a sequence.
+#[derive(Clone)]
+enum Segment {
+    Text { ids: Vec<u32>, start: usize },
+    /// An input map: features `[1, n, code_dim]`, its lvl_embed row, positions `n × 3`.
+    Map { features: Tensor, level: usize, positions: Vec<f32> },
+}
+
+/// A sequence of text and image rows, built as the reference's `SequenceBuilder`.
+#[derive(Clone, Default)]
+pub struct Sequence {
+    segments: Vec<Segment>,
+    /// The next text position.
+    pub position: usize,
+}
+
+impl Sequence {
+    pub fn new() -> Sequence {
+        Sequence::default()
+    }
+
+    pub fn text(&mut self, ids: &[u32]) -> &mut Self {
+        if !ids.is_empty() {
+            self.segments.push(Segment::Text { ids: ids.to_vec(), start: self.position });
+            self.position += ids.len();
+        }
+        self
+    }
+
+    pub fn len(&self) -> usize {
+        self.segments
+            .iter()
+            .map(|s| match s {
+                Segment::Text { ids, .. } => ids.len(),
+                Segment::Map { positions, .. } => positions.len() / 3,
+            })
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Attention segments: one per text token, one per map.
+    fn attention_segments(&self) -> Vec<usize> {
+        self.segments
+            .iter()
+            .flat_map(|s| match s {
+                Segment::Text { ids, .. } => vec![1; ids.len()],
+                Segment::Map { positions, .. } => vec![positions.len() / 3],
+            })
+            .collect()
+    }
+
+    fn positions(&self) -> Vec<f32> {
+        self.segments
+            .iter()
+            .flat_map(|s| match s {
+                Segment::Text { ids, start } => (*start..start + ids.len()).flat_map(|t| [t as f32; 3]).collect(),
+                Segment::Map { positions, .. } => positions.clone(),
+            })
+            .collect()
+    }
+
+    /// Text ids seen so far (for repetition penalties).
+    fn text_ids(&self) -> Vec<u32> {
+        self.segments
+            .iter()
+            .flat_map(|s| match s {
+                Segment::Text { ids, .. } => ids.clone(),
+                Segment::Map { .. } => Vec::new(),
+            })
+            .collect()
+    }
+}
+
+/// Attention segments of `seq` left-padded to `len` rows (padding as causal singletons).
+fn padded_segments(seq: &Sequence, len: usize) -> Vec<usize> {
+    let mut segments = vec![1; len - seq.len()];
+    segments.extend(seq.attention_segments());
+    segments
+}
+
+/// Groups rows that can share one left-padded batch: equal segment structures once padded
+/// (text-only prompts always can; an editing prompt and its image-only unconditional
+/// cannot, since their maps would sit at different key positions).
+fn lanes(rows: &[Sequence]) -> Vec<Vec<usize>> {
+    let len = rows.iter().map(Sequence::len).max().unwrap_or(0);
+    let mut lanes: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        let sig = padded_segments(r, len);
+        match lanes.iter_mut().find(|(s, _)| *s == sig) {
+            Some((_, members)) => members.push(i),
+            None => lanes.push((sig, vec![i])),
+        }
+    }
+    lanes.into_iter().map(|(_, m)| m).collect()
+}
+
+/// Settings of one next-scale generation.
+#[derive(Clone, Debug)]
+pub struct ImageOptions {
+    /// Guidance weight w (1 = none): l = l_uncond + w·(l_cond − l_uncond).
+    pub cfg_scale: f32,
+    pub cfg_schedule: CfgSchedule,
+    pub top_k: usize,
+    pub top_p: f32,
+    /// 0 = greedy.
+    pub temperature: f32,
+    pub seed: u64,
+    /// (h, w) per scale; the model's schedule by default.
+    pub scales: Option<Vec<[usize; 2]>>,
+}
+
+/// Time spent per stage of an image generation.
+#[derive(Clone, Debug, Default)]
+pub struct Timings {
+    pub prefill: Duration,
+    /// Per scale: forward (for scale 0: none — it comes from the prefill) plus sampling.
+    pub scales: Vec<Duration>,
+    pub decode: Duration,
+}
+
+impl Timings {
+    pub fn total(&self) -> Duration {
+        self.prefill + self.scales.iter().sum::<Duration>() + self.decode
+    }
+}
+
+/// What a next-scale generation returns.
+pub struct Generated {
+    /// Per scale `[n, h·w]` code indices (u32, 0-based in the codebook).
+    pub indices: Vec<Tensor>,
+    /// `[n, 3, S, S]` decoded images, about [-1, 1].
+    pub images: Tensor,
+    pub timings: Timings,
+}
+
+impl NextFlow {
+    /// Loads a NextFlow checkpoint directory (config.json, model.safetensors, tokenizer.json).
+    pub fn load(dir: &std::path::Path, dtype: DType, device: &Device) -> Result<NextFlow> {
+        let config = Config::load(dir)?;
+        let weights = Weights::open(dir)?;
+        let text = TextTokenizer::load(dir)?;
+        NextFlow::from_parts(config, &weights, text, dtype, device)
+    }
+
+    pub fn from_parts(config: Config, w: &Weights, text: TextTokenizer, dtype: DType, device: &Device) -> Result<NextFlow> {
+        let parts = config.parts()?.clone();
+        let b = &config.backbone;
+        let transformer = Transformer::load(w, b, config.vocab_size, &parts.visual.mrope_section, dtype, device)?;
+        let tokenizer = Tokenizer::load(w, &parts.tokenizer, dtype, device)?;
+        let (d, c) = (b.hidden_size, parts.tokenizer.code_dim());
+        let adapter_in = Linear::load(w, "model.mm_projector.0", d, c, true, dtype, device)?;
+        let adapter_out = Linear::load(w, "model.mm_projector.2", d, d, true, dtype, device)?;
+        let k = parts.tokenizer.scales.len();
+        let cpu = Device::cpu();
+        let lvl: Vec<f32> = w.get("model.lvl_embed.weight", &[k + 1, d], DType::F32, &cpu)?.to_vec()?;
+        let bias: Vec<f32> = w.get("model.mm_projector.2.bias", &[d], DType::F32, &cpu)?.to_vec()?;
+        let pe = if parts.visual.scale_length_embedding { scale_length_embedding(k, d) } else { vec![0.0; d] };
+        let level_bias = (0..=k)
+            .map(|l| {
+                let row: Vec<f32> = (0..d).map(|i| bias[i] + lvl[l * d + i] + pe[i]).collect();
+                Ok(ops::cast(&Tensor::from_slice(&row, &[d], device)?, dtype)?)
+            })
+            .collect::<Result<_>>()?;
+        if text.vocab_size() != config.vocab_size {
+            return Err(Error::Tokenizer(format!("tokenizer.json has {} ids but the config's vocabulary has {}", text.vocab_size(), config.vocab_size)));
+        }
+        let unused = w.unused();
+        if !unused.is_empty() {
+            eprintln!("warning: {} tensors in the checkpoint are not used: {}", unused.len(), unused.join(", "));
+        }
+        Ok(NextFlow { config, transformer, tokenizer, text, adapter_in, adapter_out, level_bias })
+    }
+
+    pub fn parts(&self) -> &NextFlowParts {
+        self.config.nextflow.as_ref().expect("checked on load")
+    }
+    pub fn device(&self) -> &Device {
+        &self.transformer.device
+    }
+    pub fn dtype(&self) -> DType {
+        self.transformer.dtype
+    }
+    fn id(&self, token: &str) -> u32 {
+        self.parts().vocabulary.id(token).expect("validated specials") as u32
+    }
+    fn code_range(&self) -> std::ops::Range<usize> {
+        self.parts().vocabulary.code_start()..self.config.vocab_size
+    }
+
+    /// Word ids of a prompt; words the model does not know are an error naming them.
+    pub fn encode_words(&self, text: &str) -> Result<Vec<u32>> {
+        let ids = self.text.encode(text, false)?;
+        let unk = self.id("<unk>");
+        if ids.contains(&unk) {
+            let tokens = self.text.encode_tokens(text)?;
+            let unknown: Vec<&str> = tokens.iter().zip(&ids).filter(|(_, &i)| i == unk).map(|(t, _)| t.as_str()).collect();
+            let words = &self.parts().vocabulary.words;
+            return Err(Error::Input(format!(
+                "the model does not know the word(s) {unknown:?}; it knows: {}",
+                words.iter().map(|w| w.as_str()).collect::<Vec<_>>().join(" ")
+            )));
+        }
+        Ok(ids)
+    }
+
+    /// Visual-row embeddings `[b, n, D]` of map features `[b, n, code_dim]`.
+    fn embed_map(&self, features: &Tensor, level: usize) -> Result<Tensor> {
+        let ep = Epilogue { bias: self.adapter_in.bias.as_ref(), activation: Activation::GeluErf, residual: None };
+        let h = ops::matmul(features, &self.adapter_in.weight.transpose(0, 1)?, ep)?;
+        let ep = Epilogue { bias: Some(&self.level_bias[level]), ..Default::default() };
+        Ok(ops::matmul(&h, &self.adapter_out.weight.transpose(0, 1)?, ep)?)
+    }
+
+    /// Row embeddings `[1, len, D]` of a sequence.
+    fn embed(&self, seq: &Sequence) -> Result<Tensor> {
+        let device = self.device();
+        let parts: Vec<Tensor> = seq
+            .segments
+            .iter()
+            .map(|s| match s {
+                Segment::Text { ids, .. } => self.transformer.embed(&Tensor::from_slice(ids, &[1, ids.len()], device)?),
+                Segment::Map { features, level, .. } => self.embed_map(features, *level),
+            })
+            .collect::<Result<_>>()?;
+        let refs: Vec<&Tensor> = parts.iter().collect();
+        Ok(ops::concat(&refs, 1)?)
+    }
+
+    /// The level row of input map `k` (1-based: made from the codes of scale `k`).
+    fn level(&self, k: usize) -> usize {
+        match self.parts().visual.level_embedding {
+            LevelEmbedding::SourceScale => k - 1,
+            LevelEmbedding::TargetScale => k,
+        }
+    }
+
+    /// Positions of a map's cells in the model's axis order.
+    fn map_positions(&self, p_s: usize, h: usize, w: usize) -> Vec<f32> {
+        let v = &self.parts().visual;
+        let mut pos = grid_positions(p_s as f32, h, w, v.rope_scale_c);
+        if v.rope_axes == RopeAxes::Rws {
+            pos.chunks_mut(3).for_each(|p| p.rotate_left(1)); // (s, r, c) -> (r, c, s)
+        }
+        pos
+    }
+
+    /// Next-scale input from scale `k`'s codes `[b, C, h, w]`: (map `[b, C, h', w']`, state).
+    fn next_input(&self, codes: &Tensor, state: Option<&Tensor>, size: [usize; 2]) -> Result<(Tensor, Option<Tensor>)> {
+        match self.parts().visual.input_mode {
+            InputMode::Residual => Ok((interpolate(codes, size[0], size[1], Resize::Bicubic)?, None)),
+            InputMode::Accumulated => {
+                let f = match state {
+                    Some(s) => ops::binary(s, codes, ops::BinaryOp::Add)?,
+                    None => ops::contiguous(codes)?,
+                };
+                let f = interpolate(&f, size[0], size[1], Resize::Bicubic)?;
+                Ok((f.clone(), Some(f)))
+            }
+        }
+    }
+
+    /// `[b, C, h, w]` → `[b, h·w, C]` rows.
+    fn as_rows(x: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+        Ok(ops::contiguous(&x.permute(&[0, 2, 3, 1])?)?.reshape(&[b, h * w, c])?)
+    }
+
+    /// Appends a context image (understanding, editing source): `<boi>`, maps 1..K (or
+    /// 1..K-1), `<eoi>`.
+    pub fn push_image(&self, seq: &mut Sequence, indices: &[Tensor]) -> Result<()> {
+        let scales = &self.parts().tokenizer.scales;
+        let boi = seq.position;
+        seq.text(&[self.id("<boi>")]);
+        let n_maps = if self.parts().visual.context_last_scale { scales.len() } else { scales.len() - 1 };
+        let mut state = None;
+        for k in 1..=n_maps {
+            let [h, w] = scales[k - 1];
+            let size = scales[k.min(scales.len() - 1)];
+            let codes = self.tokenizer.codebook.lookup(&indices[k - 1], h, w)?;
+            let (x, s) = self.next_input(&codes, state.as_ref(), size)?;
+            state = s;
+            seq.segments.push(Segment::Map { features: Self::as_rows(&x)?, level: self.level(k), positions: self.map_positions(boi + k, size[0], size[1]) });
+        }
+        seq.position = boi + n_maps + 1;
+        seq.text(&[self.id("<eoi>")]);
+        Ok(())
+    }
+
+    /// Prefills a batch of sequences (left-padded to one length) into a fresh cache with
+    /// room for `extra` more rows; returns the last row's hidden state `[b, 1, D]`.
+    fn prefill(&self, seqs: &[Sequence], extra: usize) -> Result<(Tensor, Cache)> {
+        let device = self.device();
+        let len = seqs.iter().map(Sequence::len).max().unwrap_or(0);
+        let d = self.config.backbone.hidden_size;
+        let mut rows = Vec::new();
+        let mut positions = Vec::new();
+        for s in seqs {
+            let pad = len - s.len();
+            let x = self.embed(s)?;
+            rows.push(if pad > 0 {
+                let zeros = Tensor::from_f64(&vec![0.0; pad * d], self.dtype(), &[1, pad, d], device)?;
+                ops::concat(&[&zeros, &x], 1)?
+            } else {
+                x
+            });
+            positions.extend(std::iter::repeat_n(0f32, pad * 3));
+            positions.extend(s.positions());
+        }
+        let refs: Vec<&Tensor> = rows.iter().collect();
+        let x = ops::concat(&refs, 0)?;
+        let positions = Tensor::from_slice(&positions, &[seqs.len(), len, 3], device)?;
+        // The rows share one segment structure (see `lanes`); padding keys are excluded by
+        // kv_starts.
+        let segments = padded_segments(&seqs[0], len);
+        let mut cache = Cache::new(&self.transformer, seqs.len(), len + extra)?;
+        cache.kv_starts = seqs.iter().map(|s| len - s.len()).collect();
+        let hidden = self.transformer.forward(&x, &positions, &segments, &mut cache)?;
+        Ok((hidden.narrow(1, len - 1, 1)?, cache))
+    }
+
+    /// Next-scale generation after `prompts` (each ends just before its `<boi>`, which is
+    /// added here), with CFG against `uncond` (one per prompt) when the weight is not 1.
+    /// `on_scale(k, elapsed)` reports progress.
+    pub fn generate_images(
+        &self,
+        prompts: &[Sequence],
+        uncond: &[Sequence],
+        opts: &ImageOptions,
+        on_scale: &mut dyn FnMut(usize, usize, Duration),
+    ) -> Result<Generated> {
+        let n = prompts.len();
+        let scales = opts.scales.clone().unwrap_or_else(|| self.parts().tokenizer.scales.clone());
+        self.check_scales(&scales)?;
+        let guided = opts.cfg_scale != 1.0;
+        let mut rows: Vec<Sequence> = prompts.to_vec();
+        if guided {
+            if uncond.len() != n {
+                return Err(Error::Input(format!("{} unconditional prompts for {n} prompts", uncond.len())));
+            }
+            rows.extend(uncond.iter().cloned());
+        }
+        let boi_id = self.id("<boi>");
+        let bois: Vec<usize> = rows
+            .iter_mut()
+            .map(|s| {
+                let p = s.position;
+                s.text(&[boi_id]);
+                p
+            })
+            .collect();
+        let batch = rows.len();
+        let extra: usize = scales.iter().skip(1).map(|[h, w]| h * w).sum();
+        let mut timings = Timings::default();
+        let t0 = Instant::now();
+        let groups = lanes(&rows);
+        let mut lane_state: Vec<(Vec<usize>, Tensor, Cache)> = Vec::new();
+        for members in groups {
+            let seqs: Vec<Sequence> = members.iter().map(|&i| rows[i].clone()).collect();
+            let (hidden, cache) = self.prefill(&seqs, extra)?;
+            lane_state.push((members, hidden, cache));
+        }
+        timings.prefill = t0.elapsed();
+        let (codebook, code_range) = (&self.tokenizer.codebook, self.code_range());
+        let mut indices = Vec::new();
+        let mut state: Option<Tensor> = None;
+        let k_total = scales.len();
+        for (k, &[h, w]) in scales.iter().enumerate() {
+            let t = Instant::now();
+            // [batch, h·w, V] in row order.
+            let logits = if let [(members, hidden, _)] = lane_state.as_slice() {
+                debug_assert!(members.iter().enumerate().all(|(j, &r)| j == r));
+                self.transformer.logits(hidden, code_range.clone())?
+            } else {
+                let mut per_row: Vec<Option<Tensor>> = vec![None; batch];
+                for (members, hidden, _) in &lane_state {
+                    let l = self.transformer.logits(hidden, code_range.clone())?;
+                    for (j, &row) in members.iter().enumerate() {
+                        per_row[row] = Some(l.narrow(0, j, 1)?);
+                    }
+                }
+                let per_row: Vec<Tensor> = per_row.into_iter().map(|t| t.expect("every row is in a lane")).collect();
+                ops::concat(&per_row.iter().collect::<Vec<_>>(), 0)?
+            };
+            let weight = match opts.cfg_schedule {
+                CfgSchedule::Constant => opts.cfg_scale,
+                CfgSchedule::Linear => 1.0 + (opts.cfg_scale - 1.0) * (k as f32 / (k_total.max(2) - 1) as f32),
+            };
+            let config = SamplerConfig { cfg_scale: weight - 1.0, temperature: opts.temperature, top_k: opts.top_k, top_p: opts.top_p, id_range: None };
+            let idx = if guided {
+                sample(&logits.narrow(0, 0, n)?, Some(&logits.narrow(0, n, n)?), &config, opts.seed, k as u32)?
+            } else {
+                sample(&logits, None, &config, opts.seed, k as u32)?
+            }; // [n, h·w]
+            indices.push(idx.clone());
+            if k + 1 < k_total {
+                let codes = codebook.lookup(&idx, h, w)?;
+                let size = scales[k + 1];
+                let (x, s) = self.next_input(&codes, state.as_ref(), size)?;
+                state = s;
+                let feats = Self::as_rows(&x)?; // [n, h'·w', C]: image i serves rows i and n + i
+                let rows_n = size[0] * size[1];
+                for (members, hidden, cache) in &mut lane_state {
+                    let lane_feats: Vec<Tensor> = members.iter().map(|&r| feats.narrow(0, r % n, 1)).collect::<std::result::Result<_, _>>()?;
+                    let lane_feats = ops::concat(&lane_feats.iter().collect::<Vec<_>>(), 0)?;
+                    let positions: Vec<f32> = members.iter().flat_map(|&r| self.map_positions(bois[r] + k + 1, size[0], size[1])).collect();
+                    let positions = Tensor::from_slice(&positions, &[members.len(), rows_n, 3], self.device())?;
+                    let x = self.embed_map(&lane_feats, self.level(k + 1))?;
+                    *hidden = self.transformer.forward(&x, &positions, &[rows_n], cache)?;
+                }
+            }
+            self.device().sync()?;
+            timings.scales.push(t.elapsed());
+            on_scale(k, k_total, t.elapsed());
+        }
+        let t = Instant::now();
+        let images = self.tokenizer.decode(&indices)?;
+        self.device().sync()?;
+        timings.decode = t.elapsed();
+        Ok(Generated { indices, images, timings })
+    }
+
+    fn check_scales(&self, scales: &[[usize; 2]]) -> Result<()> {
+        let g = self.parts().tokenizer.grid();
+        if scales.first() != Some(&[1, 1]) || scales.iter().any(|&[h, w]| h == 0 || w == 0 || h > g || w > g) {
+            return Err(Error::Input(format!("schedule {scales:?} must start at 1x1 and stay within the {g}x{g} grid")));
+        }
+        Ok(())
+    }
+
+    /// Text-to-image: `n` images for one prompt (CFG against `<bos>` + negative prompt).
+    pub fn text_to_image(&self, prompt: &str, negative: Option<&str>, n: usize, opts: &ImageOptions, on_scale: &mut dyn FnMut(usize, usize, Duration)) -> Result<Generated> {
+        let bos = self.id("<bos>");
+        let mut cond = Sequence::new();
+        cond.text(&[bos]).text(&self.encode_words(prompt)?);
+        let mut un = Sequence::new();
+        un.text(&[bos]);
+        if let Some(neg) = negative {
+            un.text(&self.encode_words(neg)?);
+        }
+        self.generate_images(&vec![cond; n], &vec![un; n], opts, on_scale)
+    }
+
+    /// Image `[1, 3, S, S]` → per-scale indices.
+    pub fn encode_image(&self, image: &Tensor) -> Result<Vec<Tensor>> {
+        let s = self.parts().tokenizer.image_size;
+        if image.shape() != [1, 3, s, s] {
+            return Err(Error::Input(format!("the model reads {s}x{s} RGB images; got {:?}", image.shape())));
+        }
+        self.tokenizer.encode(image)
+    }
+
+    /// Understanding: `<bos> image question` then text, greedy, until `<eos>`.
+    pub fn understand(&self, indices: &[Tensor], question: &str, max_new_tokens: usize, on_token: &mut dyn FnMut(u32) -> ControlFlow<()>) -> Result<TextOutput> {
+        let mut seq = Sequence::new();
+        seq.text(&[self.id("<bos>")]);
+        self.push_image(&mut seq, indices)?;
+        seq.text(&self.encode_words(question)?);
+        let opts = TextOptions {
+            max_new_tokens,
+            stop_tokens: vec![self.id("<eos>")],
+            // Answers are words: never the visual-code rows.
+            vocab_limit: Some(self.parts().vocabulary.code_start()),
+            ..Default::default()
+        };
+        let prefill = Prefill { x: self.embed(&seq)?, positions: Tensor::from_slice(&seq.positions(), &[1, seq.len(), 3], self.device())?, segments: seq.attention_segments(), next_position: seq.position, seen: seq.text_ids() };
+        text::generate_from(&self.transformer, prefill, &opts, on_token)
+    }
+
+    /// Editing: `<bos> image instruction <boi>` → a new image (CFG against the image alone).
+    pub fn edit(&self, indices: &[Tensor], instruction: &str, opts: &ImageOptions, on_scale: &mut dyn FnMut(usize, usize, Duration)) -> Result<Generated> {
+        let mut base = Sequence::new();
+        base.text(&[self.id("<bos>")]);
+        self.push_image(&mut base, indices)?;
+        let mut cond = base.clone();
+        cond.text(&self.encode_words(instruction)?);
+        self.generate_images(&[cond], &[base], opts, on_scale)
+    }
+
+    /// Teacher-forced hidden states over a prepared sequence (parity tests).
+    pub fn forward_sequence(&self, seq: &Sequence, inspect: &mut dyn FnMut(usize, &Tensor) -> Result<()>) -> Result<Tensor> {
+        let mut cache = Cache::new(&self.transformer, 1, seq.len())?;
+        let positions = Tensor::from_slice(&seq.positions(), &[1, seq.len(), 3], self.device())?;
+        self.transformer.forward_layers(&self.embed(seq)?, &positions, &seq.attention_segments(), &mut cache, inspect)
+    }
+
+    /// A t2i teacher-forcing sequence: `<bos> prompt <boi>` then maps 1..K-1 of `indices`.
+    pub fn t2i_sequence(&self, prompt_ids: &[u32], indices: &[Tensor]) -> Result<Sequence> {
+        let mut seq = Sequence::new();
+        seq.text(prompt_ids);
+        let boi = seq.position;
+        seq.text(&[self.id("<boi>")]);
+        let scales = &self.parts().tokenizer.scales;
+        let mut state = None;
+        for k in 1..scales.len() {
+            let [h, w] = scales[k - 1];
+            let size = scales[k];
+            let codes = self.tokenizer.codebook.lookup(&indices[k - 1], h, w)?;
+            let (x, s) = self.next_input(&codes, state.as_ref(), size)?;
+            state = s;
+            seq.segments.push(Segment::Map { features: Self::as_rows(&x)?, level: self.level(k), positions: self.map_positions(boi + k, size[0], size[1]) });
+        }
+        seq.position = boi + scales.len();
+        Ok(seq)
+    }
+
+    /// Default sampler settings from the config.
+    pub fn default_image_options(&self) -> ImageOptions {
+        let s = &self.parts().sampler;
+        ImageOptions { cfg_scale: s.cfg_scale, cfg_schedule: s.cfg_schedule, top_k: s.top_k, top_p: s.top_p, temperature: s.temperature, seed: 0, scales: None }
+    }
+}

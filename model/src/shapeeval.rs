@@ -1006,22 +1006,27 @@ pub fn edit_success(before: &[u8], instruction: &str, after: &[u8], size: usize)
 /// A square PNG as RGB8 (alpha dropped, grey expanded, 16-bit reduced to 8): (pixels, side).
 pub fn load_png_rgb(path: impl AsRef<Path>) -> Result<(Vec<u8>, usize), String> {
     let path = path.as_ref();
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    decode_png_rgb(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// [`load_png_rgb`] from the bytes of a PNG file.
+pub fn decode_png_rgb(bytes: &[u8]) -> Result<(Vec<u8>, usize), String> {
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     decoder.set_transformations(png::Transformations::normalize_to_color8());
-    let mut reader = decoder.read_info().map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut reader = decoder.read_info().map_err(|e| e.to_string())?;
     let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf).map_err(|e| format!("{}: {e}", path.display()))?;
+    let info = reader.next_frame(&mut buf).map_err(|e| e.to_string())?;
     let (w, h) = (info.width as usize, info.height as usize);
     if w != h {
-        return Err(format!("{}: {w}x{h} is not square", path.display()));
+        return Err(format!("{w}x{h} is not square"));
     }
     let channels = match info.color_type {
         png::ColorType::Grayscale => 1,
         png::ColorType::GrayscaleAlpha => 2,
         png::ColorType::Rgb => 3,
         png::ColorType::Rgba => 4,
-        png::ColorType::Indexed => return Err(format!("{}: palette not expanded", path.display())),
+        png::ColorType::Indexed => return Err("palette not expanded".into()),
     };
     let mut rgb = Vec::with_capacity(w * h * 3);
     for y in 0..h {

@@ -1,10 +1,10 @@
 use clap::Parser;
-use nextflow::cli::{devices, Cli, Command};
+use nextflow::cli::{devices, run, Cli, Command, EvalCommand};
 use nextflow_runtime::{discover, Device};
 use std::process::ExitCode;
 
-fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    match cli.command {
+fn main_impl(cli: Cli) -> run::Result<()> {
+    match &cli.command {
         Command::Devices => {
             // Open an explicit choice first, so a bad one fails with its reason alone.
             let chosen = match cli.device.as_str() {
@@ -15,13 +15,19 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             if let Some(device) = chosen {
                 println!("\n--device {} opens {device}", cli.device);
             }
+            Ok(())
         }
+        Command::Inspect(args) => run::inspect(args),
+        Command::Generate(args) => run::generate(args, &run::open_device(&cli.device)?),
+        Command::Understand(args) => run::understand(args, &run::open_device(&cli.device)?),
+        Command::Edit(args) => run::edit(args, &run::open_device(&cli.device)?),
+        Command::Chat(args) => run::chat(args, &run::open_device(&cli.device)?),
+        Command::Eval(EvalCommand::Shapes(args)) => run::eval_shapes(args, &run::open_device(&cli.device)?),
     }
-    Ok(())
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    match main_impl(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -45,12 +45,16 @@ pub struct Vocabulary {
     pub specials: Vec<String>,
     pub words: Vec<String>,
     pub codebook_size: usize,
+    /// Text ids (specials included) when the text vocabulary is a BPE one that `words`
+    /// does not list (the 7B shapes); default: specials + words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_size: Option<usize>,
 }
 
 impl Vocabulary {
     /// First id of the visual-code rows.
     pub fn code_start(&self) -> usize {
-        self.specials.len() + self.words.len()
+        (self.specials.len() + self.words.len()).max(self.text_size.unwrap_or(0))
     }
     pub fn size(&self) -> usize {
         self.code_start() + self.codebook_size
@@ -432,5 +436,105 @@ impl Config {
         let embed = self.vocab_size * d;
         let head = if b.tie_word_embeddings { 0 } else { self.vocab_size * d };
         embed + b.num_hidden_layers * layer + d + head
+    }
+}
+
+/// Built-in configurations for `--config NAME` (with `--random-weights` where no weights
+/// exist): their shapes and schedules are the real ones.
+pub const NAMED: &[(&str, &str)] = &[
+    ("nextflow-tiny", "the embedded ShapeWorld model (model/assets/nextflow-tiny)"),
+    ("nextflow-7b", "NextFlow 7B shapes: Qwen2.5-7B backbone, 16k dual codebook, enhanced TokenFlow decoder, 18-scale 1024² schedule"),
+    ("qwen2-0.5b", "Qwen2-0.5B text model shapes (benchmarks)"),
+];
+
+impl Config {
+    /// A built-in configuration by name (see [`NAMED`]).
+    pub fn named(name: &str) -> Result<Config> {
+        let qwen7b = Backbone {
+            hidden_size: 3584,
+            num_hidden_layers: 28,
+            num_attention_heads: 28,
+            num_key_value_heads: 4,
+            intermediate_size: 18944,
+            rms_norm_eps: 1e-6,
+            attention_bias: true,
+            qk_norm: false,
+            rope_theta: 1e6,
+            tie_word_embeddings: false,
+        };
+        let config = match name {
+            "nextflow-tiny" => return Config::from_json(crate::embedded::CONFIG),
+            "qwen2-0.5b" => Config {
+                model_type: ModelType::Qwen2,
+                backbone: Backbone {
+                    hidden_size: 896,
+                    num_hidden_layers: 24,
+                    num_attention_heads: 14,
+                    num_key_value_heads: 2,
+                    intermediate_size: 4864,
+                    rms_norm_eps: 1e-6,
+                    attention_bias: true,
+                    qk_norm: false,
+                    rope_theta: 1e6,
+                    tie_word_embeddings: true,
+                },
+                vocab_size: 151936,
+                eos_token_ids: vec![151643],
+                bos_token_id: None,
+                nextflow: None,
+            },
+            "nextflow-7b" => {
+                let vocabulary = Vocabulary {
+                    specials: ["<pad>", "<bos>", "<eos>", "<boi>", "<eoi>", "<unk>"].map(String::from).to_vec(),
+                    words: Vec::new(),
+                    codebook_size: 16384,
+                    text_size: Some(152064),
+                };
+                let scales = [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 48, 64].map(|n| [n, n]).to_vec();
+                Config {
+                    model_type: ModelType::NextFlow,
+                    vocab_size: vocabulary.size(),
+                    backbone: qwen7b,
+                    eos_token_ids: vec![2],
+                    bos_token_id: Some(1),
+                    nextflow: Some(NextFlowParts {
+                        vocabulary,
+                        visual: Visual {
+                            mrope_section: vec![16, 24, 24],
+                            rope_axes: RopeAxes::Srw,
+                            rope_scale_c: 64.0,
+                            input_mode: InputMode::Residual,
+                            adapter: Adapter::Mlp2xGelu,
+                            level_embedding: LevelEmbedding::SourceScale,
+                            scale_length_embedding: true,
+                            context_last_scale: true,
+                        },
+                        tokenizer: VisualTokenizer {
+                            image_size: 1024,
+                            patch_size: 16,
+                            scales,
+                            codebook_size: 16384,
+                            semantic_dim: 32,
+                            pixel_dim: 8,
+                            pixel_weight: 1.0,
+                            teacher_channels: vec![64, 128, 256, 512],
+                            ch: 256,
+                            ch_mult: vec![1, 1, 2, 2, 4],
+                            encoder_res_blocks: 2,
+                            decoder_res_blocks: 5,
+                            z_channels: 256,
+                            norm_groups: 32,
+                        },
+                        sampler: Sampler { cfg_scale: 7.5, cfg_schedule: CfgSchedule::Linear, top_k: 600, top_p: 0.6, temperature: 1.0 },
+                    }),
+                }
+            }
+            other => {
+                let names: Vec<&str> = NAMED.iter().map(|(n, _)| *n).collect();
+                return Err(Error::Config(format!("no built-in config `{other}`; known: {}", names.join(", "))));
+            }
+        };
+        config.validate()?;
+        Ok(config)
     }
 }

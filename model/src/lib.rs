@@ -3,6 +3,8 @@
 //! the visual tokenizer and the next-scale image pipelines.
 
 pub mod config;
+pub mod embedded;
+pub mod eval_set;
 pub mod nextflow;
 pub mod npy;
 pub mod shapeeval;

@@ -24,7 +24,8 @@ pub struct NextFlow {
     pub config: Config,
     pub transformer: Transformer,
     pub tokenizer: Tokenizer,
-    pub text: TextTokenizer,
+    /// None with random weights (prompt words are then hashed to text ids).
+    pub text: Option<TextTokenizer>,
     adapter_in: Linear,
     adapter_out: Linear,
     /// Per level: adapter_out bias + lvl_embed row + schedule-length sinusoid, so the
@@ -190,10 +191,24 @@ impl NextFlow {
         let config = Config::load(dir)?;
         let weights = Weights::open(dir)?;
         let text = TextTokenizer::load(dir)?;
-        NextFlow::from_parts(config, &weights, text, dtype, device)
+        NextFlow::from_parts(config, &weights, Some(text), dtype, device)
     }
 
-    pub fn from_parts(config: Config, w: &Weights, text: TextTokenizer, dtype: DType, device: &Device) -> Result<NextFlow> {
+    /// The model compiled into the binary.
+    pub fn embedded(dtype: DType, device: &Device) -> Result<NextFlow> {
+        use crate::embedded as e;
+        let config = Config::from_json(e::CONFIG)?;
+        let weights = Weights::from_static(e::NAME, e::WEIGHTS)?;
+        let text = TextTokenizer::from_bytes(e::TOKENIZER, None)?;
+        NextFlow::from_parts(config, &weights, Some(text), dtype, device)
+    }
+
+    /// Random weights of `config`'s shapes (speed measurements; images are noise).
+    pub fn random(config: Config, seed: u64, dtype: DType, device: &Device) -> Result<NextFlow> {
+        NextFlow::from_parts(config, &Weights::random(seed), None, dtype, device)
+    }
+
+    pub fn from_parts(config: Config, w: &Weights, text: Option<TextTokenizer>, dtype: DType, device: &Device) -> Result<NextFlow> {
         let parts = config.parts()?.clone();
         let b = &config.backbone;
         let transformer = Transformer::load(w, b, config.vocab_size, &parts.visual.mrope_section, dtype, device)?;
@@ -212,8 +227,10 @@ impl NextFlow {
                 Ok(ops::cast(&Tensor::from_slice(&row, &[d], device)?, dtype)?)
             })
             .collect::<Result<_>>()?;
-        if text.vocab_size() != config.vocab_size {
-            return Err(Error::Tokenizer(format!("tokenizer.json has {} ids but the config's vocabulary has {}", text.vocab_size(), config.vocab_size)));
+        if let Some(text) = &text {
+            if text.vocab_size() != config.vocab_size {
+                return Err(Error::Tokenizer(format!("tokenizer.json has {} ids but the config's vocabulary has {}", text.vocab_size(), config.vocab_size)));
+            }
         }
         let unused = w.unused();
         if !unused.is_empty() {
@@ -240,10 +257,19 @@ impl NextFlow {
 
     /// Word ids of a prompt; words the model does not know are an error naming them.
     pub fn encode_words(&self, text: &str) -> Result<Vec<u32>> {
-        let ids = self.text.encode(text, false)?;
+        let Some(tokenizer) = &self.text else {
+            // Random weights: any stable mapping of words to text ids will do.
+            let v = &self.parts().vocabulary;
+            let (lo, hi) = (v.specials.len() as u64, v.code_start() as u64);
+            return Ok(text
+                .split_whitespace()
+                .map(|w| (lo + w.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3)) % (hi - lo)) as u32)
+                .collect());
+        };
+        let ids = tokenizer.encode(text, false)?;
         let unk = self.id("<unk>");
         if ids.contains(&unk) {
-            let tokens = self.text.encode_tokens(text)?;
+            let tokens = tokenizer.encode_spans(text)?;
             let unknown: Vec<&str> = tokens.iter().zip(&ids).filter(|(_, &i)| i == unk).map(|(t, _)| t.as_str()).collect();
             let words = &self.parts().vocabulary.words;
             return Err(Error::Input(format!(
@@ -515,6 +541,22 @@ impl NextFlow {
         };
         let prefill = Prefill { x: self.embed(&seq)?, positions: Tensor::from_slice(&seq.positions(), &[1, seq.len(), 3], self.device())?, segments: seq.attention_segments(), next_position: seq.position, seen: seq.text_ids() };
         text::generate_from(&self.transformer, prefill, &opts, on_token)
+    }
+
+    /// The most likely word after `<bos> image question` (ShapeEval's exact-match rule:
+    /// every answer is one word; only word ids compete).
+    pub fn answer_word(&self, indices: &[Tensor], question: &str) -> Result<u32> {
+        let mut seq = Sequence::new();
+        seq.text(&[self.id("<bos>")]);
+        self.push_image(&mut seq, indices)?;
+        seq.text(&self.encode_words(question)?);
+        let v = &self.parts().vocabulary;
+        let hidden = self.forward_sequence(&seq, &mut |_, _| Ok(()))?;
+        let last = hidden.narrow(1, seq.len() - 1, 1)?;
+        let first_word = v.specials.len();
+        let logits = self.transformer.logits(&last, first_word..v.code_start())?;
+        let best = ops::argmax(&logits)?.to_vec::<u32>()?[0];
+        Ok(first_word as u32 + best)
     }
 
     /// Editing: `<bos> image instruction <boi>` → a new image (CFG against the image alone).

@@ -66,9 +66,10 @@ impl TextTokenizer {
         Ok(self.inner.encode(text, add_special_tokens).map_err(tok_err)?.get_ids().to_vec())
     }
 
-    /// Tokens as the vocabulary spells them (to report unknown words).
-    pub fn encode_tokens(&self, text: &str) -> Result<Vec<String>> {
-        Ok(self.inner.encode(text, false).map_err(tok_err)?.get_tokens().to_vec())
+    /// Each token's span of the input text (to report unknown words as written).
+    pub fn encode_spans(&self, text: &str) -> Result<Vec<String>> {
+        let enc = self.inner.encode(text, false).map_err(tok_err)?;
+        Ok(enc.get_offsets().iter().map(|&(a, b)| text.get(a..b).unwrap_or("?").to_string()).collect())
     }
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {

@@ -251,7 +251,7 @@ impl Tokenizer {
         let codebook = Codebook::dual(&semantic, &pixel, 1.0, t.pixel_weight)?;
         let table = ops::cast(codebook.table(), dt)?.to_device(dev)?;
         let codebook = Codebook::dual(&table.narrow(1, 0, t.semantic_dim)?, &table.narrow(1, t.semantic_dim, t.pixel_dim)?, 1.0, t.pixel_weight)?;
-        let encoding = if w.contains("encoder.conv_in.weight") {
+        let encoding = if w.contains("encoder.conv_in.weight") && !w.is_random() {
             let teacher = Teacher::load(w, t, dt, dev)?;
             let ct = teacher.channels;
             Some(Encoding {

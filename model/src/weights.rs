@@ -69,10 +69,29 @@ pub struct TensorInfo {
     end: usize,
 }
 
-/// An opened checkpoint directory.
+/// The bytes behind one safetensors file.
+enum Backing {
+    Map(Mmap),
+    /// Compiled into the binary (the embedded default model).
+    Static(&'static [u8]),
+}
+
+impl std::ops::Deref for Backing {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Backing::Map(m) => m,
+            Backing::Static(s) => s,
+        }
+    }
+}
+
+/// An opened checkpoint directory, an embedded checkpoint, or random weights.
 pub struct Weights {
     dir: PathBuf,
-    files: Vec<(PathBuf, Mmap)>,
+    files: Vec<(PathBuf, Backing)>,
+    /// Random weights: every tensor asked for is drawn from this seed (no files).
+    random: Option<u64>,
     tensors: BTreeMap<String, TensorInfo>,
     used: Mutex<BTreeSet<String>>,
 }
@@ -164,9 +183,27 @@ impl Weights {
                     return Err(bad(&path, format!("tensor `{name}` appears in two shards")));
                 }
             }
-            files.push((path, map));
+            files.push((path, Backing::Map(map)));
         }
-        Ok(Weights { dir: dir.to_path_buf(), files, tensors, used: Mutex::new(BTreeSet::new()) })
+        Ok(Weights { dir: dir.to_path_buf(), files, random: None, tensors, used: Mutex::new(BTreeSet::new()) })
+    }
+
+    /// A safetensors image compiled into the binary; `name` labels errors.
+    pub fn from_static(name: &str, bytes: &'static [u8]) -> Result<Weights> {
+        let path = PathBuf::from(name);
+        let tensors = read_header(&path, bytes, 0)?;
+        Ok(Weights { dir: path.clone(), files: vec![(path, Backing::Static(bytes))], random: None, tensors, used: Mutex::new(BTreeSet::new()) })
+    }
+
+    /// Random weights for speed measurements where no checkpoint exists: any tensor asked
+    /// for exists, uniform with std 0.02 (norm weights 1, biases 0), drawn from `seed` and
+    /// the tensor's name.
+    pub fn random(seed: u64) -> Weights {
+        Weights { dir: PathBuf::from("<random weights>"), files: Vec::new(), random: Some(seed), tensors: BTreeMap::new(), used: Mutex::new(BTreeSet::new()) }
+    }
+
+    pub fn is_random(&self) -> bool {
+        self.random.is_some()
     }
 
     pub fn dir(&self) -> &Path {
@@ -179,7 +216,7 @@ impl Weights {
         self.tensors.get(name)
     }
     pub fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+        self.random.is_some() || self.tensors.contains_key(name)
     }
 
     /// Bytes of all tensors per on-disk dtype.
@@ -199,6 +236,9 @@ impl Weights {
 
     /// Loads `name`, checking it is `shape`, as `dtype` on `device`.
     pub fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+        if let Some(seed) = self.random {
+            return random_tensor(seed, name, shape, dtype, device);
+        }
         let info = self.tensors.get(name).ok_or_else(|| Error::MissingTensor { name: name.into(), dir: self.dir.clone() })?;
         if info.shape != shape {
             return Err(Error::TensorShape { name: name.into(), expected: shape.to_vec(), found: info.shape.clone() });
@@ -234,4 +274,47 @@ fn convert(bytes: &[u8], from: DiskDType, to: DType) -> std::result::Result<Vec<
         DType::BF16 => floats.iter().flat_map(|&x| bf16::from_f32(x).to_le_bytes()).collect(),
         other => return Err(format!("cannot load weights as {other:?}")),
     })
+}
+
+/// One random tensor (see [`Weights::random`]): xorshift draws seeded by the seed and an
+/// FNV hash of the name, generated in parallel chunks.
+fn random_tensor(seed: u64, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let n: usize = shape.iter().product();
+    let constant = if name.ends_with("norm.weight") {
+        Some(1.0f32)
+    } else if name.ends_with(".bias") {
+        Some(0.0)
+    } else {
+        None
+    };
+    let key = name.bytes().fold(0xcbf29ce484222325u64 ^ seed, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    let amplitude = 0.02 * 3f32.sqrt();
+    let value = |i: usize| -> f32 {
+        if let Some(c) = constant {
+            return c;
+        }
+        let mut x = key ^ (i as u64).wrapping_mul(0x9E3779B97F4A7C15);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51afd7ed558ccd);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xc4ceb9fe1a85ec53);
+        x ^= x >> 33;
+        ((x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amplitude
+    };
+    let bytes: Vec<u8> = match dtype {
+        DType::F32 => {
+            let mut v = vec![0f32; n];
+            v.par_iter_mut().enumerate().for_each(|(i, o)| *o = value(i));
+            bytemuck::cast_slice(&v).to_vec()
+        }
+        DType::F16 | DType::BF16 => {
+            let mut v = vec![0u16; n];
+            let half = dtype == DType::F16;
+            v.par_iter_mut().enumerate().for_each(|(i, o)| *o = if half { f16::from_f32(value(i)).to_bits() } else { bf16::from_f32(value(i)).to_bits() });
+            bytemuck::cast_slice(&v).to_vec()
+        }
+        other => return Err(Error::Input(format!("random weights cannot be {other:?}"))),
+    };
+    Ok(Tensor::from_bytes(&bytes, dtype, shape, device)?)
 }

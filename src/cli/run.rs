@@ -1,0 +1,628 @@
+//! What each subcommand does.
+
+use super::*;
+use nextflow_model::nextflow::{Generated, NextFlow, Sequence};
+use nextflow_model::shapeeval;
+use nextflow_model::text::{self, TextOptions};
+use nextflow_model::visual::{from_rgb8, to_rgb8};
+use nextflow_model::{Config, ImageOptions, Message, ModelType, StreamDecoder, TextTokenizer, Transformer, Weights};
+use nextflow_runtime::{Backend, DType, Device};
+use std::io::{IsTerminal, Write};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn fail(msg: impl Into<String>) -> Box<dyn std::error::Error> {
+    msg.into().into()
+}
+
+pub fn open_device(spec: &str) -> Result<Device> {
+    Ok(Device::open(spec)?)
+}
+
+fn dtype_for(arg: DTypeArg, device: &Device) -> Result<DType> {
+    let dtype = match arg {
+        DTypeArg::Auto => match device.backend() {
+            Backend::Cuda | Backend::Hip if device.supports(DType::F16) => DType::F16,
+            _ => DType::F32,
+        },
+        DTypeArg::F32 => DType::F32,
+        DTypeArg::F16 => DType::F16,
+        DTypeArg::Bf16 => DType::BF16,
+    };
+    if !device.supports(dtype) {
+        return Err(fail(format!("{device} has no {dtype:?} kernels; use --dtype f32")));
+    }
+    Ok(dtype)
+}
+
+/// The config a ModelArgs names.
+fn config_of(args: &ModelArgs) -> Result<Config> {
+    Ok(match (&args.model, &args.config) {
+        (Some(_), Some(_)) => return Err(fail("give --model DIR or --config NAME, not both")),
+        (Some(dir), None) => Config::load(dir)?,
+        (None, Some(name)) => Config::named(name)?,
+        (None, None) => Config::named("nextflow-tiny")?,
+    })
+}
+
+fn describe(args: &ModelArgs) -> String {
+    match (&args.model, &args.config, args.random_weights) {
+        (Some(dir), _, _) => dir.display().to_string(),
+        (None, Some(name), true) => format!("{name} (random weights)"),
+        (None, Some(name), false) => name.clone(),
+        (None, None, true) => "nextflow-tiny (random weights)".into(),
+        (None, None, false) => "nextflow-tiny (embedded)".into(),
+    }
+}
+
+pub fn load_nextflow(args: &ModelArgs, device: &Device) -> Result<NextFlow> {
+    let dtype = dtype_for(args.dtype, device)?;
+    let t = Instant::now();
+    let model = if args.random_weights {
+        NextFlow::random(config_of(args)?, 0, dtype, device)?
+    } else {
+        match (&args.model, args.config.as_deref()) {
+            (Some(dir), None) => NextFlow::load(dir, dtype, device)?,
+            (None, None | Some("nextflow-tiny")) => NextFlow::embedded(dtype, device)?,
+            (None, Some(name)) => return Err(fail(format!("no weights ship for `{name}`: add --random-weights to measure speed with random weights"))),
+            (Some(_), Some(_)) => return Err(fail("give --model DIR or --config NAME, not both")),
+        }
+    };
+    if model.config.model_type != ModelType::NextFlow {
+        return Err(fail("this is a text-only model: use `nextflow chat`"));
+    }
+    eprintln!("model: {} on {device} ({dtype:?}), loaded in {:.2} s", describe(args), t.elapsed().as_secs_f64());
+    Ok(model)
+}
+
+fn image_options(model: &NextFlow, s: &ImageSampling) -> Result<ImageOptions> {
+    let mut o = model.default_image_options();
+    o.cfg_scale = s.cfg.unwrap_or(o.cfg_scale);
+    o.top_k = s.top_k.unwrap_or(o.top_k);
+    o.top_p = s.top_p.unwrap_or(o.top_p);
+    o.temperature = s.temperature.unwrap_or(o.temperature);
+    o.seed = s.seed;
+    if !(o.cfg_scale >= 0.0) || !(o.top_p > 0.0 && o.top_p <= 1.0) || !(o.temperature >= 0.0) {
+        return Err(fail("--cfg must be >= 0, --top-p in (0, 1], --temperature >= 0"));
+    }
+    Ok(o)
+}
+
+/// Schedule for `--size` / `--aspect`.
+fn schedule(model: &NextFlow, size: Option<usize>, aspect: Option<&str>) -> Result<Option<Vec<[usize; 2]>>> {
+    let t = &model.parts().tokenizer;
+    let mut scales = t.scales.clone();
+    if let Some(size) = size {
+        let sizes: Vec<usize> = scales.iter().filter(|[h, w]| h == w).map(|[h, _]| h * t.patch_size).collect();
+        let at = scales.iter().position(|&[h, w]| h == w && h * t.patch_size == size).ok_or_else(|| fail(format!("--size {size}: the schedule passes through {sizes:?} px")))?;
+        scales.truncate(at + 1);
+    }
+    if let Some(a) = aspect {
+        let (w, h) = a.split_once(':').and_then(|(w, h)| Some((w.trim().parse::<f64>().ok()?, h.trim().parse::<f64>().ok()?))).filter(|(w, h)| *w > 0.0 && *h > 0.0).ok_or_else(|| fail(format!("--aspect {a}: expected W:H, e.g. 2:1")))?;
+        let r = (w / h).sqrt();
+        let g = t.grid() as f64;
+        scales = scales
+            .iter()
+            .enumerate()
+            .map(|(i, &[n, _])| if i == 0 { [1, 1] } else { [((n as f64 / r).round().clamp(1.0, g)) as usize, ((n as f64 * r).round().clamp(1.0, g)) as usize] })
+            .collect();
+    }
+    Ok(if size.is_none() && aspect.is_none() { None } else { Some(scales) })
+}
+
+/// Per-scale progress on stderr: a bar when it is a terminal, a line per scale otherwise.
+struct Progress {
+    tty: bool,
+    label: String,
+}
+
+impl Progress {
+    fn new(label: &str) -> Progress {
+        Progress { tty: std::io::stderr().is_terminal(), label: label.into() }
+    }
+    fn scale(&self, k: usize, total: usize, took: Duration, scales: &[[usize; 2]]) {
+        let [h, w] = scales.get(k).copied().unwrap_or([0, 0]);
+        let done = (k + 1) * 20 / total.max(1);
+        let bar = format!("[{}{}]", "#".repeat(done), " ".repeat(20 - done));
+        if self.tty {
+            eprint!("\r{} {bar} scale {}/{total} ({h}x{w}) {:.1} ms   ", self.label, k + 1, took.as_secs_f64() * 1e3);
+            if k + 1 == total {
+                eprintln!();
+            }
+        } else {
+            eprintln!("{} scale {}/{total} ({h}x{w}) {:.1} ms", self.label, k + 1, took.as_secs_f64() * 1e3);
+        }
+    }
+}
+
+/// Path of image `i` of `n`.
+fn image_path(out: &Path, i: usize, n: usize) -> PathBuf {
+    let s = out.to_string_lossy();
+    if s.contains("{i}") {
+        return PathBuf::from(s.replace("{i}", &i.to_string()));
+    }
+    if n == 1 {
+        return out.to_path_buf();
+    }
+    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = out.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    out.with_file_name(format!("{stem}-{}{ext}", i + 1))
+}
+
+/// Checks every output path before any work: no silent overwrite, the folder exists.
+fn check_outputs(paths: &[PathBuf], force: bool) -> Result<()> {
+    for p in paths {
+        if p.extension().is_none_or(|e| !e.eq_ignore_ascii_case("png")) {
+            return Err(fail(format!("{}: images are written as PNG; give a .png path", p.display())));
+        }
+        if p.exists() && !force {
+            return Err(fail(format!("{} exists; pass --force to overwrite it", p.display())));
+        }
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            return Err(fail(format!("{}: the folder {} does not exist", p.display(), dir.display())));
+        }
+    }
+    Ok(())
+}
+
+/// Writes a PNG atomically: a temporary file in the same folder, then a rename.
+fn write_png(path: &Path, rgb: &[u8], width: usize, height: usize) -> Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let write = || -> Result<()> {
+        let file = std::fs::File::create(&tmp)?;
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(file), width as u32, height as u32);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut w = enc.write_header()?;
+        w.write_image_data(rgb)?;
+        w.finish()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    };
+    write().inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
+}
+
+fn report_images(g: &Generated, paths: &[PathBuf], json: bool, extra: serde_json::Value) -> Result<()> {
+    let t = &g.timings;
+    if json {
+        let mut v = serde_json::json!({
+            "images": paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "timings_ms": {
+                "prefill": ms(t.prefill),
+                "scales": t.scales.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+                "decoder": ms(t.decode),
+                "total": ms(t.total()),
+            },
+        });
+        if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let scales: Vec<String> = t.scales.iter().map(|d| format!("{:.1}", ms(*d))).collect();
+        eprintln!(
+            "time: prefill {:.1} ms, scales [{}] ms, decoder {:.1} ms, total {:.1} ms",
+            ms(t.prefill),
+            scales.join(", "),
+            ms(t.decode),
+            ms(t.total())
+        );
+        for p in paths {
+            println!("{}", p.display());
+        }
+    }
+    Ok(())
+}
+
+fn save_images(g: &Generated, paths: &[PathBuf]) -> Result<()> {
+    let (h, w) = (g.images.shape()[2], g.images.shape()[3]);
+    for (rgb, path) in to_rgb8(&g.images)?.iter().zip(paths) {
+        write_png(path, rgb, w, h)?;
+    }
+    Ok(())
+}
+
+pub fn generate(args: &GenerateArgs, device: &Device) -> Result<()> {
+    if args.num_images == 0 {
+        return Err(fail("--num-images must be at least 1"));
+    }
+    let paths: Vec<PathBuf> = (0..args.num_images).map(|i| image_path(&args.output.out, i, args.num_images)).collect();
+    check_outputs(&paths, args.output.force)?;
+    let model = load_nextflow(&args.model, device)?;
+    let mut opts = image_options(&model, &args.sampling)?;
+    opts.scales = schedule(&model, args.size, args.aspect.as_deref())?;
+    let scales = opts.scales.clone().unwrap_or_else(|| model.parts().tokenizer.scales.clone());
+    let progress = Progress::new("generate");
+    let g = model.text_to_image(&args.prompt, args.negative_prompt.as_deref(), args.num_images, &opts, &mut |k, n, d| progress.scale(k, n, d, &scales))?;
+    save_images(&g, &paths)?;
+    report_images(&g, &paths, args.output.json, serde_json::json!({"prompt": args.prompt, "seed": opts.seed, "cfg": opts.cfg_scale, "top_k": opts.top_k, "top_p": opts.top_p, "temperature": opts.temperature, "scales": scales}))
+}
+
+/// Reads a PNG as the model's square RGB input (nearest resize if the size differs).
+fn read_image(model: &NextFlow, path: &Path) -> Result<nextflow_runtime::Tensor> {
+    let size = model.parts().tokenizer.image_size;
+    let (rgb, side) = shapeeval::load_png_rgb(path).map_err(fail)?;
+    let rgb = if side == size {
+        rgb
+    } else {
+        eprintln!("note: {} is {side}x{side}; resized to {size}x{size}", path.display());
+        (0..size * size).flat_map(|p| {
+            let (y, x) = ((p / size) * side / size, (p % size) * side / size);
+            let at = (y * side + x) * 3;
+            [rgb[at], rgb[at + 1], rgb[at + 2]]
+        }).collect()
+    };
+    Ok(from_rgb8(&rgb, size, model.dtype(), model.device())?)
+}
+
+pub fn understand(args: &UnderstandArgs, device: &Device) -> Result<()> {
+    let model = load_nextflow(&args.model, device)?;
+    let t = Instant::now();
+    let indices = model.encode_image(&read_image(&model, &args.image)?)?;
+    let encode = t.elapsed();
+    let tok = model.text.as_ref().ok_or_else(|| fail("random weights have no tokenizer to print text with"))?;
+    let mut stream = StreamDecoder::new(tok, true);
+    let mut answer = String::new();
+    let out = model.understand(&indices, &args.prompt, args.max_new_tokens, &mut |id| {
+        if let Ok(piece) = stream.push(id) {
+            if !args.json {
+                print!("{piece}");
+                let _ = std::io::stdout().flush();
+            }
+            answer.push_str(&piece);
+        }
+        ControlFlow::Continue(())
+    })?;
+    answer.push_str(&stream.finish()?);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({
+            "answer": answer.trim(), "ids": out.ids,
+            "timings_ms": {"encode": ms(encode), "prefill": ms(out.prefill), "decode": ms(out.decode)},
+        }))?);
+    } else {
+        println!();
+        eprintln!("time: encode {:.1} ms, prefill {:.1} ms, decode {:.1} ms", ms(encode), ms(out.prefill), ms(out.decode));
+    }
+    Ok(())
+}
+
+pub fn edit(args: &EditArgs, device: &Device) -> Result<()> {
+    let paths = vec![image_path(&args.output.out, 0, 1)];
+    check_outputs(&paths, args.output.force)?;
+    let model = load_nextflow(&args.model, device)?;
+    let opts = image_options(&model, &args.sampling)?;
+    let t = Instant::now();
+    let indices = model.encode_image(&read_image(&model, &args.image)?)?;
+    let encode = t.elapsed();
+    let scales = model.parts().tokenizer.scales.clone();
+    let progress = Progress::new("edit");
+    let g = model.edit(&indices, &args.prompt, &opts, &mut |k, n, d| progress.scale(k, n, d, &scales))?;
+    save_images(&g, &paths)?;
+    report_images(&g, &paths, args.output.json, serde_json::json!({"instruction": args.prompt, "encode_ms": ms(encode), "seed": opts.seed}))
+}
+
+/// Text model for `chat`: any checkpoint's backbone (NextFlow's included).
+struct TextModel {
+    config: Config,
+    transformer: Transformer,
+    tokenizer: Option<TextTokenizer>,
+}
+
+fn load_text(args: &ModelArgs, device: &Device) -> Result<TextModel> {
+    let dtype = dtype_for(args.dtype, device)?;
+    let config = config_of(args)?;
+    let sections = |c: &Config| c.nextflow.as_ref().map_or(vec![c.backbone.head_dim() / 2], |p| p.visual.mrope_section.clone());
+    let t = Instant::now();
+    let (weights, tokenizer) = if args.random_weights {
+        (Weights::random(0), None)
+    } else {
+        match (&args.model, args.config.as_deref()) {
+            (Some(dir), None) => (Weights::open(dir)?, TextTokenizer::load(dir).ok()),
+            (None, None | Some("nextflow-tiny")) => {
+                let e = &nextflow_model::embedded::WEIGHTS;
+                (Weights::from_static(nextflow_model::embedded::NAME, e)?, Some(TextTokenizer::from_bytes(nextflow_model::embedded::TOKENIZER, None)?))
+            }
+            (None, Some(name)) => return Err(fail(format!("no weights ship for `{name}`: add --random-weights"))),
+            (Some(_), Some(_)) => return Err(fail("give --model DIR or --config NAME, not both")),
+        }
+    };
+    let transformer = Transformer::load(&weights, &config.backbone, config.vocab_size, &sections(&config), dtype, device)?;
+    eprintln!("model: {} on {device} ({dtype:?}), loaded in {:.2} s", describe(args), t.elapsed().as_secs_f64());
+    Ok(TextModel { config, transformer, tokenizer })
+}
+
+pub fn chat(args: &ChatArgs, device: &Device) -> Result<()> {
+    let m = load_text(&args.model, device)?;
+    let sampled = args.temperature.is_some_and(|t| t > 0.0) && !args.greedy;
+    let mut stops = m.config.eos_token_ids.clone();
+    if let Some(tok) = &m.tokenizer {
+        for s in ["<|im_end|>", "<|endoftext|>", "<eos>"] {
+            if let Some(id) = tok.token_to_id(s) {
+                if !stops.contains(&id) {
+                    stops.push(id);
+                }
+            }
+        }
+    }
+    let opts = TextOptions {
+        max_new_tokens: args.max_new_tokens,
+        temperature: if sampled { args.temperature.unwrap_or(0.0) } else { 0.0 },
+        top_k: args.top_k,
+        top_p: args.top_p,
+        repetition_penalty: args.repetition_penalty,
+        seed: args.seed,
+        stop_tokens: stops,
+        keep_logits: args.logits_out.is_some(),
+        vocab_limit: m.config.nextflow.as_ref().map(|p| p.vocabulary.code_start()),
+    };
+    let mut history: Vec<Message> = args.system.iter().map(|s| Message { role: "system".into(), content: s.clone() }).collect();
+    let encode = |history: &[Message], m: &TextModel| -> Result<Vec<u32>> {
+        let tok = m.tokenizer.as_ref().ok_or_else(|| fail("this checkpoint has no tokenizer.json: give --prompt-ids"))?;
+        if tok.has_chat_template() {
+            Ok(tok.encode(&tok.apply_chat_template(history, true)?, false)?)
+        } else {
+            // No template: the last user message as plain text (NextFlow: after <bos>).
+            let mut ids: Vec<u32> = m.config.bos_token_id.into_iter().collect();
+            ids.extend(tok.encode(&history.last().map(|h| h.content.clone()).unwrap_or_default(), false)?);
+            Ok(ids)
+        }
+    };
+    let run_once = |prompt: Vec<u32>, m: &TextModel| -> Result<(text::TextOutput, String)> {
+        let mut stream = m.tokenizer.as_ref().map(|t| StreamDecoder::new(t, true));
+        let mut text_out = String::new();
+        let out = text::generate(&m.transformer, &prompt, &opts, &mut |id| {
+            if let Some(s) = stream.as_mut() {
+                if let Ok(piece) = s.push(id) {
+                    if !args.json {
+                        print!("{piece}");
+                        let _ = std::io::stdout().flush();
+                    }
+                    text_out.push_str(&piece);
+                }
+            }
+            ControlFlow::Continue(())
+        })?;
+        if let Some(s) = stream.as_mut() {
+            let rest = s.finish()?;
+            if !args.json {
+                print!("{rest}");
+            }
+            text_out.push_str(&rest);
+        }
+        Ok((out, text_out))
+    };
+    let report = |out: &text::TextOutput| {
+        eprintln!(
+            "\n{} prompt tokens, {} generated; prefill {:.1} tok/s, decode {:.1} tok/s{}",
+            out.prompt_tokens,
+            out.ids.len(),
+            out.prefill_tokens_per_s(),
+            out.decode_tokens_per_s(),
+            if out.stopped_by.is_some() { " (stop token)" } else { "" }
+        );
+    };
+    let one_shot = args.prompt.is_some() || args.prompt_ids.is_some();
+    if one_shot {
+        let prompt = match (&args.prompt_ids, &args.prompt) {
+            (Some(ids), _) => ids.clone(),
+            (None, Some(p)) => {
+                history.push(Message { role: "user".into(), content: p.clone() });
+                encode(&history, &m)?
+            }
+            _ => unreachable!(),
+        };
+        let (out, text_out) = run_once(prompt.clone(), &m)?;
+        if let Some(path) = &args.logits_out {
+            let limit = opts.vocab_limit.unwrap_or(m.config.vocab_size).min(m.config.vocab_size);
+            nextflow_model::npy::write_f32(path, &out.logits, &[out.logits.len() / limit, limit])?;
+        }
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({
+                "prompt_ids": prompt, "ids": out.ids, "text": text_out,
+                "prefill_tokens_per_s": out.prefill_tokens_per_s(), "decode_tokens_per_s": out.decode_tokens_per_s(),
+                "stopped_by_stop_token": out.stopped_by.is_some(),
+            }))?);
+        } else {
+            println!();
+            report(&out);
+        }
+        return Ok(());
+    }
+    if args.json || args.logits_out.is_some() {
+        return Err(fail("--json and --logits-out need --prompt or --prompt-ids"));
+    }
+    eprintln!("interactive chat: type a message, an empty line or Ctrl-D ends");
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if std::io::stdin().read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        history.push(Message { role: "user".into(), content: line.trim().to_string() });
+        let (out, text_out) = run_once(encode(&history, &m)?, &m)?;
+        println!();
+        report(&out);
+        history.push(Message { role: "assistant".into(), content: text_out });
+    }
+    Ok(())
+}
+
+fn gib(bytes: f64) -> String {
+    if bytes >= (1u64 << 30) as f64 {
+        format!("{:.2} GiB", bytes / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", bytes / (1u64 << 20) as f64)
+    }
+}
+
+pub fn inspect(args: &ModelArgs) -> Result<()> {
+    let config = config_of(args)?;
+    let b = &config.backbone;
+    let weights = if args.random_weights {
+        None
+    } else {
+        match (&args.model, args.config.as_deref()) {
+            (Some(dir), None) => Some(Weights::open(dir)?),
+            (None, None | Some("nextflow-tiny")) => Some(Weights::from_static(nextflow_model::embedded::NAME, nextflow_model::embedded::WEIGHTS)?),
+            _ => None,
+        }
+    };
+    println!("model        {}", describe(args));
+    println!("type         {:?}", config.model_type);
+    println!(
+        "backbone     Qwen2: {} layers, hidden {}, {} heads / {} kv heads (head_dim {}), SwiGLU {}, vocab {}, rope_theta {}, {} head",
+        b.num_hidden_layers, b.hidden_size, b.num_attention_heads, b.num_key_value_heads, b.head_dim(), b.intermediate_size, config.vocab_size, b.rope_theta,
+        if b.tie_word_embeddings { "tied" } else { "untied" }
+    );
+    let mut params = config.transformer_parameters();
+    if let Some(p) = &config.nextflow {
+        let t = &p.tokenizer;
+        let v = &p.visual;
+        println!("vocabulary   {} text ids (specials + words), {} visual codes from id {}", p.vocabulary.code_start(), p.vocabulary.codebook_size, p.vocabulary.code_start());
+        println!("image        {}x{} px, {} px/token, {} scales {:?} ({} tokens)", t.image_size, t.image_size, t.patch_size, t.scales.len(), t.scales.iter().map(|[h, w]| if h == w { format!("{h}") } else { format!("{h}x{w}") }).collect::<Vec<_>>(), t.tokens());
+        println!("visual rows  input {:?}, 3D RoPE sections {:?} axes {:?} C={}, level embedding {:?}, K embedding {}", v.input_mode, v.mrope_section, v.rope_axes, v.rope_scale_c, v.level_embedding, v.scale_length_embedding);
+        println!("tokenizer    dual codebook {} x ({} semantic + {} pixel), decoder ch {} x {:?}, {} res blocks/level", t.codebook_size, t.semantic_dim, t.pixel_dim, t.ch, t.ch_mult, t.decoder_res_blocks);
+        println!("sampler      cfg {} ({:?}), top-k {}, top-p {}, temperature {}", p.sampler.cfg_scale, p.sampler.cfg_schedule, p.sampler.top_k, p.sampler.top_p, p.sampler.temperature);
+        params += b.hidden_size * (t.code_dim() + 1) + b.hidden_size * (b.hidden_size + 1) + (t.scales.len() + 1) * b.hidden_size;
+    }
+    if let Some(w) = &weights {
+        let total: usize = w.names().filter_map(|n| w.info(n)).map(|i| i.shape.iter().product::<usize>()).sum();
+        let dtypes: Vec<String> = w.disk_dtypes().iter().map(|(d, bytes)| format!("{d} {}", gib(*bytes as f64))).collect();
+        println!("checkpoint   {} tensors, {:.2} M parameters, on disk: {}", w.names().count(), total as f64 / 1e6, dtypes.join(", "));
+        params = total;
+    } else {
+        println!("parameters   {:.3} B (computed from the shapes)", params as f64 / 1e9);
+    }
+    let kv_per_token = 2 * b.num_hidden_layers * b.num_key_value_heads * b.head_dim();
+    let tokens = config.nextflow.as_ref().map_or(4096, |p| 2 * (p.tokenizer.tokens() + 64));
+    println!("memory       weights + KV cache for {tokens} positions (CFG batch of 2 for images):");
+    for (name, size) in [("f32", 4.0), ("f16", 2.0), ("bf16", 2.0)] {
+        println!("  {name:5} {} + {}", gib(params as f64 * size), gib((kv_per_token * tokens) as f64 * size));
+    }
+    Ok(())
+}
+
+pub fn eval_shapes(args: &EvalShapesArgs, device: &Device) -> Result<()> {
+    let model = load_nextflow(&args.model, device)?;
+    let opts = image_options(&model, &args.sampling)?;
+    let size = model.parts().tokenizer.image_size;
+    let prompts = shapeeval::eval_prompts(args.n, args.prompt_seed);
+    if let Some(dir) = &args.save_images {
+        std::fs::create_dir_all(dir)?;
+    }
+    let bos = model.parts().vocabulary.id("<bos>").expect("validated") as u32;
+    let started = Instant::now();
+    let mut results = Vec::new();
+    let batch = args.batch.max(1);
+    for (c, chunk) in prompts.chunks(batch).enumerate() {
+        let start = c * batch;
+        let seqs: Vec<Sequence> = chunk
+            .iter()
+            .map(|e| {
+                let mut s = Sequence::new();
+                s.text(&[bos]).text(&model.encode_words(&e.prompt)?);
+                Ok(s)
+            })
+            .collect::<nextflow_model::Result<_>>()?;
+        let mut un = Sequence::new();
+        un.text(&[bos]);
+        let o = ImageOptions { seed: opts.seed + start as u64, ..opts.clone() };
+        let g = model.generate_images(&seqs, &vec![un; seqs.len()], &o, &mut |_, _, _| {})?;
+        for (e, rgb) in chunk.iter().zip(to_rgb8(&g.images)?) {
+            let (ok, _) = shapeeval::score_image(&rgb, size, e);
+            results.push((e.task.clone(), ok));
+            if let Some(dir) = &args.save_images {
+                write_png(&dir.join(format!("{:05}.png", e.index)), &rgb, size, size)?;
+            }
+        }
+        eprint!("\rt2i {}/{} images, {:.1} s", results.len(), prompts.len(), started.elapsed().as_secs_f64());
+    }
+    eprintln!();
+    let t2i = shapeeval::score_t2i(&results);
+    let (understanding, editing) = eval_other(&model, args, &opts)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({
+            "n_per_task": args.n, "prompt_seed": args.prompt_seed, "sampler_seed": opts.seed, "cfg": opts.cfg_scale, "top_k": opts.top_k,
+            "t2i": t2i, "understanding": understanding, "editing": editing, "seconds": started.elapsed().as_secs_f64(),
+        }))?);
+    } else {
+        println!("ShapeEval t2i ({} prompts per task, seed {}):", args.n, args.prompt_seed);
+        for task in shapeeval::TASKS {
+            println!("  {task:14} {:.3}", t2i.get(task).unwrap_or(0.0));
+        }
+        println!("  {:14} {:.3}", "overall", t2i.overall);
+        for (name, scores) in [("understanding (exact match)", &understanding), ("editing (success)", &editing)] {
+            println!("{name}:");
+            for (k, v) in scores.as_object().into_iter().flatten() {
+                println!("  {k:14} {}", v);
+            }
+        }
+        eprintln!("{:.1} s", started.elapsed().as_secs_f64());
+    }
+    if let Some(min) = args.min_overall {
+        if t2i.overall < min {
+            return Err(fail(format!("overall t2i score {:.3} is below --min-overall {min}", t2i.overall)));
+        }
+    }
+    Ok(())
+}
+
+/// Understanding accuracy per question type and editing success per edit type, on the
+/// shipped evaluation set (`model/assets/shapeeval_set.json`, the reference's samples).
+fn eval_other(model: &NextFlow, args: &EvalShapesArgs, opts: &ImageOptions) -> Result<(serde_json::Value, serde_json::Value)> {
+    let (understanding, editing) = nextflow_model::eval_set::load().map_err(fail)?;
+    let tok = model.text.as_ref().ok_or_else(|| fail("random weights cannot answer questions"))?;
+    let per_type = |kinds: Vec<(&str, bool)>| -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        for kind in kinds.iter().map(|(k, _)| *k).collect::<std::collections::BTreeSet<_>>() {
+            let of: Vec<bool> = kinds.iter().filter(|(k, _)| *k == kind).map(|(_, ok)| *ok).collect();
+            m.insert(kind.to_string(), serde_json::json!((of.iter().filter(|&&x| x).count() as f64 / of.len() as f64 * 1000.0).round() / 1000.0));
+        }
+        serde_json::Value::Object(m)
+    };
+    let take = |kind: &str, i: usize| -> bool { let _ = kind; i < args.n_other };
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    let mut u = Vec::new();
+    for case in &understanding {
+        let i = seen.entry(case.kind.clone()).or_default();
+        *i += 1;
+        if !take(&case.kind, *i - 1) {
+            continue;
+        }
+        let indices = model.encode_image(&from_rgb8(&case.rgb, case.size, model.dtype(), model.device())?)?;
+        let word = model.answer_word(&indices, &case.question)?;
+        let answer = tok.decode(&[word], true)?;
+        u.push((case.kind.as_str(), answer.trim() == case.answer));
+        eprint!("\runderstanding {}/{}", u.len(), understanding.len().min(4 * args.n_other));
+    }
+    eprintln!();
+    seen.clear();
+    let mut e = Vec::new();
+    for (n, case) in editing.iter().enumerate() {
+        let i = seen.entry(case.kind.clone()).or_default();
+        *i += 1;
+        if !take(&case.kind, *i - 1) {
+            continue;
+        }
+        let indices = model.encode_image(&from_rgb8(&case.rgb, case.size, model.dtype(), model.device())?)?;
+        let o = ImageOptions { seed: opts.seed + n as u64, ..opts.clone() };
+        let g = model.edit(&indices, &case.instruction, &o, &mut |_, _, _| {})?;
+        let after = to_rgb8(&g.images)?.remove(0);
+        let ok = shapeeval::edit_success(&case.rgb, &case.instruction, &after, case.size).map_err(fail)?;
+        e.push((case.kind.as_str(), ok));
+        eprint!("\rediting {}/{}", e.len(), editing.len().min(4 * args.n_other));
+    }
+    eprintln!();
+    Ok((per_type(u), per_type(e)))
+}

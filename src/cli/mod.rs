@@ -117,9 +117,10 @@ pub struct ImageSampling {
 #[derive(Debug, Args, Clone)]
 pub struct Output {
     /// PNG path; with several images a pattern with `{i}` (e.g. `out-{i}.png`), else
-    /// `-1`, `-2`, ... are added before the extension.
-    #[arg(long, default_value = "nextflow.png")]
-    pub out: PathBuf,
+    /// `-1`, `-2`, ... are added before the extension. Default: nextflow.png, or the first
+    /// of nextflow-2.png, nextflow-3.png, ... that does not exist.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Overwrite existing files.
     #[arg(long)]
     pub force: bool,

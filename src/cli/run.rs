@@ -152,6 +152,23 @@ fn image_path(out: &Path, i: usize, n: usize) -> PathBuf {
     out.with_file_name(format!("{stem}-{}{ext}", i + 1))
 }
 
+/// The paths of `n` images: `--out`, or fresh `nextflow[-N].png` names.
+fn output_paths(out: &Option<PathBuf>, n: usize) -> Vec<PathBuf> {
+    if let Some(out) = out {
+        return (0..n).map(|i| image_path(out, i, n)).collect();
+    }
+    let mut paths = Vec::new();
+    let mut k = 1;
+    while paths.len() < n {
+        let p = PathBuf::from(if k == 1 { "nextflow.png".to_string() } else { format!("nextflow-{k}.png") });
+        if !p.exists() {
+            paths.push(p);
+        }
+        k += 1;
+    }
+    paths
+}
+
 /// Checks every output path before any work: no silent overwrite, the folder exists.
 fn check_outputs(paths: &[PathBuf], force: bool) -> Result<()> {
     for p in paths {
@@ -237,7 +254,7 @@ pub fn generate(args: &GenerateArgs, device: &Device) -> Result<()> {
     if args.num_images == 0 {
         return Err(fail("--num-images must be at least 1"));
     }
-    let paths: Vec<PathBuf> = (0..args.num_images).map(|i| image_path(&args.output.out, i, args.num_images)).collect();
+    let paths = output_paths(&args.output.out, args.num_images);
     check_outputs(&paths, args.output.force)?;
     let model = load_nextflow(&args.model, device)?;
     let mut opts = image_options(&model, &args.sampling)?;
@@ -298,7 +315,7 @@ pub fn understand(args: &UnderstandArgs, device: &Device) -> Result<()> {
 }
 
 pub fn edit(args: &EditArgs, device: &Device) -> Result<()> {
-    let paths = vec![image_path(&args.output.out, 0, 1)];
+    let paths = output_paths(&args.output.out, 1);
     check_outputs(&paths, args.output.force)?;
     let model = load_nextflow(&args.model, device)?;
     let opts = image_options(&model, &args.sampling)?;

@@ -571,7 +571,8 @@ pub fn eval_shapes(args: &EvalShapesArgs, device: &Device) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({
             "n_per_task": args.n, "prompt_seed": args.prompt_seed, "sampler_seed": opts.seed, "cfg": opts.cfg_scale, "top_k": opts.top_k,
-            "t2i": t2i, "understanding": understanding, "editing": editing, "seconds": started.elapsed().as_secs_f64(),
+            "t2i": t2i, "correct": results.iter().map(|(_, ok)| *ok).collect::<Vec<_>>(),
+            "understanding": understanding, "editing": editing, "seconds": started.elapsed().as_secs_f64(),
         }))?);
     } else {
         println!("ShapeEval t2i ({} prompts per task, seed {}):", args.n, args.prompt_seed);

@@ -391,7 +391,36 @@ def generate(model, tok, cfg, prompt_ids: list, settings, sampling: str) -> dict
 # ---------------------------------------------------------------------------------------------
 
 
-PARTS = ["qwen2", "nextflow", "sampler"]
+EVAL_N, EVAL_BATCH, EVAL_SEED = 10, 25, 0
+
+
+def eval_shapes(assets: Path, out: Path) -> None:
+    """The reference's ShapeEval t2i score of the exported model on eval_prompts(EVAL_N), as
+    `nextflow eval shapes --n 10 --batch 25 --seed 0` generates them: chunks of EVAL_BATCH
+    prompts, seed EVAL_SEED + chunk start, the config's sampler, Philox sampling (the Rust
+    sampler's numpy port), CFG against <bos>. CI fails if Rust scores 0.05 below this."""
+    import shapeeval as se
+
+    cfg, tok, model = load_exported(assets)
+    vocab, results = cfg.vocabulary, []
+    prompts = sw.eval_prompts(EVAL_N)
+    with torch.no_grad():
+        for start in range(0, len(prompts), EVAL_BATCH):
+            entries = prompts[start : start + EVAL_BATCH]
+            ids = [[vocab.id("<bos>")] + vocab.encode(e["prompt"]) for e in entries]
+            idx = nf.generate(model, tok.quantize, ids, cfg.sampler, seed=EVAL_SEED + start, sampling="philox")
+            images = training.to_uint8(tok.decode(idx))
+            results += [(e["task"], se.evaluate_clauses(se.detect(im), e["clauses"])[0]) for e, im in zip(entries, images)]
+    scores = se.score_t2i(results)
+    doc = {"generator": "tools/reference/make_golden.py eval", "model.safetensors sha256": hashlib.sha256((assets / "model.safetensors").read_bytes()).hexdigest(),
+           "n_per_task": EVAL_N, "batch": EVAL_BATCH, "seed": EVAL_SEED, "sampling": "philox", "sampler": dataclasses.asdict(cfg.sampler),
+           "correct": [bool(ok) for _, ok in results], "t2i": scores}  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval_shapes.json").write_text(json.dumps(doc, indent=1) + "\n")
+    print(json.dumps(scores))
+
+
+PARTS = ["qwen2", "nextflow", "sampler", "eval"]
 
 
 def main(argv=None):
@@ -407,6 +436,8 @@ def main(argv=None):
         qwen2_tiny(GOLDEN / "qwen2-tiny", GOLDEN / "qwen2-tiny-sharded")
     if "nextflow" in args.parts:
         nextflow_tiny(args.assets, GOLDEN / "nextflow-tiny", args.generation_sampler)
+    if "eval" in args.parts:
+        eval_shapes(args.assets, GOLDEN / "nextflow-tiny")
     if "sampler" in args.parts:
         import philox_sampler
 

@@ -8,10 +8,13 @@
 #
 # `run` exercises every device the machine offers (CUDA, HIP, Vulkan, CPU): the op-coverage
 # test (all ops, f32 + f16, cmma where the GPU reports it), 3D-RoPE attention, sampling
-# identity, then the transformer and image benchmarks on cuda and vulkan. ~3-5 minutes.
+# identity, model parity (Qwen2, NextFlow tiny), the transformer and image benchmarks on cuda
+# and vulkan, then the tiny model's 128 px generation and a 1024² 7B-shaped generation with
+# CFG and random weights (nextflow-7b: 18 scales, 10084 tokens per image) with the per-stage
+# breakdown (--json). ~5-8 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-TESTS=(op_coverage rope_attention sampling)
+TESTS=(op_coverage rope_attention sampling qwen2_parity nextflow_parity)
 BENCHES=(transformer image ops)
 
 case "${1:-}" in
@@ -56,6 +59,15 @@ for line in sys.stdin:
         cat "$OUT/bench-$b-$d.txt"
       done
     done
+    echo "== tiny model, 128 px (embedded weights)"
+    for d in cuda vulkan; do
+      timeout 120 "$bin/nextflow" generate --device "$d" --prompt "a red circle above a blue square" --out "$OUT/tiny-$d.png" --force --json > "$OUT/tiny-$d.json" 2> "$OUT/tiny-$d.log"
+      tail -3 "$OUT/tiny-$d.log"; cat "$OUT/tiny-$d.json"
+    done
+    echo "== nextflow-7b shapes, 1024², CFG, random weights (f16 on cuda)"
+    timeout 300 "$bin/nextflow" generate --device cuda --random-weights --config nextflow-7b --prompt "a cat on a mat" \
+      --out "$OUT/7b.png" --force --json > "$OUT/7b.json" 2> "$OUT/7b.log" || status=1
+    tail -25 "$OUT/7b.log"; cat "$OUT/7b.json"
     exit $status
     ;;
   *)

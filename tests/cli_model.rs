@@ -155,3 +155,28 @@ fn malformed_checkpoints_fail_with_one_clear_error() {
         println!("{what}: {}", errors[0]);
     }
 }
+
+#[test]
+fn named_configs_have_the_real_shapes() {
+    use nextflow::model::Config;
+    let c = Config::named("nextflow-7b").unwrap();
+    let p = c.nextflow.as_ref().unwrap();
+    assert_eq!(p.tokenizer.tokens(), 10084, "the 1024² schedule's token count (spec §1.4)");
+    assert_eq!(p.vocabulary.code_start(), 152064);
+    let params = c.transformer_parameters() as f64 / 1e9;
+    assert!((7.0..8.0).contains(&params), "Qwen2.5-7B backbone: {params} B");
+    let q = Config::named("qwen2-0.5b").unwrap();
+    assert!((0.45..0.55).contains(&(q.transformer_parameters() as f64 / 1e9)));
+    assert!(Config::named("gpt-5").unwrap_err().to_string().contains("known: nextflow-tiny"));
+    let (code, stdout, _) = nextflow(&["inspect", "--config", "nextflow-7b", "--random-weights"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("18 scales") && stdout.contains("10084 tokens"), "{stdout}");
+}
+
+#[test]
+fn chat_on_the_nextflow_model_answers_in_words() {
+    let (code, stdout, stderr) = nextflow(&["chat", "--prompt", "a red circle", "--max-new-tokens", "8", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(v["text"].is_string() && v["images"].is_array(), "{v}");
+}

@@ -15,7 +15,7 @@ pub mod visual;
 pub mod weights;
 
 pub use config::{Config, ModelType};
-pub use nextflow::{ImageOptions, NextFlow, Sequence};
+pub use nextflow::{ImageOptions, NextFlow, Piece, Sequence};
 pub use tokenizer::{Message, StreamDecoder, TextTokenizer};
 pub use transformer::{Cache, Linear, Transformer};
 pub use weights::Weights;

@@ -602,3 +602,70 @@ impl NextFlow {
         ImageOptions { cfg_scale: s.cfg_scale, cfg_schedule: s.cfg_schedule, top_k: s.top_k, top_p: s.top_p, temperature: s.temperature, seed: 0, scales: None }
     }
 }
+
+/// One piece of an interleaved answer.
+pub enum Piece {
+    /// Generated text ids (the stop token excluded).
+    Text(Vec<u32>),
+    /// A generated image.
+    Image(Generated),
+}
+
+impl NextFlow {
+    /// Interleaved generation: text after `prompt`; whenever the model writes `<boi>`, a
+    /// next-scale block paints an image (CFG against `<bos>`), which then joins the
+    /// sequence as a context image (maps, `<eoi>`) and text continues — until `<eos>`, the
+    /// token budget, or `max_images`. Each switch re-prefills the whole sequence: simple,
+    /// and cheap next to the image itself.
+    pub fn interleaved(
+        &self,
+        prompt: &str,
+        max_new_tokens: usize,
+        max_images: usize,
+        opts: &ImageOptions,
+        on_piece: &mut dyn FnMut(&Piece),
+    ) -> Result<Vec<Piece>> {
+        let (bos, boi, eos) = (self.id("<bos>"), self.id("<boi>"), self.id("<eos>"));
+        let mut seq = Sequence::new();
+        seq.text(&[bos]).text(&self.encode_words(prompt)?);
+        let mut pieces = Vec::new();
+        let mut budget = max_new_tokens;
+        let mut images = 0;
+        while budget > 0 {
+            let text_opts = TextOptions {
+                max_new_tokens: budget,
+                stop_tokens: if images < max_images { vec![eos, boi] } else { vec![eos] },
+                vocab_limit: Some(self.parts().vocabulary.code_start()),
+                ..Default::default()
+            };
+            let prefill = Prefill {
+                x: self.embed(&seq)?,
+                positions: Tensor::from_slice(&seq.positions(), &[1, seq.len(), 3], self.device())?,
+                segments: seq.attention_segments(),
+                next_position: seq.position,
+                seen: seq.text_ids(),
+            };
+            let out = text::generate_from(&self.transformer, prefill, &text_opts, &mut |_| ControlFlow::Continue(()))?;
+            budget = budget.saturating_sub(out.ids.len());
+            let words: Vec<u32> = out.ids.iter().copied().filter(|&id| id != boi && id != eos).collect();
+            seq.text(&words);
+            if !words.is_empty() {
+                let piece = Piece::Text(words);
+                on_piece(&piece);
+                pieces.push(piece);
+            }
+            if out.stopped_by != Some(boi) {
+                break;
+            }
+            let mut un = Sequence::new();
+            un.text(&[bos]);
+            let g = self.generate_images(std::slice::from_ref(&seq), &[un], opts, &mut |_, _, _| {})?;
+            self.push_image(&mut seq, &g.indices)?;
+            images += 1;
+            let piece = Piece::Image(g);
+            on_piece(&piece);
+            pieces.push(piece);
+        }
+        Ok(pieces)
+    }
+}

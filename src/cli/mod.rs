@@ -221,6 +221,11 @@ pub struct ChatArgs {
     /// Write the logits of every generated position to this .npy file ([n, vocab], f32).
     #[arg(long)]
     pub logits_out: Option<PathBuf>,
+    /// NextFlow models with --prompt: the answer may contain images (the model writes
+    /// `<boi>`, an image is painted, text continues); they are written here (`{i}` is
+    /// the image number; default nextflow.png, nextflow-2.png, ...).
+    #[arg(long)]
+    pub images_out: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
 }

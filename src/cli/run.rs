@@ -355,11 +355,57 @@ fn load_text(args: &ModelArgs, device: &Device) -> Result<TextModel> {
         }
     };
     let transformer = Transformer::load(&weights, &config.backbone, config.vocab_size, &sections(&config), dtype, device)?;
+    let unused = weights.unused();
+    if config.model_type == ModelType::Qwen2 && !weights.is_random() && !unused.is_empty() {
+        eprintln!("warning: {} tensors in the checkpoint are not used: {}", unused.len(), unused.join(", "));
+    }
     eprintln!("model: {} on {device} ({dtype:?}), loaded in {:.2} s", describe(args), t.elapsed().as_secs_f64());
     Ok(TextModel { config, transformer, tokenizer })
 }
 
+/// NextFlow models in `chat`: text, and an image wherever the model writes `<boi>`.
+fn chat_interleaved(args: &ChatArgs, device: &Device, prompt: &str) -> Result<()> {
+    let model = load_nextflow(&args.model, device)?;
+    let tok = model.text.as_ref().ok_or_else(|| fail("random weights have no tokenizer"))?;
+    let opts = ImageOptions { seed: args.seed, ..model.default_image_options() };
+    let mut saved = Vec::new();
+    let mut text_all = String::new();
+    let pieces = model.interleaved(prompt, args.max_new_tokens, 4, &opts, &mut |_| {})?;
+    for piece in &pieces {
+        match piece {
+            nextflow_model::Piece::Text(ids) => {
+                let t = tok.decode(ids, true)?;
+                if !args.json {
+                    print!("{t} ");
+                }
+                text_all.push_str(&t);
+                text_all.push(' ');
+            }
+            nextflow_model::Piece::Image(g) => {
+                let path = output_paths(&args.images_out.clone().map(|p| image_path(&p, saved.len(), 2)), 1).remove(0);
+                check_outputs(std::slice::from_ref(&path), true)?;
+                save_images(g, std::slice::from_ref(&path))?;
+                if !args.json {
+                    print!("[image: {}] ", path.display());
+                }
+                saved.push(path.display().to_string());
+            }
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"text": text_all.trim(), "images": saved}))?);
+    } else {
+        println!();
+    }
+    Ok(())
+}
+
 pub fn chat(args: &ChatArgs, device: &Device) -> Result<()> {
+    if args.prompt_ids.is_none() && !args.model.random_weights && config_of(&args.model)?.model_type == ModelType::NextFlow {
+        if let Some(prompt) = &args.prompt {
+            return chat_interleaved(args, device, prompt);
+        }
+    }
     let m = load_text(&args.model, device)?;
     let sampled = args.temperature.is_some_and(|t| t > 0.0) && !args.greedy;
     let mut stops = m.config.eos_token_ids.clone();

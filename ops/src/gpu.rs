@@ -85,7 +85,7 @@ fn rows_grid(rows: usize) -> CubeCount {
 
 /// Merges adjacent dims that every operand walks contiguously (and drops size-1 dims), so a
 /// dense tensor is indexed as rank 1: fewer divisions per element, fewer kernel variants.
-fn coalesce(shape: &[usize], strides: &[&[usize]]) -> (Vec<usize>, Vec<Vec<usize>>) {
+pub(crate) fn coalesce(shape: &[usize], strides: &[&[usize]]) -> (Vec<usize>, Vec<Vec<usize>>) {
     let mut out_shape: Vec<usize> = Vec::new();
     let mut out_strides: Vec<Vec<usize>> = vec![Vec::new(); strides.len()];
     for d in 0..shape.len() {

@@ -7,6 +7,7 @@
 
 pub mod attention;
 pub mod cpu;
+pub mod fused;
 mod gpu;
 pub mod image;
 pub mod matmul;

@@ -1,0 +1,213 @@
+//! Fused elementwise chains: one launch of `nextflow_shaders::fused::fused_elementwise`
+//! (or one pass on the CPU backend) evaluates a small program over broadcast inputs.
+//! The compiler builds the programs; this module checks and runs them.
+
+use crate::gpu::{self, array, buffer, grid, upload_u32, with_client};
+use crate::{cpu, reference, BinaryOp, UnaryOp};
+use cubecl::prelude::*;
+use nextflow_runtime::{cubecl, DType, Error, Result, Tensor};
+use nextflow_shaders::{elementwise, fused as kernels, ELEMENTWISE_CUBE};
+use rayon::prelude::*;
+
+/// One instruction; each defines the next register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FusedInstr {
+    /// Input `i`, broadcast to the program's shape.
+    Load(usize),
+    /// `scalars[i]`.
+    Scalar(usize),
+    Unary(UnaryOp, usize),
+    Binary(BinaryOp, usize, usize),
+    /// `silu(a) · b`.
+    SiluMul(usize, usize),
+}
+
+/// A straight-line program over f32 registers and the registers it stores.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FusedProgram {
+    pub instrs: Vec<FusedInstr>,
+    pub outputs: Vec<usize>,
+    pub scalars: Vec<f32>,
+}
+
+impl FusedProgram {
+    /// The comptime encoding the kernel reads: `[kind, op, a, b]` per instruction.
+    fn encode(&self) -> Vec<u32> {
+        let mut out = Vec::with_capacity(4 * self.instrs.len());
+        for i in &self.instrs {
+            out.extend(match *i {
+                FusedInstr::Load(a) => [kernels::FUSED_LOAD, 0, a as u32, 0],
+                FusedInstr::Scalar(a) => [kernels::FUSED_SCALAR, 0, a as u32, 0],
+                FusedInstr::Unary(op, a) => [kernels::FUSED_UNARY, op.kernel_op(), a as u32, 0],
+                FusedInstr::Binary(op, a, b) => [kernels::FUSED_BINARY, op.kernel_op(), a as u32, b as u32],
+                FusedInstr::SiluMul(a, b) => [kernels::FUSED_BINARY, elementwise::OP_SILU_MUL, a as u32, b as u32],
+            });
+        }
+        out
+    }
+
+    fn check(&self, inputs: usize) -> Result<()> {
+        let bad = |msg: String| Err(Error::Shape { op: "fused_elementwise", msg });
+        for (pc, i) in self.instrs.iter().enumerate() {
+            let ok = match *i {
+                FusedInstr::Load(a) => a < inputs,
+                FusedInstr::Scalar(a) => a < self.scalars.len(),
+                FusedInstr::Unary(_, a) => a < pc,
+                FusedInstr::Binary(_, a, b) | FusedInstr::SiluMul(a, b) => a < pc && b < pc,
+            };
+            if !ok {
+                return bad(format!("instruction {pc} ({i:?}) names a missing input, scalar or later register"));
+            }
+        }
+        if self.outputs.is_empty() || self.outputs.iter().any(|&r| r >= self.instrs.len()) {
+            return bad(format!("outputs {:?} must name registers of the {} instructions", self.outputs, self.instrs.len()));
+        }
+        Ok(())
+    }
+
+    /// Evaluates the program for one element (the CPU path; same f32 formulas as the ops).
+    fn eval(&self, loads: &[f32], regs: &mut Vec<f32>) {
+        regs.clear();
+        for i in &self.instrs {
+            let v = match *i {
+                FusedInstr::Load(a) => loads[a],
+                FusedInstr::Scalar(a) => self.scalars[a],
+                FusedInstr::Unary(op, a) => reference::unary_scalar(op, regs[a]),
+                FusedInstr::Binary(op, a, b) => {
+                    let (p, q) = (regs[a], regs[b]);
+                    match op {
+                        BinaryOp::Add => p + q,
+                        BinaryOp::Sub => p - q,
+                        BinaryOp::Mul => p * q,
+                        BinaryOp::Div => p / q,
+                        BinaryOp::Max => p.max(q),
+                    }
+                }
+                FusedInstr::SiluMul(a, b) => regs[a] / (1.0 + (-regs[a]).exp()) * regs[b],
+            };
+            regs.push(v);
+        }
+    }
+}
+
+/// Runs `program` over `inputs` broadcast to `shape` (one float dtype throughout) and returns
+/// one dense tensor per program output. `reuse[k]`, when given, is a dense tensor of that
+/// shape and dtype whose buffer output `k` overwrites (in place over a dead input: each
+/// element is read before it is written).
+pub fn fused_elementwise(inputs: &[Tensor], shape: &[usize], program: &FusedProgram, reuse: Vec<Option<Tensor>>) -> Result<Vec<Tensor>> {
+    let first = inputs.first().ok_or(Error::Shape { op: "fused_elementwise", msg: "needs at least one input".into() })?;
+    crate::check_float("fused_elementwise", first)?;
+    for t in &inputs[1..] {
+        crate::check_same("fused_elementwise", first, t)?;
+    }
+    program.check(inputs.len())?;
+    let views: Vec<Tensor> = inputs.iter().map(|t| t.broadcast_to(shape)).collect::<Result<_>>()?;
+    let dtype = first.dtype();
+    let device = first.device().clone();
+    if device.is_cpu() {
+        return Ok(cpu_fused(&views, shape, program));
+    }
+    if !crate::on_gpu(&device, &[dtype]) {
+        let host: Vec<Tensor> = views.iter().map(|t| t.to_device(&nextflow_runtime::Device::cpu())).collect::<Result<_>>()?;
+        return cpu_fused(&host, shape, program).iter().map(|t| t.to_device(&device)).collect();
+    }
+    let numel: usize = shape.iter().product();
+    let mut outputs = Vec::with_capacity(program.outputs.len());
+    let mut reuse = reuse.into_iter();
+    for _ in &program.outputs {
+        let fits = |t: &Tensor| t.is_dense() && t.shape() == shape && t.dtype() == dtype && t.device().same(&device);
+        match reuse.next().flatten() {
+            Some(t) if fits(&t) => outputs.push(t),
+            _ => outputs.push(gpu::empty(&device, dtype, shape)?),
+        }
+    }
+    if numel == 0 {
+        return Ok(outputs);
+    }
+    let strides: Vec<&[usize]> = views.iter().map(|t| t.strides()).collect();
+    let (dims, dim_strides) = gpu::coalesce(shape, &strides);
+    let rank = dims.len();
+    let mut layout = vec![numel as u32];
+    layout.extend(views.iter().map(|t| t.layout().offset() as u32));
+    for d in (0..rank).rev() {
+        layout.push(dims[d] as u32);
+        layout.extend(dim_strides.iter().map(|s| s[d] as u32));
+    }
+    let scalars = if program.scalars.is_empty() { vec![0.0] } else { program.scalars.clone() };
+    let code = program.encode();
+    let out_regs: Vec<u32> = program.outputs.iter().map(|&r| r as u32).collect();
+    with_client!(device, c => {
+        let layout_h = upload_u32(c, &layout);
+        let scalars_h = c.create_from_slice(bytemuck::cast_slice(&scalars));
+        macro_rules! launch {
+            ($e:ty) => {{
+                let mut ins = SequenceArg::new();
+                for t in &views {
+                    ins.push(array(buffer(t), dtype));
+                }
+                let mut outs = SequenceArg::new();
+                for t in &outputs {
+                    outs.push(array(buffer(t), dtype));
+                }
+                unsafe {
+                    kernels::fused_elementwise::launch_unchecked::<$e, _>(
+                        c,
+                        grid(numel, ELEMENTWISE_CUBE),
+                        CubeDim::new_1d(ELEMENTWISE_CUBE),
+                        ins,
+                        outs,
+                        ArrayArg::from_raw_parts(scalars_h.clone(), scalars.len()),
+                        ArrayArg::from_raw_parts(layout_h.clone(), layout.len()),
+                        rank,
+                        views.len(),
+                        code.clone(),
+                        out_regs.clone(),
+                    )
+                }
+            }};
+        }
+        match dtype {
+            DType::F32 => launch!(f32),
+            DType::F16 => launch!(::half::f16),
+            DType::BF16 => launch!(::half::bf16),
+            _ => unreachable!("checked float"),
+        }
+    });
+    Ok(outputs)
+}
+
+fn cpu_fused(views: &[Tensor], shape: &[usize], program: &FusedProgram) -> Vec<Tensor> {
+    let numel: usize = shape.iter().product();
+    let values: Vec<std::borrow::Cow<[f32]>> = views.iter().map(cpu::read_f32).collect();
+    let n_out = program.outputs.len();
+    // Element-major results, split per output below.
+    let mut results = vec![0f32; numel * n_out];
+    const CHUNK: usize = 1 << 12;
+    let fill = |(chunk, out): (usize, &mut [f32])| {
+        let mut regs = Vec::with_capacity(program.instrs.len());
+        let mut loads = vec![0f32; views.len()];
+        for (i, o) in out.chunks_mut(n_out).enumerate() {
+            let e = chunk * CHUNK + i;
+            for (l, v) in loads.iter_mut().zip(&values) {
+                *l = v[e];
+            }
+            program.eval(&loads, &mut regs);
+            for (slot, &r) in o.iter_mut().zip(&program.outputs) {
+                *slot = regs[r];
+            }
+        }
+    };
+    if numel >= 1 << 15 {
+        results.par_chunks_mut(CHUNK * n_out).enumerate().for_each(fill);
+    } else {
+        results.chunks_mut(CHUNK * n_out).enumerate().for_each(fill);
+    }
+    let dtype = views[0].dtype();
+    let device = views[0].device();
+    (0..n_out)
+        .map(|k| {
+            let v: Vec<f32> = results.iter().skip(k).step_by(n_out).copied().collect();
+            cpu::write_f32(&v, dtype, shape, device)
+        })
+        .collect()
+}

@@ -1,5 +1,5 @@
 use clap::Parser;
-use nextflow::cli::{devices, Cli, Command};
+use nextflow::cli::{bench, devices, Cli, Command};
 use nextflow_runtime::{discover, Device};
 use std::process::ExitCode;
 
@@ -16,6 +16,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 println!("\n--device {} opens {device}", cli.device);
             }
         }
+        Command::Bench(args) => bench::run(&args, &Device::open(&cli.device)?)?,
     }
     Ok(())
 }

@@ -64,30 +64,6 @@ impl FusedProgram {
         }
         Ok(())
     }
-
-    /// Evaluates the program for one element (the CPU path; same f32 formulas as the ops).
-    fn eval(&self, loads: &[f32], regs: &mut Vec<f32>) {
-        regs.clear();
-        for i in &self.instrs {
-            let v = match *i {
-                FusedInstr::Load(a) => loads[a],
-                FusedInstr::Scalar(a) => self.scalars[a],
-                FusedInstr::Unary(op, a) => reference::unary_scalar(op, regs[a]),
-                FusedInstr::Binary(op, a, b) => {
-                    let (p, q) = (regs[a], regs[b]);
-                    match op {
-                        BinaryOp::Add => p + q,
-                        BinaryOp::Sub => p - q,
-                        BinaryOp::Mul => p * q,
-                        BinaryOp::Div => p / q,
-                        BinaryOp::Max => p.max(q),
-                    }
-                }
-                FusedInstr::SiluMul(a, b) => regs[a] / (1.0 + (-regs[a]).exp()) * regs[b],
-            };
-            regs.push(v);
-        }
-    }
 }
 
 /// Runs `program` over `inputs` broadcast to `shape` (one float dtype throughout) and returns
@@ -176,38 +152,59 @@ pub fn fused_elementwise(inputs: &[Tensor], shape: &[usize], program: &FusedProg
     Ok(outputs)
 }
 
+/// The CPU path: instruction by instruction over blocks of elements that stay in L1, so a
+/// fused chain costs one pass over memory and no per-element dispatch.
 fn cpu_fused(views: &[Tensor], shape: &[usize], program: &FusedProgram) -> Vec<Tensor> {
+    const BLOCK: usize = 1024;
     let numel: usize = shape.iter().product();
     let values: Vec<std::borrow::Cow<[f32]>> = views.iter().map(cpu::read_f32).collect();
-    let n_out = program.outputs.len();
-    // Element-major results, split per output below.
-    let mut results = vec![0f32; numel * n_out];
-    const CHUNK: usize = 1 << 12;
-    let fill = |(chunk, out): (usize, &mut [f32])| {
-        let mut regs = Vec::with_capacity(program.instrs.len());
-        let mut loads = vec![0f32; views.len()];
-        for (i, o) in out.chunks_mut(n_out).enumerate() {
-            let e = chunk * CHUNK + i;
-            for (l, v) in loads.iter_mut().zip(&values) {
-                *l = v[e];
+    let mut outputs: Vec<Vec<f32>> = vec![vec![0f32; numel]; program.outputs.len()];
+    let mut blocks: Vec<Vec<&mut [f32]>> = Vec::new();
+    for out in outputs.iter_mut() {
+        for (b, chunk) in out.chunks_mut(BLOCK).enumerate() {
+            if blocks.len() <= b {
+                blocks.push(Vec::new());
             }
-            program.eval(&loads, &mut regs);
-            for (slot, &r) in o.iter_mut().zip(&program.outputs) {
-                *slot = regs[r];
+            blocks[b].push(chunk);
+        }
+    }
+    let run = |(b, outs): (usize, Vec<&mut [f32]>)| {
+        let start = b * BLOCK;
+        let len = BLOCK.min(numel - start);
+        let mut regs: Vec<std::borrow::Cow<[f32]>> = Vec::with_capacity(program.instrs.len());
+        for i in &program.instrs {
+            if let FusedInstr::Load(a) = *i {
+                regs.push(std::borrow::Cow::Borrowed(&values[a][start..start + len]));
+                continue;
             }
+            let col: Vec<f32> = match *i {
+                FusedInstr::Load(_) => unreachable!(),
+                FusedInstr::Scalar(a) => vec![program.scalars[a]; len],
+                FusedInstr::Unary(op, a) => regs[a].iter().map(|&x| reference::unary_scalar(op, x)).collect(),
+                FusedInstr::Binary(op, a, b) => {
+                    let (x, y) = (&regs[a][..], &regs[b][..]);
+                    match op {
+                        BinaryOp::Add => x.iter().zip(y).map(|(p, q)| p + q).collect(),
+                        BinaryOp::Sub => x.iter().zip(y).map(|(p, q)| p - q).collect(),
+                        BinaryOp::Mul => x.iter().zip(y).map(|(p, q)| p * q).collect(),
+                        BinaryOp::Div => x.iter().zip(y).map(|(p, q)| p / q).collect(),
+                        BinaryOp::Max => x.iter().zip(y).map(|(p, q)| p.max(*q)).collect(),
+                    }
+                }
+                FusedInstr::SiluMul(a, b) => regs[a].iter().zip(regs[b].iter()).map(|(x, y)| x / (1.0 + (-x).exp()) * y).collect(),
+            };
+            regs.push(std::borrow::Cow::Owned(col));
+        }
+        for (out, &r) in outs.into_iter().zip(&program.outputs) {
+            out.copy_from_slice(&regs[r]);
         }
     };
     if numel >= 1 << 15 {
-        results.par_chunks_mut(CHUNK * n_out).enumerate().for_each(fill);
+        blocks.into_par_iter().enumerate().for_each(run);
     } else {
-        results.chunks_mut(CHUNK * n_out).enumerate().for_each(fill);
+        blocks.into_iter().enumerate().for_each(run);
     }
     let dtype = views[0].dtype();
     let device = views[0].device();
-    (0..n_out)
-        .map(|k| {
-            let v: Vec<f32> = results.iter().skip(k).step_by(n_out).copied().collect();
-            cpu::write_f32(&v, dtype, shape, device)
-        })
-        .collect()
+    outputs.iter().map(|v| cpu::write_f32(v, dtype, shape, device)).collect()
 }

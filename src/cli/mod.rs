@@ -1,5 +1,6 @@
 //! Command-line front end: argument parsing and the text each subcommand prints.
 
+pub mod bench;
 pub mod devices;
 
 use clap::{Parser, Subcommand};
@@ -27,4 +28,7 @@ pub enum Command {
     /// With `--device X`, open that device (compiling nothing) and report it, so you can
     /// check a selection before a long run.
     Devices,
+    /// Time every candidate kernel of every op family at a config's shapes and save the
+    /// winners in the autotune cache (`bench kernels --config tiny|7b [--json]`).
+    Bench(bench::BenchArgs),
 }

@@ -398,3 +398,105 @@ fn matmul_epilogues_and_norm_patterns_fold_into_their_kernels() {
     assert_eq!(plan.stats.launches, 2, "{}", plan.describe());
     assert_eq!(plan.stats.matmul_epilogues, 1);
 }
+
+#[test]
+fn a_random_program_in_f16_stays_within_the_f16_tolerance_fused() {
+    for device in devices() {
+        if !device.supports(DType::F16) {
+            eprintln!("SKIPPED f16 on {}", device.info().spec());
+            continue;
+        }
+        let mut rng = StdRng::seed_from_u64(11);
+        let inputs: Vec<Tensor> = [[5usize, 37].as_slice(), &[5, 37], &[37], &[5, 1], &[37, 37]]
+            .iter()
+            .map(|s| nextflow_ops::cast(&random_tensor(&mut rng, s, 0.5, &device), DType::F16).unwrap())
+            .collect();
+        let mut results = Vec::new();
+        for fusion in [true, false] {
+            let g = Graph::with_options(&device, options(fusion));
+            let outs = random_program(&g, &inputs, 4, 50);
+            let refs: Vec<&Lazy> = outs.iter().collect();
+            results.push(g.realize(&refs).unwrap());
+        }
+        for (k, (a, b)) in results[0].iter().zip(&results[1]).enumerate() {
+            let e = nmse(a, b);
+            // f16: 1e-2 relative RMS error, as the op contract states.
+            assert!(e <= 1e-4, "{}: f16 output {k} fused vs unfused NMSE {e:.3e}", device.info().spec());
+        }
+    }
+}
+
+#[test]
+fn autotune_times_unknown_keys_once_and_the_cache_exports_and_imports() {
+    let dir = std::env::temp_dir().join(format!("nextflow-autotune-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::env::set_var("NEXTFLOW_CACHE_DIR", dir.join("user"));
+    nextflow_compiler::autotune::reload();
+    use nextflow_compiler::autotune;
+    for device in devices() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let (x, w) = (random_tensor(&mut rng, &[3, 40], 1.0, &device), random_tensor(&mut rng, &[24, 40], 1.0, &device));
+        let key = autotune::matmul_key(&device, 3, 24, 40, DType::F32);
+        let mut values = Vec::new();
+        for tune in [true, true, false] {
+            let g = Graph::with_options(&device, Options { fusion: true, autotune: tune });
+            let y = g.input(&x).unwrap().linear(&g.input(&w).unwrap(), None).unwrap();
+            values.push(y.realize().unwrap());
+        }
+        assert!(nmse(&values[0], &values[2]) <= 1e-7);
+        let entry = autotune::lookup(&key).unwrap();
+        if device.is_cpu() {
+            assert!(entry.is_none(), "the CPU backend has one matmul path: nothing to tune");
+            let e = autotune::tune_matmul(&x, &w.transpose(0, 1).unwrap(), &Default::default(), 1).unwrap();
+            assert_eq!(e.choice, "gemm (cpu)");
+        } else {
+            let entry = entry.expect("the first realize timed the candidates");
+            assert!(entry.timings_us.len() >= 4, "{entry:?}");
+            assert!(entry.timings_us.contains_key(&entry.choice));
+        }
+    }
+    let shipped = dir.join("shipped.json");
+    let n = autotune::export(&shipped).unwrap();
+    assert!(n >= 1);
+    // A fresh user cache, warmed by importing the shipped file.
+    std::env::set_var("NEXTFLOW_CACHE_DIR", dir.join("other"));
+    autotune::reload();
+    assert_eq!(autotune::import(&shipped).unwrap(), n);
+    autotune::reload();
+    let cache = autotune::load(&autotune::cache_path()).unwrap();
+    assert_eq!(cache.entries.len(), n);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `nextflow bench kernels` completes, writes the cache, and a second run reuses it.
+#[test]
+fn bench_kernels_writes_the_cache_and_a_second_run_reuses_it() {
+    let mut specs = vec!["cpu"];
+    if Device::open("vulkan").is_ok() {
+        specs.push("vulkan");
+    }
+    for spec in specs {
+        let dir = std::env::temp_dir().join(format!("nextflow-bench-test-{}-{spec}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let run = |extra: &[&str]| {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_nextflow"))
+                .args(["bench", "kernels", "--device", spec, "--config", "tiny", "--reps", "1"])
+                .args(extra)
+                .env("NEXTFLOW_CACHE_DIR", &dir)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+        };
+        let (table, progress) = run(&[]);
+        assert!(table.contains("CANDIDATE") && table.contains("GFLOP/s") && table.contains(" 0 reused"), "{table}");
+        assert!(progress.contains("] 30/30 done") || progress.contains("done"), "{progress}");
+        assert!(dir.join("autotune.json").exists());
+        let (json, _) = run(&["--json"]);
+        let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(doc["timed"], 0, "second run re-timed: {json}");
+        assert!(doc["reused"].as_u64().unwrap() > 0);
+        assert!(doc["rows"].as_array().unwrap().iter().all(|r| r["cached"] == true));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

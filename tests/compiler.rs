@@ -237,8 +237,7 @@ fn bind_block(g: &Graph, wt: &BlockWeights) -> Vec<Lazy> {
         .collect()
 }
 
-fn placeholder_block(g: &Graph, d: Dims) -> Vec<Lazy> {
-    let f = DType::F32;
+fn placeholder_block(g: &Graph, d: Dims, f: DType) -> Vec<Lazy> {
     let (qd, kvd) = (d.heads * d.head_dim, d.kv_heads * d.head_dim);
     [
         vec![d.hidden],
@@ -304,13 +303,13 @@ fn a_transformer_block_realizes_with_at_most_half_the_launches_of_eager_mode() {
 fn layer_step_counts_for_the_tiny_and_7b_shapes() {
     for device in devices() {
         for (name, d) in [("tiny", TINY), ("7B", QWEN_7B)] {
-            for seq in [1usize, 16] {
-                let mut line = format!("{} {name} layer step, {seq} new token(s):", device.info().spec());
+            for (seq, dtype) in [(1usize, DType::F32), (16, DType::F32), (1, DType::F16)] {
+                let mut line = format!("{} {name} layer step, {seq} new token(s), {dtype}:", device.info().spec());
                 let mut launches = Vec::new();
                 for fusion in [false, true] {
                     let g = Graph::with_options(&device, options(fusion));
-                    let w = placeholder_block(&g, d);
-                    let x = g.placeholder(&[1, seq, d.hidden], DType::F32);
+                    let w = placeholder_block(&g, d, dtype);
+                    let x = g.placeholder(&[1, seq, d.hidden], dtype);
                     let pos = g.placeholder(&[1, seq, 3], DType::F32);
                     let rope = Arc::new(Rope::new(d.head_dim, 1e6, &[d.head_dim / 2]).unwrap());
                     let [out, k, v] = block(&g, d, as13(&w), &x, &pos, &rope);

@@ -94,6 +94,9 @@ pub struct Plan {
     pub stats: PlanStats,
 }
 
+/// Plans kept per thread before the cache starts over.
+const MAX_PLANS: usize = 1024;
+
 thread_local! {
     static PLANS: RefCell<HashMap<String, Rc<Plan>>> = RefCell::new(HashMap::new());
 }
@@ -111,7 +114,14 @@ pub(crate) fn compile_cached(g: &GraphData, outputs: &[NodeId]) -> Result<Rc<Pla
     }
     let plan = Rc::new(compile(g, outputs)?);
     counters::compiled();
-    PLANS.with(|p| p.borrow_mut().insert(key, plan.clone()));
+    PLANS.with(|p| {
+        let mut plans = p.borrow_mut();
+        // Shapes that change every step (a growing KV cache) would grow the cache forever.
+        if plans.len() >= MAX_PLANS {
+            plans.clear();
+        }
+        plans.insert(key, plan.clone());
+    });
     Ok(plan)
 }
 

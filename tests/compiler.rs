@@ -499,3 +499,29 @@ fn bench_kernels_writes_the_cache_and_a_second_run_reuses_it() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+#[test]
+fn constants_casts_and_integer_ops_run_alike_fused_and_unfused() {
+    for device in devices() {
+        let mut results = Vec::new();
+        for fusion in [true, false] {
+            let g = Graph::with_options(&device, options(fusion));
+            let x = g.input(&Tensor::from_slice(&[1.0f32, -2.0, 3.5, 0.25, -0.5, 8.0], &[2, 3], &device).unwrap()).unwrap();
+            // A chain over constants alone, then into a tensor chain.
+            let c = g.constant(2.0, DType::F32).unwrap().neg().unwrap().add(&g.constant(0.5, DType::F32).unwrap()).unwrap();
+            let y = x.mul(&c).unwrap().tanh().unwrap();
+            // A cast between two fused chains, an integer op, and a broadcast view.
+            let h = y.cast(DType::F16).unwrap().silu().unwrap().cast(DType::F32).unwrap().add(&x).unwrap();
+            let ids = g.input(&Tensor::from_slice(&[3u32, 4, 5], &[3], &device).unwrap()).unwrap();
+            let ids = ids.add(&ids).unwrap();
+            let z = h.add(&x.narrow(0, 0, 1).unwrap().broadcast_to(&[2, 3]).unwrap()).unwrap();
+            let out = g.realize(&[&c, &y, &z, &ids]).unwrap();
+            results.push(out.iter().map(|t| t.to_f64_vec().unwrap()).collect::<Vec<_>>());
+        }
+        assert_eq!(results[0][0], vec![-1.5]);
+        assert_eq!(results[0][3], vec![6.0, 8.0, 10.0]);
+        assert_eq!(results[0][..2], results[1][..2], "{}", device.info().spec());
+        let err: f64 = results[0][2].iter().zip(&results[1][2]).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(err < 1e-3, "{err}");
+    }
+}

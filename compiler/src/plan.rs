@@ -367,7 +367,13 @@ fn compile(g: &GraphData, outputs: &[NodeId]) -> Result<Plan> {
     }
     let order = topo_order(&nodes, outputs);
     let uses = consumers(&nodes, outputs);
-    let fusable = |v: NodeId| fusion && nodes[v].op.is_elementwise() && nodes[v].dtype.is_float();
+    // An op over constants alone runs as itself (a fused kernel needs one tensor input).
+    let fusable = |v: NodeId| {
+        fusion
+            && nodes[v].op.is_elementwise()
+            && nodes[v].dtype.is_float()
+            && nodes[v].inputs.iter().any(|&u| !matches!(nodes[u].op, Op::Const(_)))
+    };
 
     // Schedule: elementwise nodes gather into open groups (one per shape and dtype); a group
     // is flushed (emitted as one kernel) as soon as anything outside it reads one of its

@@ -4,6 +4,7 @@ use nextflow_runtime::{discover, Device};
 use std::process::ExitCode;
 
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let stats = cli.stats;
     match cli.command {
         Command::Devices => {
             // Open an explicit choice first, so a bad one fails with its reason alone.
@@ -17,6 +18,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Command::Bench(args) => bench::run(&args, &Device::open(&cli.device)?)?,
+    }
+    if stats {
+        eprintln!("stats: {}", nextflow::compiler::counters());
     }
     Ok(())
 }

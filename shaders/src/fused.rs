@@ -19,6 +19,7 @@ pub const FUSED_UNARY: u32 = 2;
 pub const FUSED_BINARY: u32 = 3;
 
 #[cube(launch_unchecked)]
+#[allow(clippy::needless_range_loop)] // comptime indices into the program, unrolled
 pub fn fused_elementwise<E: Float>(
     inputs: &Sequence<Array<E>>,
     outputs: &mut Sequence<Array<E>>,

@@ -16,6 +16,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "NEXTFLOW_DEVICE", default_value = "auto", help = DEVICE_HELP)]
     pub device: String,
 
+    /// Print what the compiler ran on exit: kernel launches, bytes read and written, FLOPs,
+    /// plans compiled and replayed.
+    #[arg(long, global = true)]
+    pub stats: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -304,6 +304,16 @@ fn rewrite_add_rms_norm(nodes: &mut [Node]) {
     }
 }
 
+/// Buffers a group would bind with `v` added: its tensor inputs plus the members read
+/// from outside it (if it were emitted now).
+fn bindings_with(nodes: &[Node], uses: &[Vec<NodeId>], members: &[NodeId], v: NodeId) -> usize {
+    let set: HashSet<NodeId> = members.iter().copied().chain([v]).collect();
+    let inputs: HashSet<NodeId> =
+        set.iter().flat_map(|&m| nodes[m].inputs.iter().copied()).filter(|u| !set.contains(u) && !matches!(nodes[*u].op, Op::Const(_))).collect();
+    let outputs = set.iter().filter(|&&m| uses[m].iter().any(|c| *c == usize::MAX || !set.contains(c))).count();
+    inputs.len() + outputs
+}
+
 struct Group {
     shape: Vec<usize>,
     dtype: DType,
@@ -378,6 +388,7 @@ fn compile(g: &GraphData, outputs: &[NodeId]) -> Result<Plan> {
     // Schedule: elementwise nodes gather into open groups (one per shape and dtype); a group
     // is flushed (emitted as one kernel) as soon as anything outside it reads one of its
     // members, so a group never depends on a step that depends on it.
+    let max_buffers = nextflow_ops::fused::max_buffers(&g.device);
     let mut steps: Vec<Step> = Vec::new();
     let mut groups: Vec<Option<Group>> = Vec::new();
     let mut group_of: HashMap<NodeId, usize> = HashMap::new();
@@ -462,6 +473,11 @@ fn compile(g: &GraphData, outputs: &[NodeId]) -> Result<Plan> {
                     .filter_map(|u| group_of.get(u).copied())
                     .find(|&gid| groups[gid].as_ref().is_some_and(same))
                     .or_else(|| (0..groups.len()).find(|&gid| groups[gid].as_ref().is_some_and(same)));
+                // Start over where joining would bind more buffers than the device allows.
+                let target = target.filter(|&gid| {
+                    let members = &groups[gid].as_ref().unwrap().members;
+                    bindings_with(&nodes, &uses, members, v) <= max_buffers
+                });
                 for &u in &node.inputs {
                     if let Some(&h) = group_of.get(&u) {
                         if Some(h) != target {

@@ -66,6 +66,19 @@ impl FusedProgram {
     }
 }
 
+/// Inputs plus outputs one fused launch may bind on `device` (the scalars and the layout
+/// take two more bindings).
+pub fn max_buffers(device: &nextflow_runtime::Device) -> usize {
+    use nextflow_runtime::Client;
+    let bindings = match device.client() {
+        Client::Cpu => return usize::MAX,
+        Client::Wgpu(c) => c.properties().hardware.max_bindings,
+        Client::Cuda(c) => c.properties().hardware.max_bindings,
+        Client::Hip(c) => c.properties().hardware.max_bindings,
+    };
+    (bindings as usize).saturating_sub(2).max(2)
+}
+
 /// Runs `program` over `inputs` broadcast to `shape` (one float dtype throughout) and returns
 /// one dense tensor per program output. `reuse[k]`, when given, is a dense tensor of that
 /// shape and dtype whose buffer output `k` overwrites (in place over a dead input: each
@@ -77,6 +90,12 @@ pub fn fused_elementwise(inputs: &[Tensor], shape: &[usize], program: &FusedProg
         crate::check_same("fused_elementwise", first, t)?;
     }
     program.check(inputs.len())?;
+    if inputs.len() + program.outputs.len() > max_buffers(first.device()) {
+        return Err(Error::Shape {
+            op: "fused_elementwise",
+            msg: format!("{} inputs and {} outputs exceed the {} buffers a kernel may bind here", inputs.len(), program.outputs.len(), max_buffers(first.device())),
+        });
+    }
     let views: Vec<Tensor> = inputs.iter().map(|t| t.broadcast_to(shape)).collect::<Result<_>>()?;
     let dtype = first.dtype();
     let device = first.device().clone();

@@ -272,7 +272,12 @@ impl Graph {
         let mut s = String::with_capacity(64 * g.nodes.len());
         let _ = write!(s, "{}|{}|{:?}|out{:?}|", g.device.info().spec(), g.device.info().name, g.options.key(), outputs);
         for (i, n) in g.nodes.iter().enumerate() {
-            let _ = write!(s, "{i}:{:?}{:?}{:?}{};", n.op, n.inputs, n.shape, n.dtype);
+            let _ = match &n.op {
+                // The table's identity: cached plans hold the Arc, so the address stays unique.
+                Op::Rope(r) => write!(s, "{i}:Rope@{:p}", Arc::as_ptr(r)),
+                op => write!(s, "{i}:{op:?}"),
+            };
+            let _ = write!(s, "{:?}{:?}{};", n.inputs, n.shape, n.dtype);
         }
         for t in &g.inputs {
             match t {

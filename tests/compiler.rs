@@ -32,7 +32,7 @@ fn fused_kernel_runs_a_program_over_broadcast_inputs() {
             outputs: vec![5, 2],
             scalars: vec![0.5],
         };
-        let out = fused_elementwise(&[a.transpose(0, 1).unwrap().transpose(0, 1).unwrap(), b], &[2, 3], &program, vec![]).unwrap();
+        let out = fused_elementwise(&[a.transpose(0, 1).unwrap().transpose(0, 1).unwrap(), b], &[2, 3], &program, nextflow_runtime::DType::F32, vec![]).unwrap();
         device.sync().unwrap();
         assert_eq!(out[0].to_vec::<f32>().unwrap(), vec![-5.5, -9.0, -16.5, -5.25, -12.0, -14.5], "{device}");
         assert_eq!(out[1].to_vec::<f32>().unwrap(), vec![11.0, 18.0, 33.0, 10.5, 24.0, 29.0], "{device}");
@@ -82,7 +82,8 @@ fn random_program(g: &Graph, inputs: &[Tensor], seed: u64, ops: usize) -> Vec<La
         let a = pool[rng.random_range(0..pool.len())].clone();
         let b = pool[rng.random_range(0..pool.len())].clone();
         // Values stay bounded: most ops are followed by tanh now and then.
-        let v = match rng.random_range(0..16) {
+        let v = match rng.random_range(0..17) {
+            16 if a.dtype() == DType::F32 => a.cast(DType::F16).and_then(|h| h.tanh()).and_then(|h| h.cast(DType::F32)),
             0 => a.add(&b),
             1 => a.sub(&row),
             2 => a.mul(&b),
@@ -525,6 +526,13 @@ fn constants_casts_and_integer_ops_run_alike_fused_and_unfused() {
             let ids = ids.add(&ids).unwrap();
             let z = h.add(&x.narrow(0, 0, 1).unwrap().broadcast_to(&[2, 3]).unwrap()).unwrap();
             let out = g.realize(&[&c, &y, &z, &ids]).unwrap();
+            let plan = g.compile(&[&c, &y, &z, &ids]).unwrap();
+            if fusion {
+                // neg over a constant; + 0.5; mul+tanh; the f16 cast alone (y leaves its
+                // group); silu + cast to f32 in one kernel (the cast closes the silu group);
+                // the two adds; the integer add.
+                assert_eq!(plan.stats.launches, 7, "{}", plan.describe());
+            }
             results.push(out.iter().map(|t| t.to_f64_vec().unwrap()).collect::<Vec<_>>());
         }
         assert_eq!(results[0][0], vec![-1.5]);

@@ -1,8 +1,8 @@
 //! nextflow-compiler: the model writes ordinary tensor code over lazy tensors; realizing a
 //! result compiles the graph into few, well-chosen kernel launches (ARCHITECTURE.md, "The
 //! compiler"):
-//! 1. fusion — chains of elementwise/broadcast ops become one generic kernel specialised by
-//!    a comptime op list; bias, activation and residual adds fold into matmul epilogues;
+//! 1. fusion — chains of elementwise/broadcast ops (ending, possibly, in a cast) become one
+//!    generic kernel specialised by a comptime op list; bias, activation and residual adds fold into matmul epilogues;
 //!    RMSNorm written from primitives, and residual add + RMSNorm, map to their kernels;
 //! 2. a memory plan — liveness, buffer reuse, in-place writes over dead inputs, peak bytes;
 //! 3. kernel choice from an autotune cache keyed by (op, shape bucket, dtype, device),

@@ -22,7 +22,7 @@ pub enum StepKind {
     Node(NodeId),
     /// One fused elementwise kernel over `shape`; `in_place[k]` names the read whose
     /// (dead) buffer output `k` overwrites.
-    Fused { program: FusedProgram, shape: Vec<usize>, in_place: Vec<Option<usize>> },
+    Fused { program: FusedProgram, shape: Vec<usize>, out_dtype: DType, in_place: Vec<Option<usize>> },
 }
 
 #[derive(Clone, Debug)]
@@ -316,8 +316,26 @@ fn bindings_with(nodes: &[Node], uses: &[Vec<NodeId>], members: &[NodeId], v: No
 
 struct Group {
     shape: Vec<usize>,
+    /// The dtype of its inputs and of its members before a closing cast.
     dtype: DType,
+    /// The dtype it stores: `dtype`, or the target of the cast that closed it.
+    out_dtype: DType,
+    /// A cast to another dtype ended it: nothing joins after.
+    closed: bool,
     members: Vec<NodeId>,
+}
+
+fn is_float_cast(nodes: &[Node], v: NodeId) -> bool {
+    matches!(nodes[v].op, Op::Cast(_)) && nodes[v].dtype.is_float() && nodes[nodes[v].inputs[0]].dtype.is_float()
+}
+
+/// A scalar as the graph holds it (rounded to its dtype).
+fn stored(value: f32, dtype: DType) -> f32 {
+    match dtype {
+        DType::F16 => nextflow_runtime::half::f16::from_f32(value).to_f32(),
+        DType::BF16 => nextflow_runtime::half::bf16::from_f32(value).to_f32(),
+        _ => value,
+    }
 }
 
 fn numel(shape: &[usize]) -> u64 {
@@ -380,7 +398,7 @@ fn compile(g: &GraphData, outputs: &[NodeId]) -> Result<Plan> {
     // An op over constants alone runs as itself (a fused kernel needs one tensor input).
     let fusable = |v: NodeId| {
         fusion
-            && nodes[v].op.is_elementwise()
+            && (nodes[v].op.is_elementwise() || is_float_cast(&nodes, v))
             && nodes[v].dtype.is_float()
             && nodes[v].inputs.iter().any(|&u| !matches!(nodes[u].op, Op::Const(_)))
     };
@@ -417,7 +435,7 @@ fn compile(g: &GraphData, outputs: &[NodeId]) -> Result<Plan> {
                 }
                 let instr = match nodes[u].op {
                     Op::Const(c) => {
-                        program.scalars.push(c);
+                        program.scalars.push(stored(c, nodes[u].dtype));
                         FusedInstr::Scalar(program.scalars.len() - 1)
                     }
                     _ => {
@@ -429,30 +447,44 @@ fn compile(g: &GraphData, outputs: &[NodeId]) -> Result<Plan> {
                 reg.insert(u, program.instrs.len() - 1);
             }
             let i = &nodes[m].inputs;
-            program.instrs.push(match nodes[m].op {
-                Op::Unary(op) => FusedInstr::Unary(op, reg[&i[0]]),
-                Op::Binary(op) => FusedInstr::Binary(op, reg[&i[0]], reg[&i[1]]),
-                Op::Swiglu => FusedInstr::SiluMul(reg[&i[0]], reg[&i[1]]),
-                _ => unreachable!("only elementwise ops are grouped"),
-            });
-            ops += 1;
-            reg.insert(m, program.instrs.len() - 1);
+            let instr = match nodes[m].op {
+                Op::Unary(op) => Some(FusedInstr::Unary(op, reg[&i[0]])),
+                Op::Binary(op) => Some(FusedInstr::Binary(op, reg[&i[0]], reg[&i[1]])),
+                Op::Swiglu => Some(FusedInstr::SiluMul(reg[&i[0]], reg[&i[1]])),
+                // A cast is the rounding below (widening is exact: nothing to do).
+                Op::Cast(_) => None,
+                _ => unreachable!("only elementwise ops and casts are grouped"),
+            };
+            let mut r = match instr {
+                Some(instr) => {
+                    program.instrs.push(instr);
+                    ops += 1;
+                    program.instrs.len() - 1
+                }
+                None => reg[&i[0]],
+            };
+            // Values the graph holds in a half type are rounded as storing them would.
+            let d = nodes[m].dtype;
+            if matches!(d, DType::F16 | DType::BF16) && (instr.is_some() || nodes[i[0]].dtype != d) {
+                program.instrs.push(FusedInstr::Round(d, r));
+                r = program.instrs.len() - 1;
+            }
+            reg.insert(m, r);
         }
         let writes: Vec<NodeId> =
             group.members.iter().copied().filter(|m| uses[*m].iter().any(|c| *c == usize::MAX || !members.contains(c))).collect();
         program.outputs = writes.iter().map(|w| reg[w]).collect();
         let elems = numel(&group.shape);
-        let size = group.dtype.size() as u64;
         let cost = Cost {
             launches: 1,
             bytes_read: reads.iter().map(|&u| bytes_of(&nodes[u])).sum(),
-            bytes_written: writes.len() as u64 * elems * size,
+            bytes_written: writes.iter().map(|&w| bytes_of(&nodes[w])).sum(),
             flops: ops * elems,
         };
         stats.fused_kernels += (group.members.len() > 1) as usize;
         stats.fused_ops += if group.members.len() > 1 { group.members.len() } else { 0 };
         let n_out = writes.len();
-        steps.push(Step { kind: StepKind::Fused { program, shape: group.shape, in_place: vec![None; n_out] }, reads, writes, cost });
+        steps.push(Step { kind: StepKind::Fused { program, shape: group.shape, out_dtype: group.out_dtype, in_place: vec![None; n_out] }, reads, writes, cost });
     };
 
     for &v in &order {
@@ -466,13 +498,21 @@ fn compile(g: &GraphData, outputs: &[NodeId]) -> Result<Plan> {
                 }
             }
             _ if fusable(v) => {
-                let same = |gr: &Group| gr.shape == node.shape && gr.dtype == node.dtype;
-                let target = node
-                    .inputs
-                    .iter()
-                    .filter_map(|u| group_of.get(u).copied())
-                    .find(|&gid| groups[gid].as_ref().is_some_and(same))
-                    .or_else(|| (0..groups.len()).find(|&gid| groups[gid].as_ref().is_some_and(same)));
+                let same = |gr: &Group| gr.shape == node.shape && gr.dtype == node.dtype && !gr.closed;
+                let target = if is_float_cast(&nodes, v) {
+                    // A cast closes the group of its input if nothing else leaves that group.
+                    group_of.get(&node.inputs[0]).copied().filter(|&gid| {
+                        let gr = groups[gid].as_ref().unwrap();
+                        let inside = |c: &NodeId| *c == v || gr.members.contains(c);
+                        gr.shape == node.shape && !gr.closed && gr.members.iter().all(|m| uses[*m].iter().all(inside))
+                    })
+                } else {
+                    node.inputs
+                        .iter()
+                        .filter_map(|u| group_of.get(u).copied())
+                        .find(|&gid| groups[gid].as_ref().is_some_and(same))
+                        .or_else(|| (0..groups.len()).find(|&gid| groups[gid].as_ref().is_some_and(same)))
+                };
                 // Start over where joining would bind more buffers than the device allows.
                 let target = target.filter(|&gid| {
                     let members = &groups[gid].as_ref().unwrap().members;
@@ -488,11 +528,16 @@ fn compile(g: &GraphData, outputs: &[NodeId]) -> Result<Plan> {
                 let gid = match target {
                     Some(gid) => gid,
                     None => {
-                        groups.push(Some(Group { shape: node.shape.clone(), dtype: node.dtype, members: Vec::new() }));
+                        let dtype = nodes[node.inputs[0]].dtype;
+                        groups.push(Some(Group { shape: node.shape.clone(), dtype, out_dtype: dtype, closed: false, members: Vec::new() }));
                         groups.len() - 1
                     }
                 };
-                groups[gid].as_mut().unwrap().members.push(v);
+                let group = groups[gid].as_mut().unwrap();
+                group.members.push(v);
+                if is_float_cast(&nodes, v) && node.dtype != group.dtype {
+                    (group.out_dtype, group.closed) = (node.dtype, true);
+                }
                 group_of.insert(v, gid);
             }
             _ => {
@@ -649,9 +694,9 @@ impl Plan {
                     };
                     format!("{op} {:?}", self.nodes[*v].shape)
                 }
-                StepKind::Fused { program, shape, in_place } => format!(
+                StepKind::Fused { program, shape, in_place, .. } => format!(
                     "fused {} ops over {shape:?} ({} in, {} out{})",
-                    program.instrs.iter().filter(|i| !matches!(i, FusedInstr::Load(_) | FusedInstr::Scalar(_))).count(),
+                    program.instrs.iter().filter(|i| !matches!(i, FusedInstr::Load(_) | FusedInstr::Scalar(_) | FusedInstr::Round(..))).count(),
                     step.reads.len(),
                     step.writes.len(),
                     if in_place.iter().any(|p| p.is_some()) { ", in place" } else { "" }
@@ -680,10 +725,10 @@ impl Plan {
                         values[*w] = Some(t);
                     }
                 }
-                StepKind::Fused { program, shape, in_place } => {
+                StepKind::Fused { program, shape, out_dtype, in_place } => {
                     let ins: Vec<Tensor> = step.reads.iter().map(|&u| get(&values, u)).collect();
                     let reuse = in_place.iter().map(|j| j.map(|j| ins[j].clone())).collect();
-                    let results = fused_elementwise(&ins, shape, program, reuse)?;
+                    let results = fused_elementwise(&ins, shape, program, *out_dtype, reuse)?;
                     for (w, t) in step.writes.iter().zip(results) {
                         values[*w] = Some(t);
                     }

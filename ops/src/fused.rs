@@ -20,6 +20,8 @@ pub enum FusedInstr {
     Binary(BinaryOp, usize, usize),
     /// `silu(a) · b`.
     SiluMul(usize, usize),
+    /// Register `a` rounded to a half type (f16 or bf16) as storing it would round it.
+    Round(DType, usize),
 }
 
 /// A straight-line program over f32 registers and the registers it stores.
@@ -41,6 +43,7 @@ impl FusedProgram {
                 FusedInstr::Unary(op, a) => [kernels::FUSED_UNARY, op.kernel_op(), a as u32, 0],
                 FusedInstr::Binary(op, a, b) => [kernels::FUSED_BINARY, op.kernel_op(), a as u32, b as u32],
                 FusedInstr::SiluMul(a, b) => [kernels::FUSED_BINARY, elementwise::OP_SILU_MUL, a as u32, b as u32],
+                FusedInstr::Round(d, a) => [kernels::FUSED_ROUND, if d == DType::BF16 { kernels::ROUND_BF16 } else { kernels::ROUND_F16 }, a as u32, 0],
             });
         }
         out
@@ -53,6 +56,7 @@ impl FusedProgram {
                 FusedInstr::Load(a) => a < inputs,
                 FusedInstr::Scalar(a) => a < self.scalars.len(),
                 FusedInstr::Unary(_, a) => a < pc,
+                FusedInstr::Round(d, a) => a < pc && matches!(d, DType::F16 | DType::BF16),
                 FusedInstr::Binary(_, a, b) | FusedInstr::SiluMul(a, b) => a < pc && b < pc,
             };
             if !ok {
@@ -79,11 +83,11 @@ pub fn max_buffers(device: &nextflow_runtime::Device) -> usize {
     (bindings as usize).saturating_sub(2).max(2)
 }
 
-/// Runs `program` over `inputs` broadcast to `shape` (one float dtype throughout) and returns
-/// one dense tensor per program output. `reuse[k]`, when given, is a dense tensor of that
-/// shape and dtype whose buffer output `k` overwrites (in place over a dead input: each
-/// element is read before it is written).
-pub fn fused_elementwise(inputs: &[Tensor], shape: &[usize], program: &FusedProgram, reuse: Vec<Option<Tensor>>) -> Result<Vec<Tensor>> {
+/// Runs `program` over `inputs` broadcast to `shape` (one float dtype) and returns one dense
+/// tensor of the float `out_dtype` per program output. `reuse[k]`, when given, is a dense
+/// tensor of that shape and dtype whose buffer output `k` overwrites (in place over a dead
+/// input: each element is read before it is written).
+pub fn fused_elementwise(inputs: &[Tensor], shape: &[usize], program: &FusedProgram, out_dtype: DType, reuse: Vec<Option<Tensor>>) -> Result<Vec<Tensor>> {
     let first = inputs.first().ok_or(Error::Shape { op: "fused_elementwise", msg: "needs at least one input".into() })?;
     crate::check_float("fused_elementwise", first)?;
     for t in &inputs[1..] {
@@ -96,24 +100,28 @@ pub fn fused_elementwise(inputs: &[Tensor], shape: &[usize], program: &FusedProg
             msg: format!("{} inputs and {} outputs exceed the {} buffers a kernel may bind here", inputs.len(), program.outputs.len(), max_buffers(first.device())),
         });
     }
+    if !out_dtype.is_float() {
+        return Err(Error::Unsupported { op: "fused_elementwise", dtype: out_dtype, device: first.device().info().spec() });
+    }
     let views: Vec<Tensor> = inputs.iter().map(|t| t.broadcast_to(shape)).collect::<Result<_>>()?;
     let dtype = first.dtype();
     let device = first.device().clone();
+    let rounds_to: Vec<DType> = program.instrs.iter().filter_map(|i| if let FusedInstr::Round(d, _) = i { Some(*d) } else { None }).collect();
     if device.is_cpu() {
-        return Ok(cpu_fused(&views, shape, program));
+        return Ok(cpu_fused(&views, shape, program, out_dtype));
     }
-    if !crate::on_gpu(&device, &[dtype]) {
+    if !crate::on_gpu(&device, &[&[dtype, out_dtype][..], &rounds_to].concat()) {
         let host: Vec<Tensor> = views.iter().map(|t| t.to_device(&nextflow_runtime::Device::cpu())).collect::<Result<_>>()?;
-        return cpu_fused(&host, shape, program).iter().map(|t| t.to_device(&device)).collect();
+        return cpu_fused(&host, shape, program, out_dtype).iter().map(|t| t.to_device(&device)).collect();
     }
     let numel: usize = shape.iter().product();
     let mut outputs = Vec::with_capacity(program.outputs.len());
     let mut reuse = reuse.into_iter();
     for _ in &program.outputs {
-        let fits = |t: &Tensor| t.is_dense() && t.shape() == shape && t.dtype() == dtype && t.device().same(&device);
+        let fits = |t: &Tensor| t.is_dense() && t.shape() == shape && t.dtype() == out_dtype && t.device().same(&device);
         match reuse.next().flatten() {
             Some(t) if fits(&t) => outputs.push(t),
-            _ => outputs.push(gpu::empty(&device, dtype, shape)?),
+            _ => outputs.push(gpu::empty(&device, out_dtype, shape)?),
         }
     }
     if numel == 0 {
@@ -135,17 +143,17 @@ pub fn fused_elementwise(inputs: &[Tensor], shape: &[usize], program: &FusedProg
         let layout_h = upload_u32(c, &layout);
         let scalars_h = c.create_from_slice(bytemuck::cast_slice(&scalars));
         macro_rules! launch {
-            ($e:ty) => {{
+            ($i:ty, $o:ty) => {{
                 let mut ins = SequenceArg::new();
                 for t in &views {
                     ins.push(array(buffer(t), dtype));
                 }
                 let mut outs = SequenceArg::new();
                 for t in &outputs {
-                    outs.push(array(buffer(t), dtype));
+                    outs.push(array(buffer(t), out_dtype));
                 }
                 unsafe {
-                    kernels::fused_elementwise::launch_unchecked::<$e, _>(
+                    kernels::fused_elementwise::launch_unchecked::<$i, $o, _>(
                         c,
                         grid(numel, ELEMENTWISE_CUBE),
                         CubeDim::new_1d(ELEMENTWISE_CUBE),
@@ -158,6 +166,14 @@ pub fn fused_elementwise(inputs: &[Tensor], shape: &[usize], program: &FusedProg
                         code.clone(),
                         out_regs.clone(),
                     )
+                }
+            }};
+            ($i:ty) => {{
+                match out_dtype {
+                    DType::F32 => launch!($i, f32),
+                    DType::F16 => launch!($i, ::half::f16),
+                    DType::BF16 => launch!($i, ::half::bf16),
+                    _ => unreachable!("checked float"),
                 }
             }};
         }
@@ -173,7 +189,7 @@ pub fn fused_elementwise(inputs: &[Tensor], shape: &[usize], program: &FusedProg
 
 /// The CPU path: instruction by instruction over blocks of elements that stay in L1, so a
 /// fused chain costs one pass over memory and no per-element dispatch.
-fn cpu_fused(views: &[Tensor], shape: &[usize], program: &FusedProgram) -> Vec<Tensor> {
+fn cpu_fused(views: &[Tensor], shape: &[usize], program: &FusedProgram, out_dtype: DType) -> Vec<Tensor> {
     const BLOCK: usize = 1024;
     let numel: usize = shape.iter().product();
     let values: Vec<std::borrow::Cow<[f32]>> = views.iter().map(cpu::read_f32).collect();
@@ -211,6 +227,8 @@ fn cpu_fused(views: &[Tensor], shape: &[usize], program: &FusedProgram) -> Vec<T
                     }
                 }
                 FusedInstr::SiluMul(a, b) => regs[a].iter().zip(regs[b].iter()).map(|(x, y)| x / (1.0 + (-x).exp()) * y).collect(),
+                FusedInstr::Round(DType::BF16, a) => regs[a].iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect(),
+                FusedInstr::Round(_, a) => regs[a].iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
             };
             regs.push(std::borrow::Cow::Owned(col));
         }
@@ -223,7 +241,6 @@ fn cpu_fused(views: &[Tensor], shape: &[usize], program: &FusedProgram) -> Vec<T
     } else {
         blocks.into_iter().enumerate().for_each(run);
     }
-    let dtype = views[0].dtype();
     let device = views[0].device();
-    outputs.iter().map(|v| cpu::write_f32(v, dtype, shape, device)).collect()
+    outputs.iter().map(|v| cpu::write_f32(v, out_dtype, shape, device)).collect()
 }

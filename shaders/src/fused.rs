@@ -4,8 +4,10 @@
 //! Each instruction is four u32, `[kind, op, a, b]`, and defines the next register:
 //! `FUSED_LOAD` reads input `a` at its strided view, `FUSED_SCALAR` reads `scalars[a]`,
 //! `FUSED_UNARY` applies unary `op` to register `a`, `FUSED_BINARY` applies binary `op` to
-//! registers `a` and `b`. `out_regs[k]` names the register stored to output `k` (dense).
-//! Values live in f32 registers; inputs load and outputs store the element type.
+//! registers `a` and `b`, `FUSED_ROUND` rounds register `a` to f16 (`op` 1) or bf16 (`op` 2)
+//! as storing it would (casts, and ops whose values a graph holds in a half type).
+//! `out_regs[k]` names the register stored to output `k` (dense). Values live in f32
+//! registers; inputs load type `I` and outputs store type `O`.
 //!
 //! Layout: `[numel, offset of each input…, then per dim from the innermost outwards:
 //! size, stride of each input…]`.
@@ -17,12 +19,15 @@ pub const FUSED_LOAD: u32 = 0;
 pub const FUSED_SCALAR: u32 = 1;
 pub const FUSED_UNARY: u32 = 2;
 pub const FUSED_BINARY: u32 = 3;
+pub const FUSED_ROUND: u32 = 4;
+pub const ROUND_F16: u32 = 1;
+pub const ROUND_BF16: u32 = 2;
 
 #[cube(launch_unchecked)]
 #[allow(clippy::needless_range_loop)] // comptime indices into the program, unrolled
-pub fn fused_elementwise<E: Float>(
-    inputs: &Sequence<Array<E>>,
-    outputs: &mut Sequence<Array<E>>,
+pub fn fused_elementwise<I: Float, O: Float>(
+    inputs: &Sequence<Array<I>>,
+    outputs: &mut Sequence<Array<O>>,
     scalars: &Array<f32>,
     layout: &Array<u32>,
     #[comptime] rank: usize,
@@ -63,6 +68,14 @@ pub fn fused_elementwise<E: Float>(
             let x = *regs.index(a);
             regs.push(unary_f32(x, op));
         }
+        if comptime![kind == FUSED_ROUND && op == ROUND_F16] {
+            let x = *regs.index(a);
+            regs.push(f32::cast_from(half::f16::cast_from(x)));
+        }
+        if comptime![kind == FUSED_ROUND && op == ROUND_BF16] {
+            let x = *regs.index(a);
+            regs.push(f32::cast_from(half::bf16::cast_from(x)));
+        }
         if comptime![kind == FUSED_BINARY] {
             let x = *regs.index(a);
             let y = *regs.index(b);
@@ -74,6 +87,6 @@ pub fn fused_elementwise<E: Float>(
     for k in 0..n_out {
         let r = comptime![out_regs[k] as usize];
         let output = outputs.index_mut(k);
-        output[pos] = E::cast_from(*regs.index(r));
+        output[pos] = O::cast_from(*regs.index(r));
     }
 }

@@ -213,7 +213,7 @@ fn rms_norm(x: &Lazy, w: &Lazy) -> Lazy {
 
 /// One Qwen2 decoder layer written as ordinary tensor code (as HF's modeling file reads):
 /// returns the layer output and the rotated keys and values (for the KV cache).
-fn block(g: &Graph, d: Dims, w: [&Lazy; 13], x: &Lazy, positions: &Lazy, rope: &Arc<Rope>) -> [Lazy; 3] {
+fn block(d: Dims, w: [&Lazy; 13], x: &Lazy, positions: &Lazy, rope: &Arc<Rope>) -> [Lazy; 3] {
     let [ln1, ln2, wq, bq, wk, bk, wv, bv, wo, wg, wu, wd, _] = w;
     let (b, s) = (x.shape()[0], x.shape()[1]);
     let h = rms_norm(x, ln1);
@@ -227,7 +227,6 @@ fn block(g: &Graph, d: Dims, w: [&Lazy; 13], x: &Lazy, positions: &Lazy, rope: &
     let h = rms_norm(&x, ln2);
     let act = h.linear(wg, None).unwrap().silu().unwrap().mul(&h.linear(wu, None).unwrap()).unwrap();
     let out = act.linear(wd, None).unwrap().add(&x).unwrap();
-    let _ = g;
     [out, k, v]
 }
 
@@ -280,7 +279,7 @@ fn a_transformer_block_realizes_with_at_most_half_the_launches_of_eager_mode() {
             let w = bind_block(&graph, &wt);
             let (xl, pl) = (graph.input(&x).unwrap(), graph.input(&pos).unwrap());
             let before = counters();
-            let [out, k, v] = block(&graph, d, as13(&w), &xl, &pl, &rope);
+            let [out, k, v] = block(d, as13(&w), &xl, &pl, &rope);
             let values = graph.realize(&[&out, &k, &v]).unwrap();
             device.sync().unwrap();
             used.push(counters() - before);
@@ -313,7 +312,7 @@ fn layer_step_counts_for_the_tiny_and_7b_shapes() {
                     let x = g.placeholder(&[1, seq, d.hidden], dtype);
                     let pos = g.placeholder(&[1, seq, 3], DType::F32);
                     let rope = Arc::new(Rope::new(d.head_dim, 1e6, &[d.head_dim / 2]).unwrap());
-                    let [out, k, v] = block(&g, d, as13(&w), &x, &pos, &rope);
+                    let [out, k, v] = block(d, as13(&w), &x, &pos, &rope);
                     nextflow_compiler::clear_plan_cache();
                     let t = std::time::Instant::now();
                     let stats = g.compile(&[&out, &k, &v]).unwrap().stats;
@@ -409,7 +408,7 @@ fn matmul_epilogues_and_norm_patterns_fold_into_their_kernels() {
 }
 
 #[test]
-fn a_random_program_in_f16_stays_within_the_f16_tolerance_fused() {
+fn a_random_program_in_f16_gives_the_same_values_fused_and_unfused() {
     for device in devices() {
         if !device.supports(DType::F16) {
             eprintln!("SKIPPED f16 on {}", device.info().spec());
@@ -429,8 +428,10 @@ fn a_random_program_in_f16_stays_within_the_f16_tolerance_fused() {
         }
         for (k, (a, b)) in results[0].iter().zip(&results[1]).enumerate() {
             let e = nmse(a, b);
-            // f16: 1e-2 relative RMS error, as the op contract states.
-            assert!(e <= 1e-4, "{}: f16 output {k} fused vs unfused NMSE {e:.3e}", device.info().spec());
+            // The op contract allows f16 1e-2 relative RMS error (NMSE 1e-4); fused kernels
+            // round half values in registers as storing them would, so they match unfused
+            // far closer than that (bit-identical here).
+            assert!(e <= 1e-7, "{}: f16 output {k} fused vs unfused NMSE {e:.3e}", device.info().spec());
         }
     }
 }

@@ -543,3 +543,34 @@ fn constants_casts_and_integer_ops_run_alike_fused_and_unfused() {
         assert!(err < 1e-3, "{err}");
     }
 }
+
+/// Decode steps over a growing KV cache: the cache views are dynamic inputs, so the step's
+/// plan compiles once and replays at every length.
+#[test]
+fn decode_steps_over_a_growing_kv_cache_compile_once() {
+    for device in devices() {
+        let mut rng = StdRng::seed_from_u64(21);
+        let (hq, hkv, hd) = (6, 2, 32);
+        let mut cache = nextflow_ops::KvCache::new(&device, DType::F32, 1, hkv, hd, 16).unwrap();
+        let before = counters();
+        for step in 0..10 {
+            let (k, v) = (random_tensor(&mut rng, &[1, hkv, 1, hd], 1.0, &device), random_tensor(&mut rng, &[1, hkv, 1, hd], 1.0, &device));
+            cache.append(&k, &v).unwrap();
+            let q = random_tensor(&mut rng, &[1, hq, 1, hd], 1.0, &device);
+            let opts = AttentionOptions { mask: Some(Mask::Causal), ..Default::default() };
+            let g = Graph::with_options(&device, options(true));
+            let (ql, kl, vl) = (g.input(&q).unwrap(), g.input_dynamic(&cache.keys(), 2).unwrap(), g.input_dynamic(&cache.values(), 2).unwrap());
+            let out = ql.attention(&kl, &vl, &opts).unwrap().transpose(1, 2).unwrap().reshape(&[1, 1, hq * hd]).unwrap().silu().unwrap();
+            let got = out.realize().unwrap();
+            let want = nextflow_ops::attention(&q, &cache.keys(), &cache.values(), &opts).unwrap();
+            let want = nextflow_ops::unary(&want.transpose(1, 2).unwrap().reshape(&[1, 1, hq * hd]).unwrap(), UnaryOp::Silu).unwrap();
+            assert!(nmse(&got, &want) <= 1e-12, "{} step {step}", device.info().spec());
+        }
+        let used = counters() - before;
+        assert_eq!((used.compiles, used.plan_hits), (1, 9), "{used}");
+        // Anything but attention reading a dynamic input is refused.
+        let g = Graph::with_options(&device, options(true));
+        let k = g.input_dynamic(&cache.keys(), 2).unwrap().exp().unwrap();
+        assert!(k.realize().is_err());
+    }
+}

@@ -104,6 +104,8 @@ pub(crate) struct GraphData {
     pub nodes: Vec<Node>,
     /// Bound tensors of the `Input` nodes (`None`: a placeholder, compile-only).
     pub inputs: Vec<Option<Tensor>>,
+    /// Inputs whose size along one dim changes from step to step: `(input, dim)`.
+    pub dynamic: Vec<(usize, usize)>,
     pub device: Device,
     pub options: Options,
     pub eager: bool,
@@ -139,7 +141,7 @@ impl Graph {
     }
 
     pub fn with_options(device: &Device, options: Options) -> Graph {
-        Graph(Rc::new(RefCell::new(GraphData { nodes: Vec::new(), inputs: Vec::new(), device: device.clone(), options, eager: false })))
+        Graph(Rc::new(RefCell::new(GraphData { nodes: Vec::new(), inputs: Vec::new(), dynamic: Vec::new(), device: device.clone(), options, eager: false })))
     }
 
     /// Eager mode: each op runs as it is recorded (one-op graphs, through the same plan
@@ -183,6 +185,20 @@ impl Graph {
         Ok(self.add_input(Some(t.clone()), t.shape(), t.dtype()))
     }
 
+    /// An input whose size along `dim` changes from step to step, as the keys or values of a
+    /// growing KV cache do: the plan is keyed without that size, so every step replays it.
+    /// Only attention may read such an input (as its keys or values); compiling checks it.
+    pub fn input_dynamic(&self, t: &Tensor, dim: usize) -> Result<Lazy> {
+        if dim >= t.rank() {
+            return Err(Error::Runtime(nextflow_runtime::Error::DimOutOfRange { op: "input_dynamic", dim, rank: t.rank() }));
+        }
+        let lazy = self.input(t)?;
+        let mut g = self.0.borrow_mut();
+        let index = g.inputs.len() - 1;
+        g.dynamic.push((index, dim));
+        Ok(lazy)
+    }
+
     /// A shape-only input: the graph can be compiled (plans, counts, memory) but not run.
     pub fn placeholder(&self, shape: &[usize], dtype: DType) -> Lazy {
         self.add_input(None, shape, dtype)
@@ -224,7 +240,7 @@ impl Graph {
     fn realize_one(&self, id: NodeId) -> Result<Tensor> {
         let g = self.0.borrow();
         let node = &g.nodes[id];
-        let mut one = GraphData { nodes: Vec::new(), inputs: Vec::new(), device: g.device.clone(), options: g.options.clone(), eager: false };
+        let mut one = GraphData { nodes: Vec::new(), inputs: Vec::new(), dynamic: Vec::new(), device: g.device.clone(), options: g.options.clone(), eager: false };
         let mut inputs = Vec::new();
         for &u in &node.inputs {
             let n = &g.nodes[u];
@@ -271,7 +287,16 @@ impl Graph {
     pub(crate) fn signature(g: &GraphData, outputs: &[NodeId]) -> String {
         let mut s = String::with_capacity(64 * g.nodes.len());
         let _ = write!(s, "{}|{}|{:?}|out{:?}|", g.device.info().spec(), g.device.info().name, g.options.key(), outputs);
+        let shape_of = |input: usize, shape: &[usize]| -> String {
+            let dynamic = g.dynamic.iter().find(|(k, _)| *k == input).map(|(_, d)| *d);
+            let dims: Vec<String> = shape.iter().enumerate().map(|(d, n)| if Some(d) == dynamic { "?".into() } else { n.to_string() }).collect();
+            format!("[{}]", dims.join(","))
+        };
         for (i, n) in g.nodes.iter().enumerate() {
+            if let Op::Input(k) = n.op {
+                let _ = write!(s, "{i}:Input({k}){:?}{}{};", n.inputs, shape_of(k, &n.shape), n.dtype);
+                continue;
+            }
             let _ = match &n.op {
                 // The table's identity: cached plans hold the Arc, so the address stays unique.
                 Op::Rope(r) => write!(s, "{i}:Rope@{:p}", Arc::as_ptr(r)),
@@ -279,10 +304,10 @@ impl Graph {
             };
             let _ = write!(s, "{:?}{:?}{};", n.inputs, n.shape, n.dtype);
         }
-        for t in &g.inputs {
+        for (k, t) in g.inputs.iter().enumerate() {
             match t {
                 Some(t) => {
-                    let _ = write!(s, "in{:?}{:?}{};", t.shape(), t.strides(), t.is_dense());
+                    let _ = write!(s, "in{}{:?}{};", shape_of(k, t.shape()), t.strides(), t.is_dense());
                 }
                 None => s.push_str("in-;"),
             }

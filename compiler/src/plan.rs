@@ -381,7 +381,27 @@ fn node_cost(nodes: &[Node], v: NodeId, device: &Device) -> Cost {
     }
 }
 
+/// A dynamic input may only be attention's keys or values: nothing else may depend on a
+/// size the plan does not know.
+fn check_dynamic(g: &GraphData, outputs: &[NodeId]) -> Result<()> {
+    let uses = consumers(&g.nodes, outputs);
+    for (v, n) in g.nodes.iter().enumerate() {
+        let Op::Input(k) = n.op else { continue };
+        if !g.dynamic.iter().any(|(i, _)| *i == k) {
+            continue;
+        }
+        for &c in &uses[v] {
+            let ok = c != usize::MAX && matches!(g.nodes[c].op, Op::Attention(_)) && g.nodes[c].inputs[0] != v;
+            if !ok {
+                return Err(Error::Graph(format!("dynamic input {k} may only be read as attention keys or values")));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn compile(g: &GraphData, outputs: &[NodeId]) -> Result<Plan> {
+    check_dynamic(g, outputs)?;
     let mut nodes = g.nodes.clone();
     let fusion = g.options.fusion;
     let mut matmul_epilogues = 0;
@@ -734,7 +754,17 @@ impl Plan {
                     }
                 }
             }
-            counters::record(&step.cost);
+            match &step.kind {
+                // Attention over a dynamic KV length: cost from this run's shapes.
+                StepKind::Node(v) if matches!(self.nodes[*v].op, Op::Attention(_)) => {
+                    let t = |u: NodeId| values[u].as_ref().map_or(0, |t| (t.numel() * t.dtype().size()) as u64);
+                    let ins = &self.nodes[*v].inputs;
+                    let q = values[ins[0]].as_ref().map_or(0, |t| t.numel()) as u64;
+                    let skv = values[ins[1]].as_ref().map_or(0, |t| t.shape()[2]) as u64;
+                    counters::record(&Cost { launches: 1, bytes_read: t(ins[0]) + t(ins[1]) + t(ins[2]), bytes_written: t(*v), flops: 4 * q * skv });
+                }
+                _ => counters::record(&step.cost),
+            }
             for &v in &self.free_after[i] {
                 values[v] = None;
             }

@@ -132,12 +132,15 @@ fn a_random_program_of_50_ops_gives_the_same_values_fused_and_unfused() {
                 ("eager", Graph::eager(&device)),
             ] {
                 // Eager mode runs each op as it is recorded: count from the start.
-                let before = counters();
+                let (before, gpu_before) = (counters(), nextflow_ops::gpu_launches());
                 let outs = random_program(&graph, &inputs, seed, 50);
                 let refs: Vec<&Lazy> = outs.iter().collect();
                 let values = if graph.is_eager() { outs.iter().map(|o| o.realize().unwrap()).collect() } else { graph.realize(&refs).unwrap() };
                 device.sync().unwrap();
                 let used = counters() - before;
+                if !device.is_cpu() {
+                    assert_eq!(nextflow_ops::gpu_launches() - gpu_before, used.launches, "{label}: counted launches differ from real ones");
+                }
                 let stats = if graph.is_eager() { None } else { Some(graph.compile(&refs).unwrap().stats) };
                 println!("{} seed {seed} {label}: {used}{}", device.info().spec(), stats.map(|s| format!("\n    plan: {s}")).unwrap_or_default());
                 results.push((label, values, used));
@@ -278,11 +281,15 @@ fn a_transformer_block_realizes_with_at_most_half_the_launches_of_eager_mode() {
         for graph in [Graph::eager(&device), Graph::with_options(&device, options(true))] {
             let w = bind_block(&graph, &wt);
             let (xl, pl) = (graph.input(&x).unwrap(), graph.input(&pos).unwrap());
-            let before = counters();
+            let (before, gpu_before) = (counters(), nextflow_ops::gpu_launches());
             let [out, k, v] = block(d, as13(&w), &xl, &pl, &rope);
             let values = graph.realize(&[&out, &k, &v]).unwrap();
             device.sync().unwrap();
             used.push(counters() - before);
+            if !device.is_cpu() {
+                // The compiler's count is the kernels the ops really launched.
+                assert_eq!(nextflow_ops::gpu_launches() - gpu_before, used.last().unwrap().launches);
+            }
             if !graph.is_eager() {
                 println!("{} plan:\n{}", device.info().spec(), graph.compile(&[&out, &k, &v]).unwrap().describe());
             }

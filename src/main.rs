@@ -1,9 +1,9 @@
 use clap::Parser;
-use nextflow::cli::{devices, run, Cli, Command, EvalCommand};
+use nextflow::cli::{bench, devices, run, Cli, Command, EvalCommand};
 use nextflow_runtime::{discover, Device};
 use std::process::ExitCode;
 
-fn main_impl(cli: Cli) -> run::Result<()> {
+fn main_impl(cli: &Cli) -> run::Result<()> {
     match &cli.command {
         Command::Devices => {
             // Open an explicit choice first, so a bad one fails with its reason alone.
@@ -17,6 +17,7 @@ fn main_impl(cli: Cli) -> run::Result<()> {
             }
             Ok(())
         }
+        Command::Bench(args) => bench::run(args, &run::open_device(&cli.device)?),
         Command::Inspect(args) => run::inspect(args),
         Command::Generate(args) => run::generate(args, &run::open_device(&cli.device)?),
         Command::Understand(args) => run::understand(args, &run::open_device(&cli.device)?),
@@ -27,7 +28,12 @@ fn main_impl(cli: Cli) -> run::Result<()> {
 }
 
 fn main() -> ExitCode {
-    match main_impl(Cli::parse()) {
+    let cli = Cli::parse();
+    let result = main_impl(&cli);
+    if cli.stats {
+        eprintln!("stats: {}", nextflow::compiler::counters());
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -6,10 +6,25 @@ use cubecl::server::Handle;
 use nextflow_runtime::{cubecl, DType, Device, GpuBuffer, Layout, Result, Storage, Tensor};
 use nextflow_shaders::{elementwise, gather, reduce, ELEMENTWISE_CUBE, ROW_CUBE};
 
-/// Runs `$body` with `$c` bound to the device's cubecl client, whatever its runtime.
+thread_local! {
+    static GPU_LAUNCHES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Kernels this thread has launched on GPU devices so far (each `with_client!` body
+/// launches exactly one), so that tests can check the compiler's launch counts.
+pub fn gpu_launches() -> u64 {
+    GPU_LAUNCHES.with(|c| c.get())
+}
+
+pub(crate) fn count_launch() {
+    GPU_LAUNCHES.with(|c| c.set(c.get() + 1));
+}
+
+/// Runs `$body` with `$c` bound to the device's cubecl client, whatever its runtime
+/// (every use launches one kernel, which it counts).
 macro_rules! with_client_impl {
     ($device:expr, $c:ident => $body:expr) => {
-        match $device.client() {
+        match { $crate::gpu::count_launch(); $device.client() } {
             ::nextflow_runtime::Client::Wgpu($c) => $body,
             ::nextflow_runtime::Client::Cuda($c) => $body,
             ::nextflow_runtime::Client::Hip($c) => $body,
@@ -85,7 +100,7 @@ fn rows_grid(rows: usize) -> CubeCount {
 
 /// Merges adjacent dims that every operand walks contiguously (and drops size-1 dims), so a
 /// dense tensor is indexed as rank 1: fewer divisions per element, fewer kernel variants.
-fn coalesce(shape: &[usize], strides: &[&[usize]]) -> (Vec<usize>, Vec<Vec<usize>>) {
+pub(crate) fn coalesce(shape: &[usize], strides: &[&[usize]]) -> (Vec<usize>, Vec<Vec<usize>>) {
     let mut out_shape: Vec<usize> = Vec::new();
     let mut out_strides: Vec<Vec<usize>> = vec![Vec::new(); strides.len()];
     for d in 0..shape.len() {

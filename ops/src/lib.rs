@@ -7,6 +7,7 @@
 
 pub mod attention;
 pub mod cpu;
+pub mod fused;
 mod gpu;
 pub mod image;
 pub mod matmul;
@@ -24,6 +25,7 @@ pub use attention::{attention, grid_positions, text_positions, write_into, Atten
 pub use image::{conv2d, conv2d_with, group_norm, interpolate, interpolate_nhwc, spatial_attention, Conv2d, ConvAlgorithm, Resize};
 pub use matmul::{linear, matmul, Activation, Epilogue};
 pub use table::{OpEntry, OP_TABLE};
+pub use gpu::gpu_launches;
 
 /// Float functions of one argument.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

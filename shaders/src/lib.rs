@@ -6,6 +6,7 @@
 
 pub mod attention;
 pub mod elementwise;
+pub mod fused;
 pub mod gather;
 pub mod image;
 pub mod matmul;

@@ -1,5 +1,6 @@
 //! Command-line front end: argument parsing and the text each subcommand prints.
 
+pub mod bench;
 pub mod devices;
 pub mod run;
 
@@ -20,6 +21,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "NEXTFLOW_DEVICE", default_value = "auto", help = DEVICE_HELP)]
     pub device: String,
 
+    /// Print what the compiler ran on exit: kernel launches, bytes read and written, FLOPs,
+    /// plans compiled and replayed.
+    #[arg(long, global = true)]
+    pub stats: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -32,6 +38,9 @@ pub enum Command {
     /// With `--device X`, open that device (compiling nothing) and report it, so you can
     /// check a selection before a long run.
     Devices,
+    /// Time every candidate kernel of every op family at a config's shapes and save the
+    /// winners in the autotune cache (`bench kernels --config tiny|7b [--json]`).
+    Bench(bench::BenchArgs),
     /// Text to image: paint a picture scale by scale, coarse to fine.
     ///
     /// Example: nextflow generate --prompt "a red circle above a blue square" --out shapes.png

@@ -1,0 +1,99 @@
+//! Per-thread counters of what realized plans did: kernel launches, bytes read and written
+//! in device memory, FLOPs, plans compiled and replayed. Each plan step adds its static
+//! cost (see `plan`), so counting costs one addition per launch. The CPU backend counts
+//! one launch per op pass.
+
+use std::cell::Cell;
+
+/// The static cost of one plan step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cost {
+    pub launches: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub flops: u64,
+}
+
+/// A snapshot of this thread's counters; subtract two to measure a region.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub launches: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub flops: u64,
+    /// Plans compiled (plan-cache misses).
+    pub compiles: u64,
+    /// Plans fetched from the cache.
+    pub plan_hits: u64,
+    /// Plans run.
+    pub realizes: u64,
+}
+
+impl std::ops::Sub for Counters {
+    type Output = Counters;
+    fn sub(self, o: Counters) -> Counters {
+        Counters {
+            launches: self.launches - o.launches,
+            bytes_read: self.bytes_read - o.bytes_read,
+            bytes_written: self.bytes_written - o.bytes_written,
+            flops: self.flops - o.flops,
+            compiles: self.compiles - o.compiles,
+            plan_hits: self.plan_hits - o.plan_hits,
+            realizes: self.realizes - o.realizes,
+        }
+    }
+}
+
+impl std::fmt::Display for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} launches, {:.3} MB read, {:.3} MB written, {:.3} GFLOP; {} plans run, {} compiled, {} replayed from the cache",
+            self.launches,
+            self.bytes_read as f64 / 1e6,
+            self.bytes_written as f64 / 1e6,
+            self.flops as f64 / 1e9,
+            self.realizes,
+            self.compiles,
+            self.plan_hits
+        )
+    }
+}
+
+thread_local! {
+    static COUNTERS: Cell<Counters> = Cell::new(Counters::default());
+}
+
+/// This thread's counters so far.
+pub fn counters() -> Counters {
+    COUNTERS.with(|c| c.get())
+}
+
+fn update(f: impl FnOnce(&mut Counters)) {
+    COUNTERS.with(|c| {
+        let mut v = c.get();
+        f(&mut v);
+        c.set(v);
+    });
+}
+
+pub(crate) fn record(cost: &Cost) {
+    update(|c| {
+        c.launches += cost.launches;
+        c.bytes_read += cost.bytes_read;
+        c.bytes_written += cost.bytes_written;
+        c.flops += cost.flops;
+    });
+}
+
+pub(crate) fn compiled() {
+    update(|c| c.compiles += 1);
+}
+
+pub(crate) fn plan_hit() {
+    update(|c| c.plan_hits += 1);
+}
+
+pub(crate) fn realized() {
+    update(|c| c.realizes += 1);
+}

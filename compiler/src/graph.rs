@@ -1,0 +1,562 @@
+//! Lazy tensors: ordinary tensor code records nodes into a [`Graph`]; [`Graph::realize`]
+//! compiles the part the requested outputs need (or fetches the cached plan) and runs it.
+//! In eager mode every op is realized as it is recorded (a graph of one op).
+
+use crate::{plan, Error, Options, Result};
+use nextflow_ops::{Activation, AttentionOptions, BinaryOp, ReduceOp, Rope, UnaryOp};
+use nextflow_runtime::{broadcast_shape, DType, Device, Layout, Tensor};
+use std::cell::RefCell;
+use std::fmt::Write;
+use std::rc::Rc;
+use std::sync::Arc;
+
+pub type NodeId = usize;
+
+/// Movement ops: new views of the same buffer, never a kernel.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ViewOp {
+    Reshape(Vec<usize>),
+    Permute(Vec<usize>),
+    Narrow { dim: usize, start: usize, len: usize },
+    BroadcastTo(Vec<usize>),
+    Unsqueeze(usize),
+}
+
+impl ViewOp {
+    fn apply_layout(&self, l: &Layout) -> nextflow_runtime::Result<Layout> {
+        match self {
+            ViewOp::Reshape(s) => l.reshape(s),
+            ViewOp::Permute(d) => l.permute(d),
+            ViewOp::Narrow { dim, start, len } => l.narrow(*dim, *start, *len),
+            ViewOp::BroadcastTo(s) => l.broadcast_to(s),
+            ViewOp::Unsqueeze(d) => {
+                let mut s = l.shape().to_vec();
+                if *d > s.len() {
+                    return Err(nextflow_runtime::Error::DimOutOfRange { op: "unsqueeze", dim: *d, rank: s.len() });
+                }
+                s.insert(*d, 1);
+                Ok(Layout::contiguous(&s))
+            }
+        }
+    }
+
+    pub(crate) fn apply(&self, t: &Tensor) -> nextflow_runtime::Result<Tensor> {
+        match self {
+            ViewOp::Reshape(s) => t.reshape(s),
+            ViewOp::Permute(d) => t.permute(d),
+            ViewOp::Narrow { dim, start, len } => t.narrow(*dim, *start, *len),
+            ViewOp::BroadcastTo(s) => t.broadcast_to(s),
+            ViewOp::Unsqueeze(d) => t.unsqueeze(*d),
+        }
+    }
+}
+
+/// What a node computes. Inputs are listed in [`Node::inputs`].
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// Graph input `i` (a bound tensor or a shape-only placeholder).
+    Input(usize),
+    /// A scalar (shape `[]`) that broadcasts; inlined into fused kernels.
+    Const(f32),
+    Unary(UnaryOp),
+    Binary(BinaryOp),
+    /// `silu(gate) · up`.
+    Swiglu,
+    Cast(DType),
+    View(ViewOp),
+    /// `[a, b, bias?, residual?]`; the compiler folds bias, activation and residual adds in.
+    Matmul { bias: bool, activation: Activation, residual: bool },
+    /// `[x, weight]`.
+    RmsNorm { eps: f32 },
+    /// `[x, residual, weight]`: this node is the normed output; the sum is a
+    /// [`Op::SecondOutput`] node (made by fusion only).
+    AddRmsNorm { eps: f32 },
+    /// The second output of the node in `inputs[0]`.
+    SecondOutput,
+    Reduce(ReduceOp),
+    Softmax,
+    /// `[q, k, v]`.
+    Attention(AttentionOptions),
+    /// `[x, positions]`.
+    Rope(Arc<Rope>),
+    /// Joins the inputs along a dim.
+    Concat(usize),
+    /// `[table, ids]`.
+    Embedding,
+}
+
+impl Op {
+    /// Elementwise float ops that fuse into one kernel.
+    pub(crate) fn is_elementwise(&self) -> bool {
+        matches!(self, Op::Unary(_) | Op::Binary(_) | Op::Swiglu)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub op: Op,
+    pub inputs: Vec<NodeId>,
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+}
+
+pub(crate) struct GraphData {
+    pub nodes: Vec<Node>,
+    /// Bound tensors of the `Input` nodes (`None`: a placeholder, compile-only).
+    pub inputs: Vec<Option<Tensor>>,
+    /// Inputs whose size along one dim changes from step to step: `(input, dim)`.
+    pub dynamic: Vec<(usize, usize)>,
+    pub device: Device,
+    pub options: Options,
+    pub eager: bool,
+}
+
+/// A graph being recorded. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Graph(pub(crate) Rc<RefCell<GraphData>>);
+
+/// A lazy tensor: a node of a graph. Methods record ops and return new lazy tensors.
+#[derive(Clone)]
+pub struct Lazy {
+    graph: Graph,
+    id: NodeId,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+impl std::fmt::Debug for Lazy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Lazy(#{}, {:?}, {})", self.id, self.shape, self.dtype)
+    }
+}
+
+fn shape_err(op: &'static str, msg: String) -> Error {
+    Error::Runtime(nextflow_runtime::Error::Shape { op, msg })
+}
+
+impl Graph {
+    /// A lazy graph with options from the environment ([`Options::from_env`]).
+    pub fn new(device: &Device) -> Graph {
+        Graph::with_options(device, Options::from_env())
+    }
+
+    pub fn with_options(device: &Device, options: Options) -> Graph {
+        Graph(Rc::new(RefCell::new(GraphData { nodes: Vec::new(), inputs: Vec::new(), dynamic: Vec::new(), device: device.clone(), options, eager: false })))
+    }
+
+    /// Eager mode: each op runs as it is recorded (one-op graphs, through the same plan
+    /// cache and counters), as a reference and for debugging.
+    pub fn eager(device: &Device) -> Graph {
+        let g = Graph::new(device);
+        g.0.borrow_mut().eager = true;
+        g
+    }
+
+    pub fn device(&self) -> Device {
+        self.0.borrow().device.clone()
+    }
+
+    pub fn options(&self) -> Options {
+        self.0.borrow().options.clone()
+    }
+
+    pub fn is_eager(&self) -> bool {
+        self.0.borrow().eager
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.borrow().nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A tensor that the graph reads (any view; it must live on the graph's device).
+    pub fn input(&self, t: &Tensor) -> Result<Lazy> {
+        let device = self.device();
+        if !t.device().same(&device) {
+            return Err(Error::Runtime(nextflow_runtime::Error::DeviceMismatch {
+                op: "graph input",
+                lhs: device.info().spec(),
+                rhs: t.device().info().spec(),
+            }));
+        }
+        Ok(self.add_input(Some(t.clone()), t.shape(), t.dtype()))
+    }
+
+    /// An input whose size along `dim` changes from step to step, as the keys or values of a
+    /// growing KV cache do: the plan is keyed without that size, so every step replays it.
+    /// Only attention may read such an input (as its keys or values); compiling checks it.
+    pub fn input_dynamic(&self, t: &Tensor, dim: usize) -> Result<Lazy> {
+        if dim >= t.rank() {
+            return Err(Error::Runtime(nextflow_runtime::Error::DimOutOfRange { op: "input_dynamic", dim, rank: t.rank() }));
+        }
+        let lazy = self.input(t)?;
+        let mut g = self.0.borrow_mut();
+        let index = g.inputs.len() - 1;
+        g.dynamic.push((index, dim));
+        Ok(lazy)
+    }
+
+    /// A shape-only input: the graph can be compiled (plans, counts, memory) but not run.
+    pub fn placeholder(&self, shape: &[usize], dtype: DType) -> Lazy {
+        self.add_input(None, shape, dtype)
+    }
+
+    fn add_input(&self, t: Option<Tensor>, shape: &[usize], dtype: DType) -> Lazy {
+        let mut g = self.0.borrow_mut();
+        let index = g.inputs.len();
+        g.inputs.push(t);
+        g.nodes.push(Node { op: Op::Input(index), inputs: vec![], shape: shape.to_vec(), dtype });
+        Lazy { graph: self.clone(), id: g.nodes.len() - 1, shape: shape.to_vec(), dtype }
+    }
+
+    /// A scalar constant of `dtype` (shape `[]`, broadcasts).
+    pub fn constant(&self, value: f32, dtype: DType) -> Result<Lazy> {
+        self.push(Op::Const(value), vec![], vec![], dtype)
+    }
+
+    fn push(&self, op: Op, inputs: Vec<NodeId>, shape: Vec<usize>, dtype: DType) -> Result<Lazy> {
+        let id = {
+            let mut g = self.0.borrow_mut();
+            g.nodes.push(Node { op, inputs, shape: shape.clone(), dtype });
+            g.nodes.len() - 1
+        };
+        let lazy = Lazy { graph: self.clone(), id, shape, dtype };
+        if self.is_eager() && !matches!(self.0.borrow().nodes[id].op, Op::Const(_)) {
+            // Realize this one op now, as a graph of one op (so its plan is cached by the
+            // op's own signature), and record the result as an input.
+            let t = self.realize_one(id)?;
+            let mut g = self.0.borrow_mut();
+            let index = g.inputs.len();
+            g.inputs.push(Some(t));
+            g.nodes[id] = Node { op: Op::Input(index), inputs: vec![], shape: lazy.shape.clone(), dtype };
+        }
+        Ok(lazy)
+    }
+
+    /// Runs node `id` alone: its inputs (realized or constant) become a one-op graph.
+    fn realize_one(&self, id: NodeId) -> Result<Tensor> {
+        let g = self.0.borrow();
+        let node = &g.nodes[id];
+        let mut one = GraphData { nodes: Vec::new(), inputs: Vec::new(), dynamic: Vec::new(), device: g.device.clone(), options: g.options.clone(), eager: false };
+        let mut inputs = Vec::new();
+        for &u in &node.inputs {
+            let n = &g.nodes[u];
+            let op = match n.op {
+                Op::Input(k) => {
+                    one.inputs.push(g.inputs[k].clone());
+                    Op::Input(one.inputs.len() - 1)
+                }
+                Op::Const(c) => Op::Const(c),
+                _ => unreachable!("eager graphs hold only inputs and constants"),
+            };
+            one.nodes.push(Node { op, inputs: vec![], shape: n.shape.clone(), dtype: n.dtype });
+            inputs.push(one.nodes.len() - 1);
+        }
+        one.nodes.push(Node { op: node.op.clone(), inputs, shape: node.shape.clone(), dtype: node.dtype });
+        let out = one.nodes.len() - 1;
+        let plan = plan::compile_cached(&one, &[out])?;
+        Ok(plan.run(&one.inputs)?.remove(0))
+    }
+
+    /// Compiles (or fetches from the plan cache) the plan that computes `outputs`.
+    pub fn compile(&self, outputs: &[&Lazy]) -> Result<Rc<plan::Plan>> {
+        let ids = self.output_ids(outputs)?;
+        let g = self.0.borrow();
+        plan::compile_cached(&g, &ids)
+    }
+
+    /// Computes `outputs`: compiles the graph once per signature, then replays the plan.
+    pub fn realize(&self, outputs: &[&Lazy]) -> Result<Vec<Tensor>> {
+        let plan = self.compile(outputs)?;
+        let inputs = self.0.borrow().inputs.clone();
+        plan.run(&inputs)
+    }
+
+    fn output_ids(&self, outputs: &[&Lazy]) -> Result<Vec<NodeId>> {
+        outputs
+            .iter()
+            .map(|l| if Rc::ptr_eq(&l.graph.0, &self.0) { Ok(l.id) } else { Err(Error::Graph("a lazy tensor of another graph was passed to realize".into())) })
+            .collect()
+    }
+
+    /// The canonical text of the graph that keys the plan cache: device, options, every
+    /// node (op, inputs, shape, dtype) and the layout of every bound input.
+    pub(crate) fn signature(g: &GraphData, outputs: &[NodeId]) -> String {
+        let mut s = String::with_capacity(64 * g.nodes.len());
+        let _ = write!(s, "{}|{}|{:?}|out{:?}|", g.device.info().spec(), g.device.info().name, g.options.key(), outputs);
+        let shape_of = |input: usize, shape: &[usize]| -> String {
+            let dynamic = g.dynamic.iter().find(|(k, _)| *k == input).map(|(_, d)| *d);
+            let dims: Vec<String> = shape.iter().enumerate().map(|(d, n)| if Some(d) == dynamic { "?".into() } else { n.to_string() }).collect();
+            format!("[{}]", dims.join(","))
+        };
+        for (i, n) in g.nodes.iter().enumerate() {
+            if let Op::Input(k) = n.op {
+                let _ = write!(s, "{i}:Input({k}){:?}{}{};", n.inputs, shape_of(k, &n.shape), n.dtype);
+                continue;
+            }
+            let _ = match &n.op {
+                // The table's identity: cached plans hold the Arc, so the address stays unique.
+                Op::Rope(r) => write!(s, "{i}:Rope@{:p}", Arc::as_ptr(r)),
+                op => write!(s, "{i}:{op:?}"),
+            };
+            let _ = write!(s, "{:?}{:?}{};", n.inputs, n.shape, n.dtype);
+        }
+        for (k, t) in g.inputs.iter().enumerate() {
+            match t {
+                Some(t) => {
+                    let _ = write!(s, "in{}{:?}{};", shape_of(k, t.shape()), t.strides(), t.is_dense());
+                }
+                None => s.push_str("in-;"),
+            }
+        }
+        s
+    }
+}
+
+impl Lazy {
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// Realizes this tensor alone.
+    pub fn realize(&self) -> Result<Tensor> {
+        Ok(self.graph.realize(&[self])?.remove(0))
+    }
+
+    fn same_graph(&self, other: &Lazy) -> Result<()> {
+        if Rc::ptr_eq(&self.graph.0, &other.graph.0) {
+            Ok(())
+        } else {
+            Err(Error::Graph("lazy tensors of different graphs were combined".into()))
+        }
+    }
+
+    fn check_same_dtype(&self, op: &'static str, other: &Lazy) -> Result<()> {
+        self.same_graph(other)?;
+        if self.dtype != other.dtype {
+            return Err(Error::Runtime(nextflow_runtime::Error::DTypeMismatch { op, expected: self.dtype, found: other.dtype }));
+        }
+        Ok(())
+    }
+
+    fn check_float(&self, op: &'static str) -> Result<()> {
+        if !self.dtype.is_float() {
+            return Err(Error::Runtime(nextflow_runtime::Error::Unsupported { op, dtype: self.dtype, device: self.graph.device().info().spec() }));
+        }
+        Ok(())
+    }
+
+    pub fn unary(&self, op: UnaryOp) -> Result<Lazy> {
+        self.check_float("unary")?;
+        self.graph.push(Op::Unary(op), vec![self.id], self.shape.clone(), self.dtype)
+    }
+    pub fn neg(&self) -> Result<Lazy> {
+        self.unary(UnaryOp::Neg)
+    }
+    pub fn exp(&self) -> Result<Lazy> {
+        self.unary(UnaryOp::Exp)
+    }
+    pub fn sqrt(&self) -> Result<Lazy> {
+        self.unary(UnaryOp::Sqrt)
+    }
+    pub fn rsqrt(&self) -> Result<Lazy> {
+        self.unary(UnaryOp::Rsqrt)
+    }
+    pub fn tanh(&self) -> Result<Lazy> {
+        self.unary(UnaryOp::Tanh)
+    }
+    pub fn silu(&self) -> Result<Lazy> {
+        self.unary(UnaryOp::Silu)
+    }
+    pub fn gelu(&self) -> Result<Lazy> {
+        self.unary(UnaryOp::GeluErf)
+    }
+
+    /// `op(self, other)` with numpy broadcasting.
+    pub fn binary(&self, other: &Lazy, op: BinaryOp) -> Result<Lazy> {
+        self.check_same_dtype("binary", other)?;
+        let shape = broadcast_shape("binary", &self.shape, &other.shape)?;
+        self.graph.push(Op::Binary(op), vec![self.id, other.id], shape, self.dtype)
+    }
+    pub fn add(&self, other: &Lazy) -> Result<Lazy> {
+        self.binary(other, BinaryOp::Add)
+    }
+    pub fn sub(&self, other: &Lazy) -> Result<Lazy> {
+        self.binary(other, BinaryOp::Sub)
+    }
+    pub fn mul(&self, other: &Lazy) -> Result<Lazy> {
+        self.binary(other, BinaryOp::Mul)
+    }
+    pub fn div(&self, other: &Lazy) -> Result<Lazy> {
+        self.binary(other, BinaryOp::Div)
+    }
+    pub fn maximum(&self, other: &Lazy) -> Result<Lazy> {
+        self.binary(other, BinaryOp::Max)
+    }
+    /// `self · value`.
+    pub fn scale(&self, value: f32) -> Result<Lazy> {
+        self.mul(&self.graph.constant(value, self.dtype)?)
+    }
+    /// `self + value`.
+    pub fn add_scalar(&self, value: f32) -> Result<Lazy> {
+        self.add(&self.graph.constant(value, self.dtype)?)
+    }
+
+    /// `silu(self) · up`.
+    pub fn swiglu(&self, up: &Lazy) -> Result<Lazy> {
+        self.check_float("swiglu")?;
+        self.check_same_dtype("swiglu", up)?;
+        let shape = broadcast_shape("swiglu", &self.shape, &up.shape)?;
+        self.graph.push(Op::Swiglu, vec![self.id, up.id], shape, self.dtype)
+    }
+
+    pub fn cast(&self, dtype: DType) -> Result<Lazy> {
+        self.graph.push(Op::Cast(dtype), vec![self.id], self.shape.clone(), dtype)
+    }
+
+    fn view(&self, v: ViewOp) -> Result<Lazy> {
+        let layout = v.apply_layout(&Layout::contiguous(&self.shape))?;
+        self.graph.push(Op::View(v), vec![self.id], layout.shape().to_vec(), self.dtype)
+    }
+    pub fn reshape(&self, shape: &[usize]) -> Result<Lazy> {
+        self.view(ViewOp::Reshape(shape.to_vec()))
+    }
+    pub fn permute(&self, dims: &[usize]) -> Result<Lazy> {
+        self.view(ViewOp::Permute(dims.to_vec()))
+    }
+    pub fn transpose(&self, a: usize, b: usize) -> Result<Lazy> {
+        if a >= self.rank() || b >= self.rank() {
+            return Err(Error::Runtime(nextflow_runtime::Error::DimOutOfRange { op: "transpose", dim: a.max(b), rank: self.rank() }));
+        }
+        let mut dims: Vec<usize> = (0..self.rank()).collect();
+        dims.swap(a, b);
+        self.permute(&dims)
+    }
+    pub fn narrow(&self, dim: usize, start: usize, len: usize) -> Result<Lazy> {
+        self.view(ViewOp::Narrow { dim, start, len })
+    }
+    pub fn broadcast_to(&self, shape: &[usize]) -> Result<Lazy> {
+        self.view(ViewOp::BroadcastTo(shape.to_vec()))
+    }
+    pub fn unsqueeze(&self, dim: usize) -> Result<Lazy> {
+        self.view(ViewOp::Unsqueeze(dim))
+    }
+
+    /// `self · b` (`b` 2-D or with the same batch dims).
+    pub fn matmul(&self, b: &Lazy) -> Result<Lazy> {
+        self.check_float("matmul")?;
+        self.check_same_dtype("matmul", b)?;
+        if self.rank() < 2 || b.rank() < 2 {
+            return Err(shape_err("matmul", format!("operands need rank >= 2, got {:?} and {:?}", self.shape, b.shape)));
+        }
+        let (m, k) = (self.shape[self.rank() - 2], self.shape[self.rank() - 1]);
+        let (kb, n) = (b.shape[b.rank() - 2], b.shape[b.rank() - 1]);
+        if k != kb || (b.rank() > 2 && b.shape[..b.rank() - 2] != self.shape[..self.rank() - 2]) {
+            return Err(shape_err("matmul", format!("cannot multiply {:?} by {:?}", self.shape, b.shape)));
+        }
+        let mut shape = self.shape[..self.rank() - 2].to_vec();
+        shape.extend([m, n]);
+        self.graph.push(Op::Matmul { bias: false, activation: Activation::None, residual: false }, vec![self.id, b.id], shape, self.dtype)
+    }
+
+    /// `self · weightᵀ (+ bias)` for an HF `[out, in]` weight: a matmul and an add, which
+    /// the compiler fuses.
+    pub fn linear(&self, weight: &Lazy, bias: Option<&Lazy>) -> Result<Lazy> {
+        let y = self.matmul(&weight.transpose(0, 1)?)?;
+        match bias {
+            Some(b) => y.add(b),
+            None => Ok(y),
+        }
+    }
+
+    pub fn rms_norm(&self, weight: &Lazy, eps: f32) -> Result<Lazy> {
+        self.check_float("rms_norm")?;
+        self.check_same_dtype("rms_norm", weight)?;
+        if weight.shape.as_slice() != [*self.shape.last().unwrap_or(&0)] {
+            return Err(shape_err("rms_norm", format!("weight {:?} does not match x {:?}", weight.shape, self.shape)));
+        }
+        self.graph.push(Op::RmsNorm { eps }, vec![self.id, weight.id], self.shape.clone(), self.dtype)
+    }
+
+    pub fn reduce(&self, op: ReduceOp) -> Result<Lazy> {
+        self.check_float("reduce")?;
+        if self.shape.last().copied().unwrap_or(0) == 0 {
+            return Err(shape_err("reduce", format!("cannot reduce the last dim of {:?}", self.shape)));
+        }
+        self.graph.push(Op::Reduce(op), vec![self.id], self.shape[..self.rank() - 1].to_vec(), self.dtype)
+    }
+    pub fn sum(&self) -> Result<Lazy> {
+        self.reduce(ReduceOp::Sum)
+    }
+    pub fn mean(&self) -> Result<Lazy> {
+        self.reduce(ReduceOp::Mean)
+    }
+
+    pub fn softmax(&self) -> Result<Lazy> {
+        self.check_float("softmax")?;
+        self.graph.push(Op::Softmax, vec![self.id], self.shape.clone(), self.dtype)
+    }
+
+    /// Fused attention (see [`nextflow_ops::attention`]); `self` is q.
+    pub fn attention(&self, k: &Lazy, v: &Lazy, options: &AttentionOptions) -> Result<Lazy> {
+        self.check_same_dtype("attention", k)?;
+        self.check_same_dtype("attention", v)?;
+        if self.rank() != 4 || k.rank() != 4 || k.shape != v.shape {
+            return Err(shape_err("attention", format!("q {:?}, k {:?}, v {:?}", self.shape, k.shape, v.shape)));
+        }
+        self.graph.push(Op::Attention(options.clone()), vec![self.id, k.id, v.id], self.shape.clone(), self.dtype)
+    }
+
+    /// Rotary embedding of `self [b, heads, seq, head_dim]` at `positions`.
+    pub fn rope(&self, rope: &Arc<Rope>, positions: &Lazy) -> Result<Lazy> {
+        self.same_graph(positions)?;
+        if self.rank() != 4 || self.shape[3] != rope.head_dim {
+            return Err(shape_err("rope", format!("x must be [b, heads, seq, {}], got {:?}", rope.head_dim, self.shape)));
+        }
+        self.graph.push(Op::Rope(rope.clone()), vec![self.id, positions.id], self.shape.clone(), self.dtype)
+    }
+
+    pub fn concat(parts: &[&Lazy], dim: usize) -> Result<Lazy> {
+        let first = parts.first().ok_or_else(|| Error::Graph("concat needs at least one tensor".into()))?;
+        let mut shape = first.shape.clone();
+        if dim >= shape.len() {
+            return Err(Error::Runtime(nextflow_runtime::Error::DimOutOfRange { op: "concat", dim, rank: shape.len() }));
+        }
+        shape[dim] = 0;
+        for p in parts {
+            first.check_same_dtype("concat", p)?;
+            let ok = p.rank() == first.rank() && (0..first.rank()).all(|d| d == dim || p.shape[d] == first.shape[d]);
+            if !ok {
+                return Err(shape_err("concat", format!("cannot join {:?} and {:?} along dim {dim}", first.shape, p.shape)));
+            }
+            shape[dim] += p.shape[dim];
+        }
+        first.graph.push(Op::Concat(dim), parts.iter().map(|p| p.id).collect(), shape, first.dtype)
+    }
+
+    /// Rows of `self [vocab, dim]` gathered by `ids`.
+    pub fn embedding(&self, ids: &Lazy) -> Result<Lazy> {
+        self.same_graph(ids)?;
+        if self.rank() != 2 {
+            return Err(shape_err("embedding", format!("table must be [vocab, dim], got {:?}", self.shape)));
+        }
+        let mut shape = ids.shape.clone();
+        shape.push(self.shape[1]);
+        self.graph.push(Op::Embedding, vec![self.id, ids.id], shape, self.dtype)
+    }
+}

@@ -1,0 +1,354 @@
+//! `nextflow bench kernels`: times every candidate kernel of every op family at the shapes a
+//! model config runs (decode GEMV rows and small-M prefill rows), prints a table, and saves
+//! the winners in the autotune cache, which later runs (and the compiler) reuse.
+
+use nextflow_compiler::autotune::{self, TuneEntry};
+use nextflow_compiler::serde_json;
+use nextflow_compiler::{Graph, Options};
+use nextflow_ops::matmul::matmul_with;
+use nextflow_ops::{AttentionOptions, Epilogue, Mask};
+use nextflow_runtime::{DType, Device, Tensor};
+use std::io::Write;
+use std::path::PathBuf;
+
+type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchWhat {
+    /// Every candidate kernel of every op family at the config's shapes.
+    Kernels,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[arg(value_enum, default_value = "kernels")]
+    pub what: BenchWhat,
+    /// Model shapes: `tiny` (hidden 192, 6/2 heads of 32, intermediate 512, vocab 575) or
+    /// `7b` (hidden 3584, 28/4 heads of 128, intermediate 18944, vocab 152064).
+    #[arg(long, default_value = "tiny")]
+    pub config: String,
+    /// Machine-readable output: one JSON document on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Timed runs per candidate (after one warm-up run).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Time again even where the cache already holds a winner.
+    #[arg(long)]
+    pub retune: bool,
+    /// Time weights above this many MB (or above the device's buffer limit) on a slice of
+    /// their output columns, which keeps software devices and the CPU within minutes.
+    #[arg(long, default_value_t = 300)]
+    pub max_weight_mb: usize,
+    /// Write the cache to this file after the run (ship a warm cache).
+    #[arg(long)]
+    pub export: Option<PathBuf>,
+    /// Merge this cache file into the user's cache before the run.
+    #[arg(long)]
+    pub import: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy)]
+struct ModelShapes {
+    hidden: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    inter: usize,
+    vocab: usize,
+    rows: &'static [usize],
+    context: usize,
+}
+
+fn shapes(config: &str) -> BoxResult<ModelShapes> {
+    match config.to_ascii_lowercase().as_str() {
+        "tiny" => Ok(ModelShapes { hidden: 192, heads: 6, kv_heads: 2, head_dim: 32, inter: 512, vocab: 575, rows: &[1, 16, 163], context: 163 }),
+        "7b" => Ok(ModelShapes { hidden: 3584, heads: 28, kv_heads: 4, head_dim: 128, inter: 18944, vocab: 152064, rows: &[1, 4], context: 256 }),
+        other => Err(format!("unknown --config '{other}' (expected tiny or 7b)").into()),
+    }
+}
+
+/// One benchmark case: an op family at one shape, with its candidates.
+struct Case {
+    family: &'static str,
+    shape: String,
+    key: String,
+    /// FLOPs and bytes of one run (for the rate column).
+    flops: f64,
+    bytes: f64,
+    candidates: Vec<(String, Box<dyn Fn() -> BoxResult<()>>)>,
+}
+
+struct Row {
+    family: String,
+    shape: String,
+    candidate: String,
+    time_us: f64,
+    gflops: f64,
+    gbps: f64,
+    chosen: bool,
+    cached: bool,
+}
+
+fn random(shape: &[usize], scale: f64, device: &Device) -> BoxResult<Tensor> {
+    let n: usize = shape.iter().product();
+    // A cheap deterministic fill; values do not matter for timing.
+    let v: Vec<f64> = (0..n).map(|i| ((i.wrapping_mul(2654435761) % 1000) as f64 / 500.0 - 1.0) * scale).collect();
+    Ok(Tensor::from_f64(&v, DType::F32, shape, device)?)
+}
+
+fn cases(s: ModelShapes, device: &Device, max_weight_mb: usize, skipped: &mut Vec<String>) -> BoxResult<Vec<Case>> {
+    let dev = autotune::device_id(device);
+    let mut out = Vec::new();
+    let projections = [
+        ("qkv", (s.heads + 2 * s.kv_heads) * s.head_dim, s.hidden),
+        ("o_proj", s.hidden, s.heads * s.head_dim),
+        ("gate", s.inter, s.hidden),
+        ("gate_up", 2 * s.inter, s.hidden),
+        ("down", s.hidden, s.inter),
+        ("lm_head", s.vocab, s.hidden),
+    ];
+    // Weights larger than one device buffer (lavapipe: 128 MiB) or --max-weight-mb are
+    // benchmarked on a slice of their output columns (the kernels tile columns anyway).
+    let limit = (max_weight_mb as u64 * 1_000_000).min(device.max_buffer_bytes());
+    for &(full_name, full_n, k) in &projections {
+        let mut parts = 1;
+        while ((full_n / parts) * k * 4) as u64 > limit && parts < 64 {
+            parts *= 2;
+        }
+        let n = full_n / parts;
+        if (n * k * 4) as u64 > limit {
+            skipped.push(format!("matmul {full_name} [{full_n}x{k}]: does not fit the device even as 1/{parts} of its columns"));
+            continue;
+        }
+        let name = if parts == 1 { full_name.to_string() } else { format!("{full_name}[1/{parts} cols]") };
+        if parts > 1 {
+            skipped.push(format!("matmul {full_name} [{full_n}x{k}] ({} MB) timed on 1/{parts} of its columns", full_n * k * 4 / 1_000_000));
+        }
+        let w = random(&[n, k], 0.05, device)?;
+        for &m in s.rows {
+            let x = random(&[m, k], 1.0, device)?;
+            let wt = w.transpose(0, 1)?;
+            let candidates = autotune::matmul_candidates(device, DType::F32, m)
+                .into_iter()
+                .map(|(cname, kernel)| {
+                    let (x, wt) = (x.clone(), wt.clone());
+                    let f: Box<dyn Fn() -> BoxResult<()>> = Box::new(move || Ok(drop(matmul_with(&x, &wt, Epilogue::default(), kernel)?)));
+                    (cname, f)
+                })
+                .collect();
+            out.push(Case {
+                family: "matmul",
+                shape: format!("{name} {m}x{k} · {k}x{n}"),
+                key: autotune::matmul_key(device, m, n, k, DType::F32),
+                flops: 2.0 * (m * n * k) as f64,
+                bytes: 4.0 * (m * k + k * n + m * n) as f64,
+                candidates,
+            });
+        }
+    }
+    for &m in s.rows {
+        // SwiGLU of the gate/up halves: one fused kernel, or SiLU then a multiply.
+        let gu = random(&[m, 2 * s.inter], 1.0, device)?;
+        let mut candidates: Vec<(String, Box<dyn Fn() -> BoxResult<()>>)> = Vec::new();
+        for (cname, fusion) in [("fused", true), ("unfused", false)] {
+            let gu = gu.clone();
+            let device = device.clone();
+            let inter = s.inter;
+            candidates.push((
+                cname.into(),
+                Box::new(move || {
+                    let g = Graph::with_options(&device, Options { fusion, autotune: false });
+                    let x = g.input(&gu)?;
+                    let y = x.narrow(1, 0, inter)?.silu()?.mul(&x.narrow(1, inter, inter)?)?;
+                    Ok(drop(y.realize()?))
+                }),
+            ));
+        }
+        out.push(Case {
+            family: "elementwise",
+            shape: format!("silu(gate)·up {m}x{}", s.inter),
+            key: format!("elementwise|silu_mul|n{}|f32|{dev}", autotune::bucket(m * s.inter)),
+            flops: 5.0 * (m * s.inter) as f64,
+            bytes: 4.0 * 3.0 * (m * s.inter) as f64,
+            candidates,
+        });
+        let x = random(&[m, s.hidden], 1.0, device)?;
+        let w = random(&[s.hidden], 1.0, device)?;
+        let f: Box<dyn Fn() -> BoxResult<()>> = Box::new(move || Ok(drop(nextflow_ops::rms_norm(&x, &w, 1e-6)?)));
+        out.push(Case {
+            family: "rms_norm",
+            shape: format!("{m}x{}", s.hidden),
+            key: format!("rms_norm|rows{}n{}|f32|{dev}", autotune::bucket(m), s.hidden),
+            flops: 4.0 * (m * s.hidden) as f64,
+            bytes: 4.0 * (2 * m * s.hidden + s.hidden) as f64,
+            candidates: vec![("rows".into(), f)],
+        });
+    }
+    for &sq in s.rows {
+        let skv = s.context.max(sq);
+        let q = random(&[1, s.heads, sq, s.head_dim], 1.0, device)?;
+        let k = random(&[1, s.kv_heads, skv, s.head_dim], 1.0, device)?;
+        let v = random(&[1, s.kv_heads, skv, s.head_dim], 1.0, device)?;
+        let opts = AttentionOptions { mask: Some(Mask::Causal), ..Default::default() };
+        let f: Box<dyn Fn() -> BoxResult<()>> = Box::new(move || Ok(drop(nextflow_ops::attention(&q, &k, &v, &opts)?)));
+        out.push(Case {
+            family: "attention",
+            shape: format!("{sq} queries x {skv} keys, {}/{} heads of {}", s.heads, s.kv_heads, s.head_dim),
+            key: format!("attention|q{}kv{skv}h{}/{}d{}|f32|{dev}", autotune::bucket(sq), s.heads, s.kv_heads, s.head_dim),
+            flops: 4.0 * (s.heads * sq * skv * s.head_dim) as f64,
+            bytes: 4.0 * (2 * s.heads * sq * s.head_dim + 2 * s.kv_heads * skv * s.head_dim) as f64,
+            candidates: vec![("flash".into(), f)],
+        });
+    }
+    Ok(out)
+}
+
+fn progress(done: usize, total: usize, what: &str, json: bool) {
+    let width = 30;
+    let filled = if total == 0 { width } else { done * width / total };
+    let line = format!("\r[{}{}] {done}/{total} {what}", "#".repeat(filled), "-".repeat(width - filled));
+    let mut err = std::io::stderr();
+    let _ = write!(err, "{line:<100}");
+    if done == total && !json {
+        let _ = writeln!(err);
+    }
+    let _ = err.flush();
+}
+
+fn rate(row: &Row) -> String {
+    if row.gflops >= row.gbps {
+        format!("{:.2} GFLOP/s", row.gflops)
+    } else {
+        format!("{:.2} GB/s", row.gbps)
+    }
+}
+
+pub fn run(args: &BenchArgs, device: &Device) -> BoxResult<()> {
+    let BenchWhat::Kernels = args.what;
+    let s = shapes(&args.config)?;
+    if let Some(path) = &args.import {
+        let n = autotune::import(path)?;
+        eprintln!("imported {n} autotune entries from {}", path.display());
+    }
+    let mut skipped = Vec::new();
+    let cases = cases(s, device, args.max_weight_mb, &mut skipped)?;
+    let total: usize = cases.iter().map(|c| c.candidates.len()).sum();
+    let mut done = 0;
+    let mut rows: Vec<Row> = Vec::new();
+    let (mut timed, mut reused) = (0usize, 0usize);
+    for case in &cases {
+        let cached = if args.retune { None } else { autotune::lookup(&case.key)? };
+        let entry = match cached {
+            Some(e) if case.candidates.iter().all(|(n, _)| e.timings_us.contains_key(n)) => {
+                done += case.candidates.len();
+                progress(done, total, &format!("{} {} (cached)", case.family, case.shape), args.json);
+                reused += 1;
+                (e, true)
+            }
+            _ => {
+                let mut e = TuneEntry::default();
+                let mut best = f64::INFINITY;
+                for (name, f) in &case.candidates {
+                    progress(done, total, &format!("{} {} {name}", case.family, case.shape), args.json);
+                    // One warm-up run; slow candidates (software devices) get fewer reps.
+                    let start = std::time::Instant::now();
+                    f()?;
+                    device.sync()?;
+                    let reps = if start.elapsed().as_secs_f64() > 0.5 { 1 } else { args.reps.max(1) };
+                    let secs = autotune::time(device, reps, || f().map_err(|e| nextflow_compiler::Error::Graph(e.to_string())))?;
+                    e.timings_us.insert(name.clone(), secs * 1e6);
+                    if secs < best {
+                        best = secs;
+                        e.choice = name.clone();
+                    }
+                    done += 1;
+                }
+                autotune::record(&case.key, e.clone())?;
+                timed += 1;
+                (e, false)
+            }
+        };
+        let (entry, cached) = entry;
+        for (name, _) in &case.candidates {
+            let us = entry.timings_us[name];
+            rows.push(Row {
+                family: case.family.into(),
+                shape: case.shape.clone(),
+                candidate: name.clone(),
+                time_us: us,
+                gflops: case.flops / us / 1e3,
+                gbps: case.bytes / us / 1e3,
+                chosen: *name == entry.choice,
+                cached,
+            });
+        }
+    }
+    progress(total, total, "done", args.json);
+    let cache = autotune::cache_path();
+    if args.json {
+        let rows_json: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "family": r.family, "shape": r.shape, "candidate": r.candidate, "time_us": r.time_us,
+                    "gflops": r.gflops, "gbps": r.gbps, "chosen": r.chosen, "cached": r.cached,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "device": device.info().spec(),
+            "device_name": device.info().name,
+            "config": args.config,
+            "cache": cache.display().to_string(),
+            "timed": timed,
+            "reused": reused,
+            "notes": skipped,
+            "rows": rows_json,
+        });
+        eprintln!();
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        let header = ["FAMILY", "SHAPE", "CANDIDATE", "TIME", "RATE", "CHOSEN"].map(String::from);
+        let table: Vec<[String; 6]> = rows
+            .iter()
+            .map(|r| {
+                [
+                    r.family.clone(),
+                    r.shape.clone(),
+                    r.candidate.clone(),
+                    format!("{:.1} us", r.time_us),
+                    rate(r),
+                    match (r.chosen, r.cached) {
+                        (true, true) => "* (cached)".into(),
+                        (true, false) => "*".into(),
+                        _ => String::new(),
+                    },
+                ]
+            })
+            .collect();
+        let mut widths = [0usize; 6];
+        for row in std::iter::once(&header).chain(&table) {
+            for (w, c) in widths.iter_mut().zip(row) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        println!("kernels on {device}, {} shapes", args.config);
+        for row in std::iter::once(&header).chain(&table) {
+            let line: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            println!("{}", line.join("  ").trim_end());
+        }
+        for s in &skipped {
+            println!("note: {s}");
+        }
+        println!(
+            "\n{timed} shapes timed, {reused} reused from the cache (no re-timing); winners saved to {}",
+            cache.display()
+        );
+    }
+    if let Some(path) = &args.export {
+        let n = autotune::export(path)?;
+        eprintln!("exported {n} autotune entries to {}", path.display());
+    }
+    Ok(())
+}

@@ -146,6 +146,7 @@ def main():
         "scales_sample_ms": [med(r["scales_sample_ms"][k] for r in runs) for k in range(n_scales)],
         "warmup_total_ms": warm["total_ms"],
         "totals_ms": [r["total_ms"] for r in runs],
+        "runs_ms": [{k: r[k] for k in ("prefill_ms", "scales_ms", "decoder_ms", "total_ms", "scales_sample_ms")} for r in runs],
         "scales": [list(s) for s in cfg.tokenizer.scales],
         "sampler": {"cfg_scale": cfg.sampler.cfg_scale, "cfg_schedule": cfg.sampler.cfg_schedule, "top_k": cfg.sampler.top_k,
                     "top_p": cfg.sampler.top_p, "temperature": cfg.sampler.temperature, "sampling": "philox"},

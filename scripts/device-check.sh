@@ -14,7 +14,7 @@
 # breakdown (--json). ~5-8 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-TESTS=(op_coverage rope_attention sampling qwen2_parity nextflow_parity)
+TESTS=(op_coverage rope_attention sampling qwen2_parity nextflow_parity compiler)
 BENCHES=(transformer image ops)
 
 case "${1:-}" in
@@ -57,6 +57,13 @@ for line in sys.stdin:
         echo "== bench $b on $d"
         timeout 150 "$bin/$b" --device "$d" --no-peers > "$OUT/bench-$b-$d.txt" 2>&1
         cat "$OUT/bench-$b-$d.txt"
+      done
+    done
+    for d in cuda vulkan; do
+      echo "== bench kernels (tiny and 7B shapes) on $d"
+      for c in tiny 7b; do
+        timeout 240 "$bin/nextflow" bench kernels --device "$d" --config "$c" --json > "$OUT/bench-kernels-$c-$d.json" 2> "$OUT/bench-kernels-$c-$d.log" || status=1
+        tail -2 "$OUT/bench-kernels-$c-$d.log"
       done
     done
     echo "== tiny model, 128 px (embedded weights)"

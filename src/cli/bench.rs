@@ -62,9 +62,9 @@ struct ModelShapes {
 
 fn shapes(config: &str) -> BoxResult<ModelShapes> {
     match config.to_ascii_lowercase().as_str() {
-        "tiny" => Ok(ModelShapes { hidden: 192, heads: 6, kv_heads: 2, head_dim: 32, inter: 512, vocab: 575, rows: &[1, 16, 163], context: 163 }),
-        "7b" => Ok(ModelShapes { hidden: 3584, heads: 28, kv_heads: 4, head_dim: 128, inter: 18944, vocab: 152064, rows: &[1, 4], context: 256 }),
-        other => Err(format!("unknown --config '{other}' (expected tiny or 7b)").into()),
+        "tiny" | "nextflow-tiny" => Ok(ModelShapes { hidden: 192, heads: 6, kv_heads: 2, head_dim: 32, inter: 512, vocab: 575, rows: &[1, 16, 163], context: 163 }),
+        "7b" | "nextflow-7b" => Ok(ModelShapes { hidden: 3584, heads: 28, kv_heads: 4, head_dim: 128, inter: 18944, vocab: 152064, rows: &[1, 4], context: 256 }),
+        other => Err(format!("unknown --config '{other}' (expected tiny or 7b, also named nextflow-tiny and nextflow-7b)").into()),
     }
 }
 

@@ -11,21 +11,12 @@ use nextflow::model::{ImageOptions, NextFlow, Weights};
 use nextflow_runtime::{DType, Device, Tensor};
 use std::path::Path;
 
+mod common;
+use common::{devices, rel_err};
+
 const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/model/assets/nextflow-tiny");
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/nextflow-tiny");
 
-fn devices() -> Vec<Device> {
-    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    let mut out = vec![Device::cpu()];
-    match Device::open("vulkan") {
-        Ok(d) => out.push(d),
-        Err(why) => {
-            assert!(!in_ci, "CI=true but no Vulkan adapter: {why}");
-            println!("SKIPPED vulkan: {why}");
-        }
-    }
-    out
-}
 
 struct Golden {
     doc: serde_json::Value,
@@ -48,11 +39,6 @@ impl Golden {
     }
 }
 
-fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(0f64, |m, &x| m.max(x.abs() as f64));
-    got.iter().zip(want).fold(0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs())) / scale.max(1e-30)
-}
 
 fn index_tensors(per_scale: &[Vec<u32>], device: &Device) -> Vec<Tensor> {
     per_scale.iter().map(|s| Tensor::from_slice(s, &[1, s.len()], device).unwrap()).collect()

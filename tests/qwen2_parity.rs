@@ -8,26 +8,16 @@
 use nextflow::model::text::{generate, TextOptions};
 use nextflow::model::{Cache, Config, Message, StreamDecoder, TextTokenizer, Transformer, Weights};
 use nextflow_ops::text_positions;
-use nextflow_runtime::{discover, DType, Device, Tensor};
+use nextflow_runtime::{DType, Device, Tensor};
 use std::ops::ControlFlow;
 use std::path::Path;
+
+mod common;
+use common::{devices, rel_err};
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/qwen2-tiny");
 const SHARDED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/qwen2-tiny-sharded");
 
-fn devices() -> Vec<Device> {
-    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    let mut out = vec![Device::cpu()];
-    match Device::open("vulkan") {
-        Ok(d) => out.push(d),
-        Err(why) => {
-            assert!(!in_ci, "CI=true but no Vulkan adapter: {why}");
-            println!("SKIPPED vulkan: {why}");
-        }
-    }
-    let _ = discover;
-    out
-}
 
 fn golden() -> (serde_json::Value, Weights) {
     let doc = serde_json::from_str(&std::fs::read_to_string(format!("{DIR}/golden.json")).unwrap()).unwrap();
@@ -46,13 +36,6 @@ fn load(dir: &str, device: &Device) -> (Config, Transformer, Weights) {
     (cfg, t, w)
 }
 
-/// max |got − want| / max |want|.
-fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(0f64, |m, &x| m.max(x.abs() as f64));
-    let diff = got.iter().zip(want).fold(0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs()));
-    diff / scale.max(1e-30)
-}
 
 #[test]
 fn logits_and_layers_match_transformers() {

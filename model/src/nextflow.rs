@@ -194,20 +194,6 @@ impl NextFlow {
         NextFlow::from_parts(config, &weights, Some(text), dtype, device)
     }
 
-    /// The model compiled into the binary.
-    pub fn embedded(dtype: DType, device: &Device) -> Result<NextFlow> {
-        use crate::embedded as e;
-        let config = Config::from_json(e::CONFIG)?;
-        let weights = Weights::from_static(e::NAME, e::WEIGHTS)?;
-        let text = TextTokenizer::from_bytes(e::TOKENIZER, None)?;
-        NextFlow::from_parts(config, &weights, Some(text), dtype, device)
-    }
-
-    /// Random weights of `config`'s shapes (speed measurements; images are noise).
-    pub fn random(config: Config, seed: u64, dtype: DType, device: &Device) -> Result<NextFlow> {
-        NextFlow::from_parts(config, &Weights::random(seed), None, dtype, device)
-    }
-
     pub fn from_parts(config: Config, w: &Weights, text: Option<TextTokenizer>, dtype: DType, device: &Device) -> Result<NextFlow> {
         let parts = config.parts()?.clone();
         let b = &config.backbone;

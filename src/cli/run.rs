@@ -58,22 +58,44 @@ fn describe(args: &ModelArgs) -> String {
     }
 }
 
+/// The weights a ModelArgs names, with the text tokenizer when there is one; None for a
+/// built-in config without --random-weights (its shapes only, no weights).
+fn open_weights(args: &ModelArgs) -> Result<Option<(Weights, Option<TextTokenizer>)>> {
+    use nextflow_model::embedded;
+    if args.random_weights {
+        return Ok(Some((Weights::random(0), None)));
+    }
+    Ok(match (&args.model, args.config.as_deref()) {
+        (Some(_), Some(_)) => return Err(fail("give --model DIR or --config NAME, not both")),
+        (Some(dir), None) => {
+            let tokenizer = if dir.join("tokenizer.json").exists() { Some(TextTokenizer::load(dir)?) } else { None };
+            Some((Weights::open(dir)?, tokenizer))
+        }
+        (None, None | Some("nextflow-tiny")) => Some((Weights::from_static(embedded::NAME, embedded::WEIGHTS)?, Some(TextTokenizer::from_bytes(embedded::TOKENIZER, None)?))),
+        (None, Some(_)) => None,
+    })
+}
+
+/// [`open_weights`] where weights are required.
+fn require_weights(args: &ModelArgs) -> Result<(Weights, Option<TextTokenizer>)> {
+    open_weights(args)?.ok_or_else(|| {
+        let name = args.config.as_deref().unwrap_or_default();
+        fail(format!("no weights ship for `{name}`: add --random-weights to measure speed with random weights"))
+    })
+}
+
 pub fn load_nextflow(args: &ModelArgs, device: &Device) -> Result<NextFlow> {
     let dtype = dtype_for(args.dtype, device)?;
     let t = Instant::now();
-    let model = if args.random_weights {
-        NextFlow::random(config_of(args)?, 0, dtype, device)?
-    } else {
-        match (&args.model, args.config.as_deref()) {
-            (Some(dir), None) => NextFlow::load(dir, dtype, device)?,
-            (None, None | Some("nextflow-tiny")) => NextFlow::embedded(dtype, device)?,
-            (None, Some(name)) => return Err(fail(format!("no weights ship for `{name}`: add --random-weights to measure speed with random weights"))),
-            (Some(_), Some(_)) => return Err(fail("give --model DIR or --config NAME, not both")),
-        }
-    };
-    if model.config.model_type != ModelType::NextFlow {
+    let config = config_of(args)?;
+    if config.model_type != ModelType::NextFlow {
         return Err(fail("this is a text-only model: use `nextflow chat`"));
     }
+    let (weights, text) = require_weights(args)?;
+    if text.is_none() && !weights.is_random() {
+        return Err(fail(format!("{}: no tokenizer.json, which a NextFlow model needs for its prompts", weights.dir().display())));
+    }
+    let model = NextFlow::from_parts(config, &weights, text, dtype, device)?;
     eprintln!("model: {} on {device} ({dtype:?}), loaded in {:.2} s", describe(args), t.elapsed().as_secs_f64());
     Ok(model)
 }
@@ -341,19 +363,7 @@ fn load_text(args: &ModelArgs, device: &Device) -> Result<TextModel> {
     let config = config_of(args)?;
     let sections = |c: &Config| c.nextflow.as_ref().map_or(vec![c.backbone.head_dim() / 2], |p| p.visual.mrope_section.clone());
     let t = Instant::now();
-    let (weights, tokenizer) = if args.random_weights {
-        (Weights::random(0), None)
-    } else {
-        match (&args.model, args.config.as_deref()) {
-            (Some(dir), None) => (Weights::open(dir)?, TextTokenizer::load(dir).ok()),
-            (None, None | Some("nextflow-tiny")) => {
-                let e = &nextflow_model::embedded::WEIGHTS;
-                (Weights::from_static(nextflow_model::embedded::NAME, e)?, Some(TextTokenizer::from_bytes(nextflow_model::embedded::TOKENIZER, None)?))
-            }
-            (None, Some(name)) => return Err(fail(format!("no weights ship for `{name}`: add --random-weights"))),
-            (Some(_), Some(_)) => return Err(fail("give --model DIR or --config NAME, not both")),
-        }
-    };
+    let (weights, tokenizer) = require_weights(args)?;
     let transformer = Transformer::load(&weights, &config.backbone, config.vocab_size, &sections(&config), dtype, device)?;
     let unused = weights.unused();
     if config.model_type == ModelType::Qwen2 && !weights.is_random() && !unused.is_empty() {
@@ -532,15 +542,7 @@ fn gib(bytes: f64) -> String {
 pub fn inspect(args: &ModelArgs) -> Result<()> {
     let config = config_of(args)?;
     let b = &config.backbone;
-    let weights = if args.random_weights {
-        None
-    } else {
-        match (&args.model, args.config.as_deref()) {
-            (Some(dir), None) => Some(Weights::open(dir)?),
-            (None, None | Some("nextflow-tiny")) => Some(Weights::from_static(nextflow_model::embedded::NAME, nextflow_model::embedded::WEIGHTS)?),
-            _ => None,
-        }
-    };
+    let weights = if args.random_weights { None } else { open_weights(args)?.map(|(w, _)| w) };
     println!("model        {}", describe(args));
     println!("type         {:?}", config.model_type);
     println!(

@@ -277,7 +277,7 @@ impl Attention {
                 }
             },
         );
-        let dense = cpu::write_f32(&out, q.dtype(), &[b, sq, hq, d], q.device());
+        let dense = cpu::from_vec(out, q.dtype(), &[b, sq, hq, d], q.device());
         dense.permute(&[0, 2, 1, 3]).expect("valid permutation")
     }
 }
@@ -407,7 +407,7 @@ impl Rope {
                 o[i + half] = xr[i + half] * cos + xr[i] * sin;
             }
         });
-        cpu::write_f32(&out, x.dtype(), x.shape(), x.device())
+        cpu::from_vec(out, x.dtype(), x.shape(), x.device())
     }
 }
 

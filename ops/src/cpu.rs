@@ -130,7 +130,16 @@ fn map_rows(x: &Tensor, f: impl Fn(&mut [f32]) + Sync + Send) -> Tensor {
     }
     let mut v = read_f32(x).into_owned();
     for_rows(&mut v, n, &f);
-    write_f32(&v, dtype, shape, x.device())
+    from_vec(v, dtype, shape, x.device())
+}
+
+/// Owned f32 values as a new contiguous tensor of `dtype` on the CPU (no copy for f32).
+pub fn from_vec(values: Vec<f32>, dtype: DType, shape: &[usize], device: &Device) -> Tensor {
+    debug_assert_eq!(values.len(), shape.iter().product::<usize>());
+    if dtype == DType::F32 {
+        return Tensor::from_storage(Storage::Cpu(CpuBuffer::from_f32_vec(values)), Layout::contiguous(shape), dtype, device.clone());
+    }
+    write_f32(&values, dtype, shape, device)
 }
 
 /// Wraps f32 values as a new contiguous tensor of `dtype` on the CPU.
@@ -196,7 +205,7 @@ pub fn reduce(x: &Tensor, op: ReduceOp) -> Tensor {
         ReduceOp::Max => r.iter().copied().fold(f32::NEG_INFINITY, f32::max),
     };
     let out: Vec<f32> = v.par_chunks(n).map(row).collect();
-    write_f32(&out, x.dtype(), &x.shape()[..x.rank() - 1], x.device())
+    from_vec(out, x.dtype(), &x.shape()[..x.rank() - 1], x.device())
 }
 
 pub fn argmax(x: &Tensor) -> Tensor {

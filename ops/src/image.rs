@@ -124,7 +124,7 @@ fn resize(x: &Tensor, out_h: usize, out_w: usize, mode: Resize, channels_last: b
         let planes = cpu::read_f32(&contiguous(x)?).into_owned();
         let mut out = vec![0f32; n * c * out_h * out_w];
         out.par_chunks_mut(out_h * out_w).zip(planes.par_chunks(h * w)).for_each(|(o, p)| resize_plane(p, h, w, out_h, out_w, mode, o));
-        let dense = cpu::write_f32(&out, x.dtype(), &[n, c, out_h, out_w], x.device());
+        let dense = cpu::from_vec(out, x.dtype(), &[n, c, out_h, out_w], x.device());
         if channels_last {
             // Same logical values, stored channels-last.
             let nhwc = contiguous(&dense.permute(&[0, 2, 3, 1])?)?;
@@ -302,7 +302,7 @@ pub fn conv2d_with(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2d
                 .zip(xs.chunks(cin * h * w))
                 .for_each(|(o, img)| conv2d_im2col(img, cin, h, w, &ws, cout, kh, kw, bs.as_deref(), p, o)),
         }
-        Ok(cpu::write_f32(&out, x.dtype(), &[n, cout, oh, ow], x.device()))
+        Ok(cpu::from_vec(out, x.dtype(), &[n, cout, oh, ow], x.device()))
     };
     let mut inputs = vec![x, weight];
     inputs.extend(bias);
@@ -376,7 +376,7 @@ pub fn group_norm(x: &Tensor, groups: usize, gamma: &Tensor, beta: &Tensor, eps:
             .zip(xs.par_chunks(group_len.max(1)))
             .enumerate()
             .for_each(|(row, (o, v))| group_norm_group(v, (row % groups) * (c / groups), spatial, &g, &b, eps, silu, o));
-        Ok(cpu::write_f32(&out, t[0].dtype(), t[0].shape(), t[0].device()))
+        Ok(cpu::from_vec(out, t[0].dtype(), t[0].shape(), t[0].device()))
     };
     if x.device().is_cpu() {
         return cpu_path(&[x.clone(), gamma.clone(), beta.clone()]);

@@ -356,7 +356,7 @@ fn cpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize]) -> Res
             }
         });
     }
-    Ok(cpu::write_f32(&out, dtype, out_shape, a.device()))
+    Ok(cpu::from_vec(out, dtype, out_shape, a.device()))
 }
 
 /// Few-row matmul on the CPU, memory-bound: parallel over blocks of output columns.

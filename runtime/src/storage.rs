@@ -17,6 +17,16 @@ impl CpuBuffer {
         CpuBuffer { words, len: bytes.len() }
     }
 
+    /// Takes f32 values without copying them.
+    pub fn from_f32_vec(values: Vec<f32>) -> CpuBuffer {
+        let len = values.len() * 4;
+        let mut values = std::mem::ManuallyDrop::new(values);
+        // SAFETY: f32 and u32 have the same size and alignment, and every bit pattern is a
+        // valid u32; the allocation moves over with its length and capacity unchanged.
+        let words = unsafe { Vec::from_raw_parts(values.as_mut_ptr() as *mut u32, values.len(), values.capacity()) };
+        CpuBuffer { words, len }
+    }
+
     pub fn filled(len: usize, byte: u8) -> CpuBuffer {
         CpuBuffer { words: vec![u32::from_ne_bytes([byte; 4]); len.div_ceil(4)], len }
     }

@@ -1,6 +1,9 @@
 //! `nextflow bench kernels`: times every candidate kernel of every op family at the shapes a
 //! model config runs (decode GEMV rows and small-M prefill rows), prints a table, and saves
 //! the winners in the autotune cache, which later runs (and the compiler) reuse.
+//!
+//! `nextflow bench image`: times whole text-to-image generations in one process (warm-up
+//! runs first), per stage: prefill, each scale, decoder.
 
 use nextflow_compiler::autotune::{self, TuneEntry};
 use nextflow_compiler::serde_json;
@@ -17,6 +20,10 @@ type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
 pub enum BenchWhat {
     /// Every candidate kernel of every op family at the config's shapes.
     Kernels,
+    /// Whole text-to-image generations, per stage (prefill, each scale, decoder), after
+    /// warm-up runs: the embedded nextflow-tiny, `--model DIR`, or `--config 7b
+    /// --random-weights`.
+    Image,
 }
 
 #[derive(Debug, clap::Args)]
@@ -30,9 +37,21 @@ pub struct BenchArgs {
     /// Machine-readable output: one JSON document on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Timed runs per candidate (after one warm-up run).
+    /// Timed runs per candidate (after one warm-up run); for `image`, timed generations.
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
+    /// `image`: untimed generations before the timed ones.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// `image`: the prompt.
+    #[arg(long, default_value = "a red circle above a blue square")]
+    pub prompt: String,
+    /// `image`: a checkpoint directory instead of the embedded model or --config.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// `image`: random weights of the --config shapes (needed for 7b, which ships none).
+    #[arg(long)]
+    pub random_weights: bool,
     /// Time again even where the cache already holds a winner.
     #[arg(long)]
     pub retune: bool,
@@ -225,7 +244,9 @@ fn rate(row: &Row) -> String {
 }
 
 pub fn run(args: &BenchArgs, device: &Device) -> BoxResult<()> {
-    let BenchWhat::Kernels = args.what;
+    if args.what == BenchWhat::Image {
+        return image(args, device);
+    }
     let s = shapes(&args.config)?;
     if let Some(path) = &args.import {
         let n = autotune::import(path)?;
@@ -349,6 +370,78 @@ pub fn run(args: &BenchArgs, device: &Device) -> BoxResult<()> {
     if let Some(path) = &args.export {
         let n = autotune::export(path)?;
         eprintln!("exported {n} autotune entries to {}", path.display());
+    }
+    Ok(())
+}
+
+/// `bench image`: generations in one process, per stage, after `--warmup` untimed ones.
+fn image(args: &BenchArgs, device: &Device) -> BoxResult<()> {
+    use super::{DTypeArg, ModelArgs};
+    use nextflow_model::nextflow::Timings;
+    let config = match (&args.model, args.config.to_ascii_lowercase().as_str()) {
+        (Some(_), _) => None,
+        (None, "tiny" | "nextflow-tiny") => Some("nextflow-tiny".to_string()),
+        (None, "7b" | "nextflow-7b") => Some("nextflow-7b".to_string()),
+        (None, other) => return Err(format!("unknown --config '{other}' (expected tiny or 7b)").into()),
+    };
+    let model_args = ModelArgs { model: args.model.clone(), config, random_weights: args.random_weights, dtype: DTypeArg::Auto };
+    let model = super::run::load_nextflow(&model_args, device)?;
+    let opts = model.default_image_options();
+    let runs = args.reps.max(1);
+    let total = args.warmup + runs;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let mut warm: Vec<Timings> = Vec::new();
+    let mut timed: Vec<Timings> = Vec::new();
+    for i in 0..total {
+        let what = if i < args.warmup { "warm-up" } else { "timed" };
+        progress(i, total, &format!("generation {}/{total} ({what})", i + 1), args.json);
+        let g = model.text_to_image(&args.prompt, None, 1, &opts, &mut |_, _, _| {})?;
+        if i < args.warmup { warm.push(g.timings) } else { timed.push(g.timings) }
+    }
+    progress(total, total, "done", args.json);
+    let k = timed[0].scales.len();
+    let stat = |f: &dyn Fn(&Timings) -> f64| -> (f64, f64) {
+        let mut v: Vec<f64> = timed.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0])
+    };
+    let scales = opts.scales.clone().unwrap_or_else(|| model.parts().tokenizer.scales.clone());
+    let mut rows: Vec<(String, (f64, f64))> = vec![("prefill".into(), stat(&|t| ms(t.prefill)))];
+    for (j, [h, w]) in scales.iter().enumerate().take(k) {
+        rows.push((format!("scale {} ({h}x{w})", j + 1), stat(&|t| ms(t.scales[j]))));
+    }
+    rows.push(("scales (sum)".into(), stat(&|t| t.scales.iter().map(|d| ms(*d)).sum())));
+    rows.push(("decoder".into(), stat(&|t| ms(t.decode))));
+    rows.push(("total".into(), stat(&|t| ms(t.total()))));
+    let per_run = |t: &Timings| {
+        serde_json::json!({
+            "prefill": ms(t.prefill), "scales": t.scales.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+            "decoder": ms(t.decode), "total": ms(t.total()),
+        })
+    };
+    if args.json {
+        let doc = serde_json::json!({
+            "device": device.info().spec(),
+            "prompt": args.prompt,
+            "scales": scales,
+            "cfg": opts.cfg_scale, "top_k": opts.top_k, "top_p": opts.top_p, "temperature": opts.temperature, "seed": opts.seed,
+            "warmup_ms": warm.iter().map(per_run).collect::<Vec<_>>(),
+            "runs_ms": timed.iter().map(per_run).collect::<Vec<_>>(),
+            "median_ms": rows.iter().map(|(n, (m, _))| (n.clone(), serde_json::json!(m))).collect::<serde_json::Map<_, _>>(),
+            "min_ms": rows.iter().map(|(n, (_, m))| (n.clone(), serde_json::json!(m))).collect::<serde_json::Map<_, _>>(),
+        });
+        eprintln!();
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!("text to image on {device}, {runs} timed generations after {} warm-up, prompt {:?}", args.warmup, args.prompt);
+        println!("{:<16} {:>10} {:>10}", "STAGE", "MEDIAN ms", "MIN ms");
+        for (name, (med, min)) in &rows {
+            println!("{name:<16} {med:>10.2} {min:>10.2}");
+        }
+        let first: Vec<String> = warm.iter().map(|t| format!("{:.1}", ms(t.total()))).collect();
+        if !first.is_empty() {
+            println!("warm-up totals: {} ms", first.join(", "));
+        }
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! Image-side benchmarks: the CPU convolution algorithms side by side (the faster is the
+//! Image-side benchmarks: the CPU convolution algorithms side by side (tiled is the
 //! default), and the decoder-shaped GroupNorm and interpolation.
 //!
 //! `cargo bench --bench image [-- --device DEV]` (lavapipe figures are not speed).
@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use nextflow_ops::{conv2d_with, group_norm, interpolate, Conv2d, ConvAlgorithm, Resize};
+use nextflow_ops::{conv2d_with, group_norm, interpolate, Conv2d, ConvAlgorithm, ConvFusion, Resize};
 
 
 
@@ -14,25 +14,26 @@ use nextflow_ops::{conv2d_with, group_norm, interpolate, Conv2d, ConvAlgorithm, 
 fn main() {
     let device = device_from_args();
     println!("device {device}");
-    println!("{:<34} {:>10} {:>10} {:>10}", "conv2d f32", "direct ms", "im2col ms", "GFLOP/s*");
+    println!("{:<34} {:>10} {:>10} {:>10} {:>10}", "conv2d f32", "direct ms", "im2col ms", "tiled ms", "GFLOP/s*");
     for &(cin, cout, hw, k, p) in &[(64usize, 64usize, 64usize, 3usize, Conv2d::same(3)), (128, 128, 32, 3, Conv2d::same(3)), (64, 64, 64, 1, Conv2d::same(1)), (64, 64, 64, 3, Conv2d::downsample())] {
         let x = random(&[1, cin, hw, hw], &device);
         let w = random(&[cout, cin, k, k], &device);
         let b = random(&[cout], &device);
         let time = |alg| best_of(5, || {
-            let y = conv2d_with(&x, &w, Some(&b), p, alg).unwrap();
+            let y = conv2d_with(&x, &w, Some(&b), p, ConvFusion::default(), alg).unwrap();
             device.sync().unwrap();
             std::hint::black_box(y);
         });
-        let (direct, im2col) = (time(ConvAlgorithm::Direct), time(ConvAlgorithm::Im2col));
-        let out = conv2d_with(&x, &w, Some(&b), p, ConvAlgorithm::Im2col).unwrap();
+        let (direct, im2col, tiled) = (time(ConvAlgorithm::Direct), time(ConvAlgorithm::Im2col), time(ConvAlgorithm::Tiled));
+        let out = conv2d_with(&x, &w, Some(&b), p, ConvFusion::default(), ConvAlgorithm::Tiled).unwrap();
         let flops = 2.0 * (cout * cin * k * k * out.shape()[2] * out.shape()[3]) as f64;
         println!(
-            "{:<34} {:>10.2} {:>10.2} {:>10.1}",
+            "{:<34} {:>10.2} {:>10.2} {:>10.2} {:>10.1}",
             format!("{cin}->{cout} {hw}x{hw} k{k} s{}", p.stride),
             direct * 1e3,
             im2col * 1e3,
-            flops / direct.min(im2col) / 1e9
+            tiled * 1e3,
+            flops / direct.min(im2col).min(tiled) / 1e9
         );
     }
     let x = random(&[1, 256, 64, 64], &device);

@@ -27,7 +27,21 @@ fn main_impl(cli: &Cli) -> run::Result<()> {
     }
 }
 
+/// glibc returns every freed block above 128 KiB to the kernel (mmap/munmap, heap trim), so
+/// each op's fresh output buffer is zero-filled by page faults again: 43 k faults and a
+/// third of the decoder's time over 22 tiny-model images, measured with `perf stat`. Keep
+/// freed memory for reuse instead (blocks of 256 MiB and more, e.g. weights, still map).
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any other thread runs.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     let result = main_impl(&cli);
     if cli.stats {

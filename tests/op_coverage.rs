@@ -355,13 +355,47 @@ fn run_image_ops(device: &Device, dtype: DType, ck: &mut Checker) {
         ("1x1", (1, 1), Conv2d::same(1), true),
         ("3x3 stride 2 pad right/bottom", (3, 3), Conv2d::downsample(), false),
     ] {
-        for &(cin, cout, h, w) in &[(3usize, 5usize, 7usize, 9usize), (8, 4, 8, 8)] {
+        // (32, 8, 40, 40): several CPU tiles (a 288-row patch matrix is cut every 224 pixels).
+        for &(cin, cout, h, w) in &[(3usize, 5usize, 7usize, 9usize), (8, 4, 8, 8), (32, 8, 40, 40)] {
             let (x, hx) = strided(&mut rng, &[2, cin, h, w], dtype, -1.0, 1.0, d);
             let (wt, hw) = random(&mut rng, &[cout, cin, kh, kw], dtype, -0.5, 0.5, d);
             let (b, hb) = random(&mut rng, &[cout], dtype, -0.5, 0.5, d);
             let got = nextflow_ops::conv2d(&x, &wt, bias.then_some(&b), p);
             ck.compare("conv2d", &format!("{label} {cin}->{cout} {h}x{w}"), dtype, got, &r::conv2d(&hx, &hw, bias.then_some(&hb), p));
         }
+    }
+    // Fused forms: nearest ×2 upsampling first (the CPU's sub-pixel path for 3×3 "same",
+    // the generic one otherwise) and a residual added, against upsample, conv, add in f64.
+    for (label, (kh, kw), p, bias, residual) in [
+        ("up2x 3x3 pad 1", (3, 3), Conv2d::same(3), true, false),
+        ("up2x 3x3 pad 1 + residual", (3, 3), Conv2d::same(3), true, true),
+        ("up2x 3x3 no bias", (3, 3), Conv2d::same(3), false, false),
+        ("up2x 1x1", (1, 1), Conv2d::same(1), true, false),
+    ] {
+        for &(cin, cout, h, w) in &[(3usize, 5usize, 4usize, 5usize), (16, 8, 8, 8), (20, 40, 9, 7)] {
+            let (x, hx) = strided(&mut rng, &[2, cin, h, w], dtype, -1.0, 1.0, d);
+            let (wt, hw) = random(&mut rng, &[cout, cin, kh, kw], dtype, -0.5, 0.5, d);
+            let (b, hb) = random(&mut rng, &[cout], dtype, -0.5, 0.5, d);
+            let (res, hres) = random(&mut rng, &[2, cout, 2 * h, 2 * w], dtype, -1.0, 1.0, d);
+            let fusion = nextflow_ops::ConvFusion { upsample2x: true, residual: residual.then_some(&res) };
+            let got = nextflow_ops::conv2d_fused(&x, &wt, bias.then_some(&b), p, fusion);
+            let mut want = r::conv2d(&r::interpolate(&hx, 2 * h, 2 * w, Resize::Nearest), &hw, bias.then_some(&hb), p);
+            if residual {
+                want.data.iter_mut().zip(&hres.data).for_each(|(a, b)| *a += b);
+            }
+            ck.compare("conv2d", &format!("{label} {cin}->{cout} {h}x{w}"), dtype, got, &want);
+        }
+    }
+    for (label, p) in [("3x3 + residual", Conv2d::same(3)), ("stride 2 + residual", Conv2d::downsample())] {
+        let (x, hx) = strided(&mut rng, &[1, 6, 9, 8], dtype, -1.0, 1.0, d);
+        let (wt, hw) = random(&mut rng, &[7, 6, 3, 3], dtype, -0.5, 0.5, d);
+        let want0 = r::conv2d(&hx, &hw, None, p);
+        let (res, hres) = random(&mut rng, &want0.shape, dtype, -1.0, 1.0, d);
+        let fusion = nextflow_ops::ConvFusion { upsample2x: false, residual: Some(&res) };
+        let got = nextflow_ops::conv2d_fused(&x, &wt, None, p, fusion);
+        let mut want = want0;
+        want.data.iter_mut().zip(&hres.data).for_each(|(a, b)| *a += b);
+        ck.compare("conv2d", &format!("{label} 6->7 9x8"), dtype, got, &want);
     }
     for &(c, groups, h, w, silu) in &[(8usize, 4usize, 5usize, 7usize, false), (32, 8, 9, 9, true), (6, 1, 33, 33, true)] {
         let (x, hx) = random(&mut rng, &[2, c, h, w], dtype, -2.0, 3.0, d);

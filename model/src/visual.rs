@@ -9,7 +9,7 @@ use crate::transformer::Linear;
 use crate::weights::Weights;
 use crate::Result;
 use nextflow_ops::msrq::{self, Codebook};
-use nextflow_ops::{self as ops, conv2d, group_norm, interpolate, spatial_attention, BinaryOp, Conv2d, Resize, UnaryOp};
+use nextflow_ops::{self as ops, conv2d, conv2d_fused, group_norm, spatial_attention, Conv2d, ConvFusion, UnaryOp};
 use nextflow_runtime::{DType, Device, Tensor};
 
 /// A conv layer: weight `[cout, cin, k, k]`, bias, geometry.
@@ -29,6 +29,11 @@ impl Conv {
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(conv2d(x, &self.weight, Some(&self.bias), self.geometry)?)
+    }
+
+    /// With an upsampling of `x` before and/or a residual added after, fused.
+    fn forward_fused(&self, x: &Tensor, fusion: ConvFusion) -> Result<Tensor> {
+        Ok(conv2d_fused(x, &self.weight, Some(&self.bias), self.geometry, fusion)?)
     }
 }
 
@@ -72,12 +77,11 @@ impl ResBlock {
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.conv1.forward(&self.norm1.forward(x, true)?)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h, true)?)?;
         let skip = match &self.shortcut {
             Some(c) => c.forward(x)?,
             None => x.clone(),
         };
-        Ok(ops::binary(&skip, &h, BinaryOp::Add)?)
+        self.conv2.forward_fused(&self.norm2.forward(&h, true)?, ConvFusion { residual: Some(&skip), ..Default::default() })
     }
 }
 
@@ -98,7 +102,7 @@ impl AttnBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let t = self.norm.forward(x, false)?;
         let a = spatial_attention(&self.q.forward(&t)?, &self.k.forward(&t)?, &self.v.forward(&t)?)?;
-        Ok(ops::binary(x, &self.proj_out.forward(&a)?, BinaryOp::Add)?)
+        self.proj_out.forward_fused(&a, ConvFusion { residual: Some(x), ..Default::default() })
     }
 }
 
@@ -117,10 +121,7 @@ impl Block {
             Block::Res(b) => b.forward(x),
             Block::Attn(b) => b.forward(x),
             Block::Down(c) => c.forward(x),
-            Block::Up(c) => {
-                let (h, w) = (x.shape()[2], x.shape()[3]);
-                c.forward(&interpolate(x, 2 * h, 2 * w, Resize::Nearest)?)
-            }
+            Block::Up(c) => c.forward_fused(x, ConvFusion { upsample2x: true, ..Default::default() }),
         }
     }
 }

@@ -6,7 +6,6 @@ use crate::{contiguous, cpu};
 use cubecl::prelude::*;
 use nextflow_runtime::{cubecl, DType, Device, Error, Layout, Result, Storage, Tensor};
 use nextflow_shaders::attention as kernels;
-use rayon::prelude::*;
 
 /// Which keys a query may see. Positions are absolute key positions; query `i` of `sq`
 /// sits at `skv - sq + i` (the queries are the newest tokens).
@@ -183,7 +182,12 @@ impl Attention {
         let (b, hq, sq, d) = (q.shape()[0], q.shape()[1], q.shape()[2], q.shape()[3]);
         let (hkv, skv) = (k.shape()[1], k.shape()[2]);
         let group = hq / hkv;
-        let (qv, kv, vv) = (cpu::read_f32(q), cpu::read_f32(k), cpu::read_f32(v));
+        let qv = cpu::read_f32(q);
+        // Keys and values are read in place when their rows are dense (a KV cache's view
+        // is: [b, heads, len <= capacity, d]); else from a dense copy.
+        let (k, v) = (cpu::rows_dense(k), cpu::rows_dense(v));
+        let (kv, vv) = (cpu::buffer_f32(&k), cpu::buffer_f32(&v));
+        let head_at = |t: &Tensor, bi: usize, hh: usize| t.layout().offset() + bi * t.strides()[0] + hh * t.strides()[1];
         let seg_end: Vec<usize> = match &self.mask {
             Mask::Segments(lens) => lens
                 .iter()
@@ -200,9 +204,10 @@ impl Attention {
         let mut out = vec![0f32; b * sq * hq * d];
         let out_rows = SharedRows(out.as_mut_ptr());
         // Tasks own disjoint output rows; scratch (scores, block output) is per thread.
-        (0..b * hq * blocks).into_par_iter().for_each_init(
-            || (Vec::<f32>::new(), Vec::<f32>::new()),
-            |(scores, o), task| {
+        crate::pool::for_each(b * hq * blocks, &|task| {
+            let (mut scores, mut o) = (Vec::<f32>::new(), Vec::<f32>::new());
+            {
+                let (scores, o) = (&mut scores, &mut o);
                 let (bi, h, blk) = (task / (hq * blocks), (task / blocks) % hq, task % blocks);
                 let (q0, q1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(sq));
                 let rows = q1 - q0;
@@ -213,7 +218,7 @@ impl Attention {
                     _ => kv_len,
                 };
                 let q_block = &qv[((bi * hq + h) * sq + q0) * d..];
-                let kh = (bi * hkv + h / group) * skv;
+                let (kh, vh) = (head_at(&k, bi, h / group), head_at(&v, bi, h / group));
                 scores.clear();
                 scores.resize(rows * kv_end, 0.0);
                 o.clear();
@@ -239,7 +244,7 @@ impl Attention {
                                     r1 - r0, c1 - c0, d,
                                     scores.as_mut_ptr().add(r0 * kv_end + c0), 1, kv_end as isize, false,
                                     q_block.as_ptr().add(r0 * d), 1, d as isize,
-                                    kv[(kh + c0) * d..].as_ptr(), d as isize, 1,
+                                    kv[kh + c0 * d..].as_ptr(), d as isize, 1,
                                     0.0, self.scale, false, false, false,
                                     gemm::Parallelism::None,
                                 );
@@ -262,7 +267,7 @@ impl Attention {
                                     r1 - r0, d, c1 - c0,
                                     o.as_mut_ptr().add(r0 * d), 1, d as isize, i > 0 && c0 > 0,
                                     scores.as_ptr().add(r0 * kv_end + c0), 1, kv_end as isize,
-                                    vv[(kh + c0) * d..].as_ptr(), 1, d as isize,
+                                    vv[vh + c0 * d..].as_ptr(), 1, d as isize,
                                     1.0, 1.0, false, false, false,
                                     gemm::Parallelism::None,
                                 );
@@ -275,8 +280,8 @@ impl Attention {
                     // SAFETY: row (bi, q0 + r, h) belongs to this task alone.
                     unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out_rows.at(at), d) };
                 }
-            },
-        );
+            }
+        });
         let dense = cpu::from_vec(out, q.dtype(), &[b, sq, hq, d], q.device());
         dense.permute(&[0, 2, 1, 3]).expect("valid permutation")
     }
@@ -395,20 +400,54 @@ impl Rope {
         let xv = cpu::read_f32(x);
         let pos = cpu::read_f32(positions);
         let shared = positions.shape()[0] == 1;
+        // cos/sin per (position row, frequency), shared by every head (and by the calls of
+        // every layer with the same positions: a one-entry cache keyed by the values).
+        let rows = if shared { s } else { b * s };
+        let table = ROPE_TABLE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let key = (pos[..rows * 3].to_vec(), self.inv_freq.clone(), self.axis.clone());
+            if let Some((k, t)) = cache.as_ref() {
+                if *k == key {
+                    return t.clone();
+                }
+            }
+            let mut t = vec![0f32; rows * half * 2];
+            for (r, cs) in t.chunks_mut(half * 2).enumerate() {
+                let p = &pos[r * 3..][..3];
+                for i in 0..half {
+                    let (sin, cos) = (p[self.axis[i] as usize] * self.inv_freq[i]).sin_cos();
+                    (cs[i], cs[half + i]) = (cos, sin);
+                }
+            }
+            let t = std::sync::Arc::new(t);
+            *cache = Some((key, t.clone()));
+            t
+        });
         let mut out = vec![0f32; b * h * s * d];
-        out.par_chunks_mut(d).enumerate().for_each(|(row, o)| {
-            let (bi, si) = (row / (h * s), row % s);
-            let p = &pos[((if shared { 0 } else { bi }) * s + si) * 3..][..3];
-            let xr = &xv[row * d..][..d];
-            for i in 0..half {
-                let angle = p[self.axis[i] as usize] * self.inv_freq[i];
-                let (sin, cos) = angle.sin_cos();
-                o[i] = xr[i] * cos - xr[i + half] * sin;
-                o[i + half] = xr[i + half] * cos + xr[i] * sin;
+        crate::pool::chunks_mut(&mut out, d * s.max(1), &|start, plane| {
+            let bh = start / (d * s.max(1));
+            let bi = bh / h;
+            for (si, o) in plane.chunks_mut(d).enumerate() {
+                let row = bh * s + si;
+                let cs = &table[(if shared { si } else { bi * s + si }) * half * 2..][..half * 2];
+                let (cos, sin) = cs.split_at(half);
+                let xr = &xv[row * d..][..d];
+                let (x1, x2) = xr.split_at(half);
+                let (o1, o2) = o.split_at_mut(half);
+                for i in 0..half {
+                    o1[i] = x1[i] * cos[i] - x2[i] * sin[i];
+                    o2[i] = x2[i] * cos[i] + x1[i] * sin[i];
+                }
             }
         });
         cpu::from_vec(out, x.dtype(), x.shape(), x.device())
     }
+}
+
+/// The last CPU RoPE table: (positions, inverse frequencies, axes) → cos | sin per row.
+type RopeKey = (Vec<f32>, Vec<f32>, Vec<u32>);
+thread_local! {
+    static ROPE_TABLE: std::cell::RefCell<Option<(RopeKey, std::sync::Arc<Vec<f32>>)>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Positions `[1, len, 3]` of text tokens `start..start+len`: `(t, t, t)` (spec §4.2).

@@ -19,6 +19,23 @@ fn cpu_buffer(t: &Tensor) -> &CpuBuffer {
     }
 }
 
+/// The whole f32 buffer under a CPU tensor (index it with the layout's offset and strides).
+pub(crate) fn buffer_f32(t: &Tensor) -> &[f32] {
+    cpu_buffer(t).as_slice::<f32>()
+}
+
+/// `t` itself when it is f32 with dense rows (unit last stride, next-to-last stride = the
+/// row length), else a dense f32 copy: rows can then be read in place.
+pub(crate) fn rows_dense(t: &Tensor) -> Tensor {
+    let (r, st) = (t.rank(), t.strides());
+    let n = *t.shape().last().unwrap_or(&1);
+    if t.dtype() == DType::F32 && r >= 2 && st[r - 1] == 1 && st[r - 2] == n {
+        return t.clone();
+    }
+    let v = read_f32(t).into_owned();
+    from_vec(v, DType::F32, t.shape(), t.device())
+}
+
 /// Fills `out` (logical elements `start..start + out.len()` of `t`) with f32 values.
 fn gather_f32(t: &Tensor, start: usize, out: &mut [f32]) {
     let buf = cpu_buffer(t);
@@ -61,7 +78,7 @@ fn gather_f32(t: &Tensor, start: usize, out: &mut [f32]) {
 /// Fills `out` chunk by chunk, in parallel when it is big: `f(first_index, chunk)`.
 fn par_fill<T: Send>(out: &mut [T], f: impl Fn(usize, &mut [T]) + Sync) {
     if out.len() >= PARALLEL_MIN {
-        out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, c)| f(i * CHUNK, c));
+        crate::pool::chunks_mut(out, CHUNK, &f);
     } else {
         f(0, out);
     }
@@ -122,7 +139,7 @@ fn map_rows(x: &Tensor, f: impl Fn(&mut [f32]) + Sync + Send) -> Tensor {
         // Chunks of whole rows, so no row straddles two threads.
         let rows_per_chunk = (CHUNK / n).max(1);
         if out.len() >= PARALLEL_MIN {
-            out.par_chunks_mut(rows_per_chunk * n).enumerate().for_each(|(i, c)| fill(i * rows_per_chunk * n, c));
+            crate::pool::chunks_mut(out, rows_per_chunk * n, &fill);
         } else {
             fill(0, out);
         }
@@ -148,10 +165,47 @@ pub fn write_f32(values: &[f32], dtype: DType, shape: &[usize], device: &Device)
 }
 
 
+/// SwiGLU straight from the buffers when gate and up are f32 views with dense rows of the
+/// output's shape (the two halves of a fused gate|up projection are): no gathered copies,
+/// the vectorized exp, rows in parallel.
+fn swiglu_rows(gate: &Tensor, up: &Tensor, shape: &[usize]) -> Option<Tensor> {
+    let dense_rows = |t: &Tensor| {
+        let r = t.rank();
+        t.dtype() == DType::F32 && t.shape() == shape && r >= 2 && t.strides()[r - 1] == 1 && {
+            // Rows evenly spaced: the leading dims collapse to one row stride.
+            let row = t.strides()[r - 2];
+            (0..r - 2).all(|d| t.shape()[d] == 1 || t.strides()[d] == row * t.shape()[d + 1..r - 1].iter().product::<usize>())
+        }
+    };
+    if !dense_rows(gate) || !dense_rows(up) {
+        return None;
+    }
+    let n = *shape.last()?;
+    let rows: usize = shape[..shape.len() - 1].iter().product();
+    let (gs, us) = (gate.strides()[gate.rank() - 2], up.strides()[up.rank() - 2]);
+    let (gb, ub) = (cpu_buffer(gate).as_slice::<f32>(), cpu_buffer(up).as_slice::<f32>());
+    let (go, uo) = (gate.layout().offset(), up.layout().offset());
+    let mut out = vec![0f32; rows * n];
+    let per_task = (CHUNK / n.max(1)).max(1) * n;
+    let body = |start: usize, c: &mut [f32]| {
+        for (i, o) in c.chunks_mut(n).enumerate() {
+            let r = start / n + i;
+            crate::simd::silu_mul(&gb[go + r * gs..][..n], &ub[uo + r * us..][..n], o);
+        }
+    };
+    if out.len() >= PARALLEL_MIN {
+        crate::pool::chunks_mut(&mut out, per_task, &body);
+    } else {
+        body(0, &mut out);
+    }
+    Some(from_vec(out, DType::F32, shape, gate.device()))
+}
+
 /// Applies `f` to each row of `n` values, in parallel when it pays.
 fn for_rows(data: &mut [f32], n: usize, f: &(impl Fn(&mut [f32]) + Sync + Send)) {
     if data.len() >= PARALLEL_MIN {
-        data.par_chunks_mut(n).for_each(f);
+        let rows_per_chunk = (CHUNK / n.max(1)).max(1);
+        crate::pool::chunks_mut(data, rows_per_chunk * n, &|_, c| c.chunks_mut(n).for_each(f));
     } else {
         data.chunks_mut(n).for_each(f);
     }
@@ -275,6 +329,9 @@ pub fn concat(parts: &[&Tensor], dim: usize, shape: &[usize]) -> Result<Tensor> 
 }
 
 pub fn swiglu(gate: &Tensor, up: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    if let Some(t) = swiglu_rows(gate, up, shape) {
+        return Ok(t);
+    }
     let (g, u) = (gate.broadcast_to(shape)?, up.broadcast_to(shape)?);
     let (x, y) = (read_f32(&g), read_f32(&u));
     Ok(write_with(gate.dtype(), shape, gate.device(), |start, c| {

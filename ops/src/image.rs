@@ -123,7 +123,11 @@ fn resize(x: &Tensor, out_h: usize, out_w: usize, mode: Resize, channels_last: b
     let cpu_path = |x: &Tensor| -> Result<Tensor> {
         let planes = cpu::read_f32(&contiguous(x)?).into_owned();
         let mut out = vec![0f32; n * c * out_h * out_w];
-        out.par_chunks_mut(out_h * out_w).zip(planes.par_chunks(h * w)).for_each(|(o, p)| resize_plane(p, h, w, out_h, out_w, mode, o));
+        let plane = out_h * out_w;
+        crate::pool::chunks_mut(&mut out, plane, &|start, o| {
+            let i = start / plane;
+            resize_plane(&planes[i * h * w..][..h * w], h, w, out_h, out_w, mode, o)
+        });
         let dense = cpu::from_vec(out, x.dtype(), &[n, c, out_h, out_w], x.device());
         if channels_last {
             // Same logical values, stored channels-last.
@@ -213,10 +217,10 @@ pub fn conv2d_image<T: Float>(x: &[T], cin: usize, h: usize, w: usize, weight: &
 }
 
 /// CPU convolution as im2col + GEMM (the `gemm` crate): per image, the patches become a
-/// `[cin·kh·kw, oh·ow]` matrix and `out = weight [cout, cin·kh·kw] · cols`. Measured
-/// against the direct loop in `benches/image.rs`; this is the faster of the two on CPUs.
+/// `[cin·kh·kw, oh·ow]` matrix and `out (+)= weight [cout, cin·kh·kw] · cols` (one threaded
+/// GEMM). [`conv2d_tiled`] replaced it as the default; `benches/image.rs` compares them.
 #[allow(clippy::too_many_arguments)]
-pub fn conv2d_im2col(x: &[f32], cin: usize, h: usize, w: usize, weight: &[f32], cout: usize, kh: usize, kw: usize, bias: Option<&[f32]>, p: Conv2d, out: &mut [f32]) {
+pub fn conv2d_im2col(x: &[f32], cin: usize, h: usize, w: usize, weight: &[f32], cout: usize, kh: usize, kw: usize, accumulate: bool, p: Conv2d, out: &mut [f32]) {
     let (oh, ow) = p.out_size(h, w, kh, kw).expect("checked by conv2d");
     let (rows, cols_n) = (cin * kh * kw, oh * ow);
     let mut cols = vec![0f32; rows * cols_n];
@@ -236,14 +240,11 @@ pub fn conv2d_im2col(x: &[f32], cin: usize, h: usize, w: usize, weight: &[f32], 
             }
         }
     });
-    if let Some(b) = bias {
-        out.chunks_mut(cols_n).zip(b).for_each(|(o, &v)| o.fill(v));
-    }
     // SAFETY: dense row-major matrices of the sizes given.
     unsafe {
         gemm::gemm(
             cout, cols_n, rows,
-            out.as_mut_ptr(), 1, cols_n as isize, bias.is_some(),
+            out.as_mut_ptr(), 1, cols_n as isize, accumulate,
             weight.as_ptr(), 1, rows as isize,
             cols.as_ptr(), 1, cols_n as isize,
             1.0, 1.0, false, false, false,
@@ -252,27 +253,187 @@ pub fn conv2d_im2col(x: &[f32], cin: usize, h: usize, w: usize, weight: &[f32], 
     }
 }
 
-/// Which CPU convolution `conv2d` uses (benchmarks compare both).
+/// A pointer shared by the threads of one convolution, each writing its own columns.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: the tiles of `conv2d_tiled` write disjoint output columns.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+/// Columns per tile: the tile's patch matrix (`k · tile` values) stays about 256 KB, within
+/// a core's L2, and the tile is a multiple of the GEMM's 16-lane vectors.
+fn tile_columns(k: usize, pixels: usize) -> usize {
+    ((65_536 / k.max(1)).clamp(64, 2048) / 16 * 16).min(pixels.div_ceil(16) * 16)
+}
+
+/// CPU convolution of one image, tiled: output pixels are cut into tiles that threads take
+/// in turn; each builds its tile's patch matrix `[cin·kh·kw, tile]` in a reused buffer (no
+/// patch matrix for 1×1 stride-1 convolutions: the input rows are it) and runs one
+/// single-threaded GEMM into the tile's columns of `out [cout, oh·ow]`. `out` already holds
+/// what the product is added to (bias, residual) when `accumulate`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_tiled(x: &[f32], cin: usize, h: usize, w: usize, weight: &[f32], cout: usize, kh: usize, kw: usize, p: Conv2d, out: &mut [f32], accumulate: bool) {
+    let (oh, ow) = p.out_size(h, w, kh, kw).expect("checked by conv2d");
+    let (k, pixels) = (cin * kh * kw, oh * ow);
+    if k == 0 || pixels == 0 || cout == 0 {
+        return;
+    }
+    let direct = kh == 1 && kw == 1 && p.stride == 1 && p.pad == [0; 4];
+    let tile = tile_columns(k, pixels);
+    let tiles = pixels.div_ceil(tile);
+    let dst = SharedOut(out.as_mut_ptr());
+    let run = |cols: &mut Vec<f32>, t: usize| {
+        let dst = dst;
+        let (p0, p1) = (t * tile, ((t + 1) * tile).min(pixels));
+        let n = p1 - p0;
+        let (rhs, rhs_rs) = if direct {
+            (x[p0..].as_ptr(), pixels)
+        } else {
+            cols.clear();
+            cols.resize(k * n, 0.0);
+            im2col_tile(x, h, w, kh, kw, p, ow, p0, p1, cols);
+            (cols.as_ptr(), n)
+        };
+        // SAFETY: weight is a dense [cout, k] matrix, rhs a [k, n] view inside x or cols, and
+        // dst columns p0..p1 of the [cout, pixels] output belong to this tile alone.
+        unsafe {
+            gemm::gemm(
+                cout, n, k,
+                dst.0.add(p0), 1, pixels as isize, accumulate,
+                weight.as_ptr(), 1, k as isize,
+                rhs, 1, rhs_rs as isize,
+                1.0, 1.0, false, false, false,
+                gemm::Parallelism::None,
+            );
+        }
+    };
+    crate::pool::for_each(tiles, &|t| run(&mut Vec::new(), t));
+}
+
+/// The patch matrix of output pixels `p0..p1`: row `(c, i, j)` holds, per pixel, the input
+/// value under kernel tap `(i, j)` of channel `c` (0 in the padding).
+#[allow(clippy::too_many_arguments)]
+fn im2col_tile(x: &[f32], h: usize, w: usize, kh: usize, kw: usize, p: Conv2d, ow: usize, p0: usize, p1: usize, cols: &mut [f32]) {
+    let n = p1 - p0;
+    for (r, col) in cols.chunks_mut(n).enumerate() {
+        let (c, i, j) = (r / (kh * kw), (r / kw) % kh, r % kw);
+        let plane = &x[c * h * w..][..h * w];
+        let mut q = p0;
+        while q < p1 {
+            let (oy, ox0) = (q / ow, q % ow);
+            let run = (ow - ox0).min(p1 - q);
+            let seg = &mut col[q - p0..q - p0 + run];
+            let yy = (oy * p.stride + i).wrapping_sub(p.pad[0]);
+            if yy >= h {
+                seg.fill(0.0);
+            } else if p.stride == 1 {
+                // Input columns ox0 + t + j − pad: a copy with zeros where it leaves the row.
+                let src = &plane[yy * w..][..w];
+                let first = ox0 + j;
+                let lo = p.pad[2].saturating_sub(first).min(run);
+                let hi = (w + p.pad[2]).saturating_sub(first).clamp(lo, run);
+                seg[..lo].fill(0.0);
+                seg[lo..hi].copy_from_slice(&src[first + lo - p.pad[2]..first + hi - p.pad[2]]);
+                seg[hi..].fill(0.0);
+            } else {
+                let src = &plane[yy * w..][..w];
+                for (t, o) in seg.iter_mut().enumerate() {
+                    let xx = ((ox0 + t) * p.stride + j).wrapping_sub(p.pad[2]);
+                    *o = if xx < w { src[xx] } else { 0.0 };
+                }
+            }
+            q += run;
+        }
+    }
+}
+
+/// Nearest ×2 upsampling followed by a 3×3 "same" convolution, as four 2×2 convolutions of
+/// the small input, one per output phase `(py, px)`: output row `2i + py` sees input rows
+/// `i − 1, i` (py = 0, taps `w0` and `w1 + w2`) or `i, i + 1` (py = 1, `w0 + w1` and `w2`),
+/// and likewise for columns — exactly the upsampled image's taps, with 16 instead of 36
+/// multiply-adds per input pixel and no upsampled copy. `out [cout, 2h, 2w]` holds what is
+/// added (bias, residual).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_upsample2x(x: &[f32], cin: usize, h: usize, w: usize, weight: &[f32], cout: usize, out: &mut [f32]) {
+    let (ow, plane) = (2 * w, 4 * h * w);
+    let mut phase_w = vec![0f32; cout * cin * 4];
+    let mut tmp = vec![0f32; cout * h * w];
+    for py in 0..2 {
+        for px in 0..2 {
+            // Rows of the 3×3 kernel that fold into each of the two taps of this phase.
+            let fold = |ph: usize, tap: usize| -> &'static [usize] {
+                match (ph, tap) {
+                    (0, 0) => &[0],
+                    (0, _) => &[1, 2],
+                    (_, 0) => &[0, 1],
+                    (_, _) => &[2],
+                }
+            };
+            for oc in 0..cout * cin {
+                let k3 = &weight[oc * 9..][..9];
+                for a in 0..2 {
+                    for b in 0..2 {
+                        phase_w[oc * 4 + a * 2 + b] = fold(py, a).iter().flat_map(|&i| fold(px, b).iter().map(move |&j| k3[i * 3 + j])).sum();
+                    }
+                }
+            }
+            let geometry = Conv2d { stride: 1, pad: [1 - py, py, 1 - px, px] };
+            conv2d_tiled(x, cin, h, w, &phase_w, cout, 2, 2, geometry, &mut tmp, false);
+            for (o, t) in out.chunks_mut(plane).zip(tmp.chunks(h * w)) {
+                for i in 0..h {
+                    let row = &mut o[(2 * i + py) * ow..][..ow];
+                    for (j, &v) in t[i * w..][..w].iter().enumerate() {
+                        row[2 * j + px] += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Which CPU convolution `conv2d` uses (benchmarks compare them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvAlgorithm {
+    /// The plain loop (the formula), threaded over images.
     Direct,
+    /// One whole-image patch matrix and one threaded GEMM.
     Im2col,
+    /// Tiles of output pixels, each its own patch matrix and GEMM (the default).
+    Tiled,
+}
+
+/// What a convolution computes besides `x ⋆ w + b`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConvFusion<'a> {
+    /// Nearest ×2 upsampling of `x` first (the decoder's Upsample). A 3×3 "same"
+    /// convolution then runs on the CPU as four 2×2 sub-pixel convolutions
+    /// ([`conv2d_upsample2x`]); elsewhere as interpolate + conv.
+    pub upsample2x: bool,
+    /// Added to the result (`[n, cout, oh, ow]`): the residual of a block.
+    pub residual: Option<&'a Tensor>,
 }
 
 /// `x [n, cin, h, w]` (any view) ⋆ `weight [cout, cin, kh, kw]` + `bias [cout]`: dense NCHW.
 pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2d) -> Result<Tensor> {
-    conv2d_with(x, weight, bias, p, ConvAlgorithm::Im2col)
+    conv2d_with(x, weight, bias, p, ConvFusion::default(), ConvAlgorithm::Tiled)
 }
 
-/// [`conv2d`] with a chosen CPU algorithm (GPUs always run the direct kernel).
-pub fn conv2d_with(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2d, algorithm: ConvAlgorithm) -> Result<Tensor> {
+/// [`conv2d`] of the nearest ×2 upsampled `x` and/or plus a residual, fused where the
+/// backend has a fused form.
+pub fn conv2d_fused(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2d, fusion: ConvFusion) -> Result<Tensor> {
+    conv2d_with(x, weight, bias, p, fusion, ConvAlgorithm::Tiled)
+}
+
+/// [`conv2d_fused`] with a chosen CPU algorithm (GPUs always run the direct kernel).
+pub fn conv2d_with(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2d, fusion: ConvFusion, algorithm: ConvAlgorithm) -> Result<Tensor> {
     let err = |msg: String| Err(Error::Shape { op: "conv2d", msg });
     crate::check_float("conv2d", x)?;
     crate::check_same("conv2d", x, weight)?;
     if x.rank() != 4 || weight.rank() != 4 || weight.shape()[1] != x.shape()[1] {
         return err(format!("expected x [n, cin, h, w] and weight [cout, cin, kh, kw], got {:?} and {:?}", x.shape(), weight.shape()));
     }
-    let (n, cin, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+    let up = if fusion.upsample2x { 2 } else { 1 };
+    let (n, cin, h, w) = (x.shape()[0], x.shape()[1], up * x.shape()[2], up * x.shape()[3]);
     let (cout, kh, kw) = (weight.shape()[0], weight.shape()[2], weight.shape()[3]);
     if let Some(b) = bias {
         crate::check_same("conv2d", x, b)?;
@@ -286,32 +447,60 @@ pub fn conv2d_with(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2d
     let Some((oh, ow)) = p.out_size(h, w, kh, kw) else {
         return err(format!("a {kh}x{kw} kernel does not fit a padded {h}x{w} input"));
     };
+    if let Some(r) = fusion.residual {
+        crate::check_same("conv2d", x, r)?;
+        if r.shape() != [n, cout, oh, ow] {
+            return err(format!("residual has shape {:?}, expected [{n}, {cout}, {oh}, {ow}]", r.shape()));
+        }
+    }
+    let subpixel = fusion.upsample2x && (kh, kw) == (3, 3) && p == Conv2d::same(3) && algorithm == ConvAlgorithm::Tiled;
     let cpu_path = |t: &[Tensor]| -> Result<Tensor> {
         let (x, wt) = (&t[0], &t[1]);
-        let xs = cpu::read_f32(&contiguous(x)?).into_owned();
+        let x = if fusion.upsample2x && !subpixel { interpolate(x, h, w, Resize::Nearest)? } else { x.clone() };
+        let (sh, sw) = (x.shape()[2], x.shape()[3]);
+        let xs = cpu::read_f32(&contiguous(&x)?).into_owned();
         let ws = cpu::read_f32(&contiguous(wt)?).into_owned();
-        let bs = t.get(2).map(|b| cpu::read_f32(b).into_owned());
-        let mut out = vec![0f32; n * cout * oh * ow];
+        let bs = bias.is_some().then(|| cpu::read_f32(&t[2]).into_owned());
+        let plane = oh * ow;
+        // What the product is added to: bias, then the residual.
+        let mut out = match fusion.residual {
+            Some(_) => cpu::read_f32(&contiguous(t.last().expect("residual"))?).into_owned(),
+            None => vec![0f32; n * cout * plane],
+        };
+        if let Some(b) = &bs {
+            out.chunks_mut(plane.max(1)).enumerate().for_each(|(r, o)| {
+                let v = b[r % cout];
+                o.iter_mut().for_each(|e| *e += v);
+            });
+        }
+        let accumulate = bs.is_some() || fusion.residual.is_some();
+        let images = out.chunks_mut(cout * plane).zip(xs.chunks(cin * sh * sw));
         match algorithm {
-            ConvAlgorithm::Direct => out
-                .par_chunks_mut(cout * oh * ow)
-                .zip(xs.par_chunks(cin * h * w))
-                .for_each(|(o, img)| conv2d_image(img, cin, h, w, &ws, cout, kh, kw, bs.as_deref(), p, o)),
-            ConvAlgorithm::Im2col => out
-                .chunks_mut(cout * oh * ow)
-                .zip(xs.chunks(cin * h * w))
-                .for_each(|(o, img)| conv2d_im2col(img, cin, h, w, &ws, cout, kh, kw, bs.as_deref(), p, o)),
+            ConvAlgorithm::Direct => {
+                let mut conv = vec![0f32; out.len()];
+                conv.par_chunks_mut(cout * plane)
+                    .zip(xs.par_chunks(cin * sh * sw))
+                    .for_each(|(o, img)| conv2d_image(img, cin, sh, sw, &ws, cout, kh, kw, None, p, o));
+                out.iter_mut().zip(&conv).for_each(|(o, c)| *o += c);
+            }
+            ConvAlgorithm::Im2col => images.for_each(|(o, img)| conv2d_im2col(img, cin, sh, sw, &ws, cout, kh, kw, accumulate, p, o)),
+            ConvAlgorithm::Tiled if subpixel => images.for_each(|(o, img)| conv2d_upsample2x(img, cin, sh, sw, &ws, cout, o)),
+            ConvAlgorithm::Tiled => images.for_each(|(o, img)| conv2d_tiled(img, cin, sh, sw, &ws, cout, kh, kw, p, o, accumulate)),
         }
         Ok(cpu::from_vec(out, x.dtype(), &[n, cout, oh, ow], x.device()))
     };
     let mut inputs = vec![x, weight];
     inputs.extend(bias);
+    inputs.extend(fusion.residual);
     if x.device().is_cpu() {
         return cpu_path(&inputs.iter().map(|t| (*t).clone()).collect::<Vec<_>>());
     }
     if !crate::on_gpu(x.device(), &[x.dtype()]) {
         return crate::via_cpu(&inputs, cpu_path);
     }
+    // GPUs: upsample, convolve, add, each its own kernel.
+    let x = if fusion.upsample2x { interpolate(x, h, w, Resize::Nearest)? } else { x.clone() };
+    let x = &x;
     let weight = contiguous(weight)?;
     let out = gpu::empty(x.device(), x.dtype(), &[n, cout, oh, ow])?;
     let xs = x.strides();
@@ -332,7 +521,10 @@ pub fn conv2d_with(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2d
             )
         })
     });
-    Ok(out)
+    match fusion.residual {
+        Some(r) => crate::binary(&out, r, crate::BinaryOp::Add),
+        None => Ok(out),
+    }
 }
 
 /// GroupNorm of one group's values (contiguous in NCHW) in the float type T.
@@ -346,6 +538,20 @@ pub fn group_norm_group<T: Float>(x: &[T], first_channel: usize, spatial: usize,
         let c = first_channel + i / spatial;
         let y = (v - mean) * inv * gamma[c] + beta[c];
         *o = if silu { y / (T::one() + (-y).exp()) } else { y };
+    }
+}
+
+/// [`group_norm_group`] for the f32 CPU backend: the same two-pass statistics and formula
+/// in 16-lane sums and a vectorized exp.
+#[allow(clippy::too_many_arguments)]
+fn group_norm_group_f32(x: &[f32], first_channel: usize, spatial: usize, gamma: &[f32], beta: &[f32], eps: f32, silu: bool, out: &mut [f32]) {
+    let n = x.len() as f32;
+    let mean = crate::simd::sum(x) / n;
+    let inv = 1.0 / (crate::simd::sum_sq_dev(x, mean) / n + eps).sqrt();
+    for (i, (o, v)) in out.chunks_mut(spatial.max(1)).zip(x.chunks(spatial.max(1))).enumerate() {
+        let ch = first_channel + i;
+        let scale = inv * gamma[ch];
+        crate::simd::scale_shift_silu(v, scale, beta[ch] - mean * scale, silu, o);
     }
 }
 
@@ -372,10 +578,12 @@ pub fn group_norm(x: &Tensor, groups: usize, gamma: &Tensor, beta: &Tensor, eps:
         let xs = cpu::read_f32(&contiguous(&t[0])?).into_owned();
         let (g, b) = (cpu::read_f32(&t[1]).into_owned(), cpu::read_f32(&t[2]).into_owned());
         let mut out = vec![0f32; xs.len()];
-        out.par_chunks_mut(group_len.max(1))
-            .zip(xs.par_chunks(group_len.max(1)))
-            .enumerate()
-            .for_each(|(row, (o, v))| group_norm_group(v, (row % groups) * (c / groups), spatial, &g, &b, eps, silu, o));
+        let per_group = c / groups;
+        let len = group_len.max(1);
+        crate::pool::chunks_mut(&mut out, len, &|start, o| {
+            let row = start / len;
+            group_norm_group_f32(&xs[start..start + o.len()], (row % groups) * per_group, spatial, &g, &b, eps, silu, o);
+        });
         Ok(cpu::from_vec(out, t[0].dtype(), t[0].shape(), t[0].device()))
     };
     if x.device().is_cpu() {

@@ -12,6 +12,7 @@ mod gpu;
 pub mod image;
 pub mod matmul;
 pub mod msrq;
+pub mod pool;
 pub mod reference;
 pub mod sampling;
 mod simd;
@@ -22,7 +23,7 @@ use nextflow_shaders::{elementwise, reduce as kernels};
 
 pub use nextflow_runtime as runtime;
 pub use attention::{attention, grid_positions, text_positions, write_into, AttentionOptions, KvCache, Mask, Rope};
-pub use image::{conv2d, conv2d_with, group_norm, interpolate, interpolate_nhwc, spatial_attention, Conv2d, ConvAlgorithm, Resize};
+pub use image::{conv2d, conv2d_fused, conv2d_with, group_norm, interpolate, interpolate_nhwc, spatial_attention, Conv2d, ConvAlgorithm, ConvFusion, Resize};
 pub use matmul::{linear, matmul, Activation, Epilogue};
 pub use table::{OpEntry, OP_TABLE};
 pub use gpu::gpu_launches;

@@ -10,7 +10,6 @@ use crate::{contiguous, cpu};
 use cubecl::prelude::*;
 use nextflow_runtime::{cubecl, DType, Error, Result, Storage, Tensor};
 use nextflow_shaders::matmul as kernels;
-use rayon::prelude::*;
 
 /// Activation applied after the bias, before the residual add.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -294,65 +293,100 @@ fn f32_operand(t: &Tensor) -> Result<Tensor> {
 fn cpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize]) -> Result<Tensor> {
     let dtype = a.dtype();
     let (a32, b32) = (f32_operand(a)?, f32_operand(b)?);
-    let (a32, av) = as_mat(&a32)?;
+    let (a32, mut av) = as_mat(&a32)?;
     let (b32, mut bv) = as_mat(&b32)?;
     if b32.rank() == 2 {
         bv.sb = 0;
     }
     let r = out_shape.len();
-    let (m, n) = (out_shape[r - 2], out_shape[r - 1]);
+    let (mut m, n) = (out_shape[r - 2], out_shape[r - 1]);
     let k = a32.shape()[a32.rank() - 1];
-    let batch: usize = out_shape[..r - 2].iter().product();
-    let mut out = vec![0f32; batch * m * n];
-    let (sa, sb) = (cpu_f32(&a32), cpu_f32(&b32));
-    for (bi, dst) in out.chunks_mut((m * n).max(1)).enumerate().take(batch) {
-        if k == 0 {
-            break;
-        }
-        let a_at = av.offset + bi * av.sb;
-        let b_at = bv.offset + bi * bv.sb;
-        if m <= GEMV_MAX_ROWS && av.sc == 1 && (bv.sc == 1 || bv.sr == 1) {
-            cpu_gemv(&sa[a_at..], av.sr, &sb[b_at..], bv, m, k, n, dst);
-            continue;
-        }
-        // SAFETY: offsets and strides describe views inside the two buffers (checked by the
-        // runtime's layouts); dst is a dense m×n block.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                sa.as_ptr().add(a_at),
-                av.sc as isize,
-                av.sr as isize,
-                sb.as_ptr().add(b_at),
-                bv.sc as isize,
-                bv.sr as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::Rayon(0),
-            );
-        }
+    let mut batch: usize = out_shape[..r - 2].iter().product();
+    // A batch of row blocks against one shared b is one taller matrix.
+    if batch > 1 && bv.sb == 0 && av.sb == m * av.sr {
+        (m, batch) = (m * batch, 1);
+        av.sb = 0;
     }
-    if ep.bias.is_some() || ep.residual.is_some() || ep.activation != Activation::None {
-        let bias = ep.bias.map(cpu::read_f32);
-        let residual = ep.residual.map(cpu::read_f32);
-        out.par_chunks_mut(n.max(1)).enumerate().for_each(|(row, o)| {
-            for (j, v) in o.iter_mut().enumerate() {
+    let bias = ep.bias.map(cpu::read_f32);
+    let residual = ep.residual.map(cpu::read_f32);
+    let mut out = Vec::<f32>::with_capacity(batch * m * n);
+    // SAFETY: every element is written below (k == 0: by the zero fill) before it is read.
+    unsafe { out.set_len(batch * m * n) };
+    if k == 0 {
+        out.fill(0.0);
+    }
+    let (sa, sb) = (cpu_f32(&a32), cpu_f32(&b32));
+    let dst_all = crate::pool::SendPtr(out.as_mut_ptr());
+    // The epilogue of rows × columns c0..c1 of one output matrix, while it is in cache.
+    let epilogue = |dst: &mut [f32], bi: usize, c0: usize, c1: usize| {
+        if bias.is_none() && residual.is_none() && ep.activation == Activation::None {
+            return;
+        }
+        for row in 0..m {
+            let o = &mut dst[row * n + c0..row * n + c1];
+            let res_row = (bi * m + row) * n;
+            for (j, v) in (c0..c1).zip(o.iter_mut()) {
                 let mut x = *v + bias.as_ref().map_or(0.0, |b| b[j]);
                 x = match ep.activation {
                     Activation::None => x,
                     Activation::Silu => crate::reference::unary_scalar(crate::UnaryOp::Silu, x),
                     Activation::GeluErf => crate::reference::unary_scalar(crate::UnaryOp::GeluErf, x),
                 };
-                *v = x + residual.as_ref().map_or(0.0, |r| r[row * n + j]);
+                *v = x + residual.as_ref().map_or(0.0, |r| r[res_row + j]);
+            }
+        }
+    };
+    for bi in 0..batch {
+        // SAFETY: matrix bi of the output, which this iteration alone writes.
+        let dst = unsafe { std::slice::from_raw_parts_mut(dst_all.0.add(bi * m * n), m * n) };
+        if k == 0 {
+            epilogue(dst, bi, 0, n);
+            continue;
+        }
+        let a_at = av.offset + bi * av.sb;
+        let b_at = bv.offset + bi * bv.sb;
+        if m <= GEMV_MAX_ROWS && av.sc == 1 && (bv.sc == 1 || bv.sr == 1) {
+            cpu_gemv(&sa[a_at..], av.sr, &sb[b_at..], bv, m, k, n, dst);
+            epilogue(dst, bi, 0, n);
+            continue;
+        }
+        // Output columns in blocks of 16 (the GEMM's vector width, so a weight stored
+        // column-major is used unpacked), one single-threaded GEMM per block on the pool;
+        // small products stay on one thread.
+        let threads = crate::pool::threads_in_pool();
+        let blocks = if m * n * k < (1 << 18) { 1 } else { (threads * 2).min(n.div_ceil(16)) };
+        let width = n.div_ceil(blocks).div_ceil(16) * 16;
+        let blocks = n.div_ceil(width);
+        let dst_ptr = crate::pool::SendPtr(dst.as_mut_ptr());
+        crate::pool::for_each(blocks, &|blk| {
+            let dst_ptr = dst_ptr;
+            let (c0, c1) = (blk * width, ((blk + 1) * width).min(n));
+            // SAFETY: offsets and strides describe views inside the two buffers (checked by
+            // the runtime's layouts); this task alone writes columns c0..c1 of the dense
+            // m×n block dst.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    c1 - c0,
+                    k,
+                    dst_ptr.0.add(c0),
+                    1,
+                    n as isize,
+                    false,
+                    sa.as_ptr().add(a_at),
+                    av.sc as isize,
+                    av.sr as isize,
+                    sb.as_ptr().add(b_at + c0 * bv.sc),
+                    bv.sc as isize,
+                    bv.sr as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+                epilogue(std::slice::from_raw_parts_mut(dst_ptr.0, m * n), bi, c0, c1);
             }
         });
     }
@@ -370,26 +404,23 @@ fn cpu_gemv(a: &[f32], a_sr: usize, b: &[f32], bv: MatView, m: usize, k: usize, 
         let row = &mut dst[i * n..(i + 1) * n];
         if bv.sc == 1 {
             // Split k, not n, so each thread streams whole rows of B; then add the partials.
-            let parts = rayon::current_num_threads().max(1);
+            let parts = if n * k < (1 << 16) { 1 } else { crate::pool::threads_in_pool() };
             let rows_per = k.div_ceil(parts);
-            let partials: Vec<Vec<f32>> = (0..parts)
-                .into_par_iter()
-                .map(|t| {
-                    let mut acc = vec![0f32; n];
-                    for p in t * rows_per..((t + 1) * rows_per).min(k) {
-                        crate::simd::axpy(x[p], &b[p * bv.sr..][..n], &mut acc);
-                    }
-                    acc
-                })
-                .collect();
-            row.copy_from_slice(&partials[0]);
-            for part in &partials[1..] {
+            let mut partials = vec![0f32; parts * n];
+            crate::pool::chunks_mut(&mut partials, n, &|start, acc| {
+                let t = start / n;
+                for p in t * rows_per..((t + 1) * rows_per).min(k) {
+                    crate::simd::axpy(x[p], &b[p * bv.sr..][..n], acc);
+                }
+            });
+            row.copy_from_slice(&partials[..n]);
+            for part in partials.chunks(n).skip(1) {
                 crate::simd::axpy(1.0, part, row);
             }
         } else {
-            row.par_chunks_mut(COLS).enumerate().for_each(|(blk, out)| {
+            crate::pool::chunks_mut(row, COLS, &|start, out| {
                 for (jj, o) in out.iter_mut().enumerate() {
-                    *o = crate::simd::dot(x, &b[(blk * COLS + jj) * bv.sc..][..k]);
+                    *o = crate::simd::dot(x, &b[(start + jj) * bv.sc..][..k]);
                 }
             });
         }

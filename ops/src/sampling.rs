@@ -27,7 +27,6 @@ use crate::{check_float, check_rows, check_same, contiguous, cpu, on_gpu, via_cp
 use cubecl::prelude::*;
 use nextflow_runtime::{cubecl, DType, Device, Error, Result, Tensor};
 use nextflow_shaders::sampling::{self as kernels, GROUP, LEVEL_MAX, PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1, TABLE_LEN};
-use rayon::prelude::*;
 use std::sync::OnceLock;
 
 /// How [`sample`] turns logits into one token id per row.
@@ -316,14 +315,15 @@ fn sample_cpu(cond: &Tensor, uncond: Option<&Tensor>, plan: &Plan, out_shape: &[
     let c = cpu::read_f32(cond);
     let u = uncond.map(cpu::read_f32);
     let (v, s, len) = (plan.vocab, plan.start, plan.len);
-    let ids: Vec<u32> = (0..plan.rows)
-        .into_par_iter()
-        .map(|r| {
-            let at = r * v + s;
+    let mut ids = vec![0u32; plan.rows];
+    // Rows in parallel, a few per task (one row is microseconds of work).
+    crate::pool::chunks_mut(&mut ids, 8, &|first, part| {
+        for (i, id) in part.iter_mut().enumerate() {
+            let (r, at) = (first + i, (first + i) * v + s);
             let urow = u.as_ref().map(|u| &u[at..at + len]);
-            (s + sample_row(&c[at..at + len], urow, plan, r)) as u32
-        })
-        .collect();
+            *id = (s + sample_row(&c[at..at + len], urow, plan, r)) as u32;
+        }
+    });
     Tensor::from_slice(&ids, out_shape, device).expect("shape matches")
 }
 

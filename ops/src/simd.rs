@@ -97,6 +97,44 @@ dispatch!(axpy(alpha: f32, x: &[f32], y: &mut [f32]) -> () {
     }
 });
 
+dispatch!(sum(xs: &[f32]) -> f32 {
+    sum_lanes(xs)
+});
+
+// Σ (x − mean)², in 16 lanes.
+dispatch!(sum_sq_dev(xs: &[f32], mean: f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = xs.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().map(|v| (v - mean) * (v - mean)).sum();
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] += (c[i] - mean) * (c[i] - mean);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+});
+
+// out = x·scale + shift, then SiLU (y / (1 + e^−y)) when `silu`.
+dispatch!(scale_shift_silu(x: &[f32], scale: f32, shift: f32, silu: bool, out: &mut [f32]) -> () {
+    if silu {
+        for (o, v) in out.iter_mut().zip(x) {
+            let y = v * scale + shift;
+            *o = y / (1.0 + exp(-y));
+        }
+    } else {
+        for (o, v) in out.iter_mut().zip(x) {
+            *o = v * scale + shift;
+        }
+    }
+});
+
+// out = silu(g) · u
+dispatch!(silu_mul(g: &[f32], u: &[f32], out: &mut [f32]) -> () {
+    for ((o, a), b) in out.iter_mut().zip(g).zip(u) {
+        *o = a / (1.0 + exp(-a)) * b;
+    }
+});
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -4,12 +4,12 @@
 # Philox sampler, seed 0, KV cache, f32.
 #
 # Usage: tools/bench/tiny_image.sh [ROUNDS] [PER_ROUND]      (defaults 5 and 1)
-# Each round runs, alternating: PER_ROUND x `nextflow generate ... --json --device cpu` (each a fresh
-# process; its timings exclude loading, but include the process's first-call effects: it is not
-# warmed up), then tools/bench/torch_tiny_image.py --runs PER_ROUND (a fresh process: one warm-up
-# generation, then PER_ROUND timed). The table shows, per stage, the median and the minimum over
-# all runs (on a shared machine the minimum is the better estimate of uncontended speed; torch's
-# OpenMP threads suffer most from other load). Also checks both draw the same image.
+# Each round runs, alternating, two fresh processes that do the same: one warm-up generation, then
+# PER_ROUND timed ones — `nextflow bench image --warmup 1 --reps PER_ROUND --json --device cpu`,
+# then tools/bench/torch_tiny_image.py --runs PER_ROUND. The table shows, per stage, the median
+# and the minimum over all timed runs (on a shared machine the minimum is the better estimate of
+# uncontended speed), and each side's warm-up (first generation of a process) totals. Also checks
+# both draw the same image (`nextflow generate` writes ours once).
 # Env: THREADS (2), PROMPT, SEED (0), NEXTFLOW (target/release/nextflow), NEXTFLOW_BENCH_NO_PAUSE=1,
 #      WAIT_QUIET=S (wait up to S s for other busy processes, e.g. builds, to finish first).
 # The background training (train_transformer.py) is paused while measuring and always resumed.
@@ -33,16 +33,16 @@ echo "[bench] $NEXTFLOW: $(stat -c '%y' "$NEXTFLOW" | cut -d. -f1), sha256 $(sha
 
 for i in $(seq 1 "$ROUNDS"); do
     echo "[bench] round $i/$ROUNDS: nextflow x $PER" >&2
-    for j in $(seq 1 "$PER"); do
-        "$NEXTFLOW" generate --prompt "$PROMPT" --seed "$SEED" --out "$OUT/ours-$i-$j.png" --force --json --device cpu \
-            > "$OUT/ours.$i.$j.json" 2> "$OUT/ours.$i.$j.err" || { cat "$OUT/ours.$i.$j.err" >&2; exit 1; }
-    done
+    "$NEXTFLOW" --device cpu bench image --prompt "$PROMPT" --warmup 1 --reps "$PER" --json \
+        > "$OUT/ours.$i.json" 2> "$OUT/ours.$i.err" || { cat "$OUT/ours.$i.err" >&2; exit 1; }
     echo "[bench] round $i/$ROUNDS: torch" >&2
     extra=(); [ "$i" = 1 ] && extra=(--out "$OUT/torch.png")
     python tools/bench/torch_tiny_image.py --prompt "$PROMPT" --seed "$SEED" --runs "$PER" --threads "$THREADS" "${extra[@]}" \
         > "$OUT/torch.$i.json" 2> "$OUT/torch.$i.err" || { cat "$OUT/torch.$i.err" >&2; exit 1; }
 done
 resume_training
+"$NEXTFLOW" generate --prompt "$PROMPT" --seed "$SEED" --out "$OUT/ours.png" --force --device cpu 2> "$OUT/ours-png.err" \
+    || { cat "$OUT/ours-png.err" >&2; exit 1; }
 
 python - "$OUT" "$ROUNDS" "$PER" <<'PY'
 import json, statistics, sys
@@ -50,7 +50,8 @@ import numpy as np
 from PIL import Image
 out, rounds, per = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 med = statistics.median
-o = [json.load(open(f"{out}/ours.{i}.{j}.json"))["timings_ms"] for i in range(1, rounds + 1) for j in range(1, per + 1)]
+ours_ = [json.load(open(f"{out}/ours.{i}.json")) for i in range(1, rounds + 1)]
+o = [r for oj in ours_ for r in oj["runs_ms"]]
 torch_ = [json.load(open(f"{out}/torch.{i}.json")) for i in range(1, rounds + 1)]
 t = [r for tj in torch_ for r in tj["runs_ms"]]
 K = len(o[0]["scales"])
@@ -77,13 +78,14 @@ print("scale k = its code logits + CFG sampling, then (all but the last) the nex
 print("speedup = torch time / ours time (> 1: ours faster)")
 om, on, tm, tn = res["total"]
 print(f"\nspeedup ours vs torch, total: {tm / om:.2f}x on medians, {tn / on:.2f}x on minima (target >= 2x)")
-print("nextflow totals (fresh process each, no warm-up):", ", ".join(f"{x['total']:.1f}" for x in o))
+print("nextflow totals (after one warm-up per process):", ", ".join(f"{x['total']:.1f}" for x in o),
+      "| warm-ups:", ", ".join(f"{w['total']:.1f}" for oj in ours_ for w in oj["warmup_ms"]))
 print("torch totals (after one warm-up per process):", ", ".join(f"{x['total_ms']:.1f}" for x in t),
       "| warm-ups:", ", ".join(f"{r['warmup_total_ms']:.1f}" for r in torch_))
 print(f"torch {torch_[0]['torch']}")
 a = np.asarray(Image.open(f"{out}/torch.png")).astype(int)
-b = np.asarray(Image.open(f"{out}/ours-1-1.png")).astype(int)
+b = np.asarray(Image.open(f"{out}/ours.png")).astype(int)
 d = np.abs(a - b)
-print(f"same image? max |diff| {d.max()} /255, mean {d.mean():.2e} (uint8 RGB, ours vs torch, first round)")
+print(f"same image? max |diff| {d.max()} /255, mean {d.mean():.2e} (uint8 RGB, ours vs torch)")
 PY
 echo "(raw JSON and PNGs in $OUT)"

@@ -541,8 +541,23 @@ pub fn write_into(dst: &mut Tensor, dim: usize, start: usize, src: &Tensor) -> R
             let bytes = src.to_bytes()?;
             let size = dtype.size();
             let out = buf.bytes_mut();
-            for (i, at) in view.offsets().enumerate() {
-                out[at * size..(at + 1) * size].copy_from_slice(&bytes[i * size..(i + 1) * size]);
+            let (shape, strides) = (view.shape(), view.strides());
+            let inner = shape.last().copied().unwrap_or(1);
+            if strides.last() == Some(&1) && inner > 0 {
+                // Row by row: the innermost dim is contiguous in the destination.
+                let row_bytes = inner * size;
+                for (r, src_row) in bytes.chunks(row_bytes).enumerate() {
+                    let (mut rest, mut at) = (r, view.offset());
+                    for d in (0..shape.len() - 1).rev() {
+                        at += (rest % shape[d]) * strides[d];
+                        rest /= shape[d];
+                    }
+                    out[at * size..at * size + row_bytes].copy_from_slice(src_row);
+                }
+            } else {
+                for (i, at) in view.offsets().enumerate() {
+                    out[at * size..(at + 1) * size].copy_from_slice(&bytes[i * size..(i + 1) * size]);
+                }
             }
             Ok(())
         }

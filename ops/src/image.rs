@@ -281,9 +281,17 @@ pub fn conv2d_tiled(x: &[f32], cin: usize, h: usize, w: usize, weight: &[f32], c
     let direct = kh == 1 && kw == 1 && p.stride == 1 && p.pad == [0; 4];
     let tile = tile_columns(k, pixels);
     let tiles = pixels.div_ceil(tile);
+    // Small maps with many channels (the decoder's 8×8 levels) have fewer tiles than
+    // threads: split the output channels too (each part rebuilds the small patch matrix).
+    let threads = crate::pool::threads_in_pool();
+    let co_parts = if tiles >= threads || cout * k * pixels < (1 << 20) { 1 } else { (2 * threads).div_ceil(tiles).min(cout.div_ceil(8)) };
+    let co_width = cout.div_ceil(co_parts);
+    let co_parts = cout.div_ceil(co_width);
     let dst = SharedOut(out.as_mut_ptr());
-    let run = |cols: &mut Vec<f32>, t: usize| {
+    let run = |cols: &mut Vec<f32>, task: usize| {
         let dst = dst;
+        let (t, part) = (task / co_parts, task % co_parts);
+        let (c0, c1) = (part * co_width, ((part + 1) * co_width).min(cout));
         let (p0, p1) = (t * tile, ((t + 1) * tile).min(pixels));
         let n = p1 - p0;
         let (rhs, rhs_rs) = if direct {
@@ -295,19 +303,19 @@ pub fn conv2d_tiled(x: &[f32], cin: usize, h: usize, w: usize, weight: &[f32], c
             (cols.as_ptr(), n)
         };
         // SAFETY: weight is a dense [cout, k] matrix, rhs a [k, n] view inside x or cols, and
-        // dst columns p0..p1 of the [cout, pixels] output belong to this tile alone.
+        // rows c0..c1 × columns p0..p1 of the [cout, pixels] output belong to this task alone.
         unsafe {
             gemm::gemm(
-                cout, n, k,
-                dst.0.add(p0), 1, pixels as isize, accumulate,
-                weight.as_ptr(), 1, k as isize,
+                c1 - c0, n, k,
+                dst.0.add(c0 * pixels + p0), 1, pixels as isize, accumulate,
+                weight.as_ptr().add(c0 * k), 1, k as isize,
                 rhs, 1, rhs_rs as isize,
                 1.0, 1.0, false, false, false,
                 gemm::Parallelism::None,
             );
         }
     };
-    crate::pool::for_each(tiles, &|t| run(&mut Vec::new(), t));
+    crate::pool::for_each(tiles * co_parts, &|task| run(&mut Vec::new(), task));
 }
 
 /// The patch matrix of output pixels `p0..p1`: row `(c, i, j)` holds, per pixel, the input

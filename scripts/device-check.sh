@@ -77,6 +77,11 @@ for line in sys.stdin:
       timeout 120 "$bin/nextflow" generate --device "$d" --prompt "a red circle above a blue square" --out "$OUT/tiny-$d.png" --force --json > "$OUT/tiny-$d.json" 2> "$OUT/tiny-$d.log"
       tail -3 "$OUT/tiny-$d.log"; cat "$OUT/tiny-$d.json"
     done
+    echo "== tiny model, warm: 2 warm-up + 5 timed generations per stage (bench image), cpu and cuda"
+    for d in cpu cuda; do
+      timeout 120 "$bin/nextflow" --device "$d" bench image --warmup 2 --reps 5 > "$OUT/bench-image-$d.txt" 2> "$OUT/bench-image-$d.log" || status=1
+      cat "$OUT/bench-image-$d.txt"; tail -1 "$OUT/bench-image-$d.log"
+    done
     echo "== nextflow-7b shapes, 1024², CFG, random weights (f16 on cuda)"
     timeout 300 "$bin/nextflow" generate --device cuda --random-weights --config nextflow-7b --prompt "a cat on a mat" \
       --out "$OUT/7b.png" --force --json > "$OUT/7b.json" 2> "$OUT/7b.log" || status=1

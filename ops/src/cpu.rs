@@ -1,5 +1,5 @@
 //! The native CPU backend: f32 compute (f64 for exact copies), parallel over chunks or
-//! rows with rayon once a tensor is big enough to pay for threads.
+//! rows on the CPU pool ([`crate::pool`]) once a tensor is big enough to pay for threads.
 
 use crate::{reference, BinaryOp, ReduceOp, UnaryOp};
 use half::{bf16, f16};

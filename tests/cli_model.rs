@@ -180,3 +180,22 @@ fn chat_on_the_nextflow_model_answers_in_words() {
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert!(v["text"].is_string() && v["images"].is_array(), "{v}");
 }
+
+#[test]
+fn bench_image_times_whole_generations_per_stage() {
+    let (code, stdout, stderr) = nextflow(&["bench", "image", "--warmup", "1", "--reps", "2", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["runs_ms"].as_array().unwrap().len(), 2, "{report}");
+    assert_eq!(report["warmup_ms"].as_array().unwrap().len(), 1, "{report}");
+    let run = &report["runs_ms"][0];
+    assert_eq!(run["scales"].as_array().unwrap().len(), 7, "{report}");
+    let stages: f64 = run["prefill"].as_f64().unwrap() + run["scales"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).sum::<f64>() + run["decoder"].as_f64().unwrap();
+    let total = run["total"].as_f64().unwrap();
+    assert!(total > 0.0 && (stages - total).abs() < 0.5, "stages {stages} ms vs total {total} ms: {report}");
+    assert!(report["median_ms"]["total"].as_f64().unwrap() >= report["min_ms"]["total"].as_f64().unwrap());
+    // A config that ships no weights needs --random-weights, said plainly.
+    let (code, _, stderr) = nextflow(&["bench", "image", "--config", "7b"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("--random-weights"), "{stderr}");
+}

@@ -38,8 +38,9 @@ pub enum Command {
     /// With `--device X`, open that device (compiling nothing) and report it, so you can
     /// check a selection before a long run.
     Devices,
-    /// Time every candidate kernel of every op family at a config's shapes and save the
-    /// winners in the autotune cache (`bench kernels --config tiny|7b [--json]`).
+    /// Benchmarks: `bench kernels --config tiny|7b` times every candidate kernel of every op
+    /// family at a config's shapes and saves the winners in the autotune cache; `bench image`
+    /// times whole text-to-image generations per stage after warm-up runs.
     Bench(bench::BenchArgs),
     /// Text to image: paint a picture scale by scale, coarse to fine.
     ///

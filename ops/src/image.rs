@@ -121,7 +121,7 @@ fn resize(x: &Tensor, out_h: usize, out_w: usize, mode: Resize, channels_last: b
         Layout::contiguous(&[n, c, out_h, out_w])
     };
     let cpu_path = |x: &Tensor| -> Result<Tensor> {
-        let planes = cpu::read_f32(&contiguous(x)?).into_owned();
+        let planes = cpu::read_f32(x);
         let mut out = vec![0f32; n * c * out_h * out_w];
         let plane = out_h * out_w;
         crate::pool::chunks_mut(&mut out, plane, &|start, o| {
@@ -364,29 +364,36 @@ fn im2col_tile(x: &[f32], h: usize, w: usize, kh: usize, kw: usize, p: Conv2d, o
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_upsample2x(x: &[f32], cin: usize, h: usize, w: usize, weight: &[f32], cout: usize, out: &mut [f32]) {
     let (ow, plane) = (2 * w, 4 * h * w);
-    let mut phase_w = vec![0f32; cout * cin * 4];
+    // Folded 2×2 kernels of the four phases, phase-major: [4][cout][cin][2][2]. Along one
+    // axis, phase 0 folds the 3 taps to (t0, t1 + t2) and phase 1 to (t0 + t1, t2).
+    let pairs = cout * cin;
+    let mut phase_w = vec![0f32; 4 * pairs * 4];
+    for (pair, k3) in weight.chunks_exact(9).enumerate().take(pairs) {
+        let fold = |t: [f32; 3], ph: usize| if ph == 0 { [t[0], t[1] + t[2]] } else { [t[0] + t[1], t[2]] };
+        let rows = [[k3[0], k3[1], k3[2]], [k3[3], k3[4], k3[5]], [k3[6], k3[7], k3[8]]];
+        for py in 0..2 {
+            // Rows folded for this phase: two rows of three taps.
+            let cols3: [[f32; 3]; 2] = {
+                let c = |j: usize| fold([rows[0][j], rows[1][j], rows[2][j]], py);
+                let (c0, c1, c2) = (c(0), c(1), c(2));
+                [[c0[0], c1[0], c2[0]], [c0[1], c1[1], c2[1]]]
+            };
+            for px in 0..2 {
+                let at = ((py * 2 + px) * pairs + pair) * 4;
+                for (a, row) in cols3.iter().enumerate() {
+                    let f = fold(*row, px);
+                    phase_w[at + a * 2] = f[0];
+                    phase_w[at + a * 2 + 1] = f[1];
+                }
+            }
+        }
+    }
     let mut tmp = vec![0f32; cout * h * w];
     for py in 0..2 {
         for px in 0..2 {
-            // Rows of the 3×3 kernel that fold into each of the two taps of this phase.
-            let fold = |ph: usize, tap: usize| -> &'static [usize] {
-                match (ph, tap) {
-                    (0, 0) => &[0],
-                    (0, _) => &[1, 2],
-                    (_, 0) => &[0, 1],
-                    (_, _) => &[2],
-                }
-            };
-            for oc in 0..cout * cin {
-                let k3 = &weight[oc * 9..][..9];
-                for a in 0..2 {
-                    for b in 0..2 {
-                        phase_w[oc * 4 + a * 2 + b] = fold(py, a).iter().flat_map(|&i| fold(px, b).iter().map(move |&j| k3[i * 3 + j])).sum();
-                    }
-                }
-            }
             let geometry = Conv2d { stride: 1, pad: [1 - py, py, 1 - px, px] };
-            conv2d_tiled(x, cin, h, w, &phase_w, cout, 2, 2, geometry, &mut tmp, false);
+            let pw = &phase_w[(py * 2 + px) * pairs * 4..][..pairs * 4];
+            conv2d_tiled(x, cin, h, w, pw, cout, 2, 2, geometry, &mut tmp, false);
             for (o, t) in out.chunks_mut(plane).zip(tmp.chunks(h * w)) {
                 for i in 0..h {
                     let row = &mut o[(2 * i + py) * ow..][..ow];
@@ -466,13 +473,14 @@ pub fn conv2d_with(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2d
         let (x, wt) = (&t[0], &t[1]);
         let x = if fusion.upsample2x && !subpixel { interpolate(x, h, w, Resize::Nearest)? } else { x.clone() };
         let (sh, sw) = (x.shape()[2], x.shape()[3]);
-        let xs = cpu::read_f32(&contiguous(&x)?).into_owned();
-        let ws = cpu::read_f32(&contiguous(wt)?).into_owned();
-        let bs = bias.is_some().then(|| cpu::read_f32(&t[2]).into_owned());
+        // Logical (dense) values: borrowed from the buffers when they already are dense f32.
+        let xs = cpu::read_f32(&x);
+        let ws = cpu::read_f32(wt);
+        let bs = bias.is_some().then(|| cpu::read_f32(&t[2]));
         let plane = oh * ow;
         // What the product is added to: bias, then the residual.
         let mut out = match fusion.residual {
-            Some(_) => cpu::read_f32(&contiguous(t.last().expect("residual"))?).into_owned(),
+            Some(_) => cpu::read_f32(t.last().expect("residual")).into_owned(),
             None => vec![0f32; n * cout * plane],
         };
         if let Some(b) = &bs {
@@ -583,8 +591,8 @@ pub fn group_norm(x: &Tensor, groups: usize, gamma: &Tensor, beta: &Tensor, eps:
     }
     let group_len = c / groups * spatial;
     let cpu_path = |t: &[Tensor]| -> Result<Tensor> {
-        let xs = cpu::read_f32(&contiguous(&t[0])?).into_owned();
-        let (g, b) = (cpu::read_f32(&t[1]).into_owned(), cpu::read_f32(&t[2]).into_owned());
+        let xs = cpu::read_f32(&t[0]);
+        let (g, b) = (cpu::read_f32(&t[1]), cpu::read_f32(&t[2]));
         let mut out = vec![0f32; xs.len()];
         let per_group = c / groups;
         let len = group_len.max(1);

@@ -253,13 +253,6 @@ pub fn conv2d_im2col(x: &[f32], cin: usize, h: usize, w: usize, weight: &[f32], 
     }
 }
 
-/// A pointer shared by the threads of one convolution, each writing its own columns.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: the tiles of `conv2d_tiled` write disjoint output columns.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
 /// Columns per tile: the tile's patch matrix (`k · tile` values) stays about 256 KB, within
 /// a core's L2, and the tile is a multiple of the GEMM's 16-lane vectors.
 fn tile_columns(k: usize, pixels: usize) -> usize {
@@ -287,9 +280,8 @@ pub fn conv2d_tiled(x: &[f32], cin: usize, h: usize, w: usize, weight: &[f32], c
     let co_parts = if tiles >= threads || cout * k * pixels < (1 << 20) { 1 } else { (2 * threads).div_ceil(tiles).min(cout.div_ceil(8)) };
     let co_width = cout.div_ceil(co_parts);
     let co_parts = cout.div_ceil(co_width);
-    let dst = SharedOut(out.as_mut_ptr());
+    let dst = crate::pool::SendPtr(out.as_mut_ptr());
     let run = |cols: &mut Vec<f32>, task: usize| {
-        let dst = dst;
         let (t, part) = (task / co_parts, task % co_parts);
         let (c0, c1) = (part * co_width, ((part + 1) * co_width).min(cout));
         let (p0, p1) = (t * tile, ((t + 1) * tile).min(pixels));
@@ -307,7 +299,7 @@ pub fn conv2d_tiled(x: &[f32], cin: usize, h: usize, w: usize, weight: &[f32], c
         unsafe {
             gemm::gemm(
                 c1 - c0, n, k,
-                dst.0.add(c0 * pixels + p0), 1, pixels as isize, accumulate,
+                dst.get().add(c0 * pixels + p0), 1, pixels as isize, accumulate,
                 weight.as_ptr().add(c0 * k), 1, k as isize,
                 rhs, 1, rhs_rs as isize,
                 1.0, 1.0, false, false, false,

@@ -309,12 +309,7 @@ fn cpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize]) -> Res
     }
     let bias = ep.bias.map(cpu::read_f32);
     let residual = ep.residual.map(cpu::read_f32);
-    let mut out = Vec::<f32>::with_capacity(batch * m * n);
-    // SAFETY: every element is written below (k == 0: by the zero fill) before it is read.
-    unsafe { out.set_len(batch * m * n) };
-    if k == 0 {
-        out.fill(0.0);
-    }
+    let mut out = vec![0f32; batch * m * n];
     let (sa, sb) = (cpu_f32(&a32), cpu_f32(&b32));
     let dst_all = crate::pool::SendPtr(out.as_mut_ptr());
     // The epilogue of rows × columns c0..c1 of one output matrix, while it is in cache.
@@ -338,7 +333,7 @@ fn cpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize]) -> Res
     };
     for bi in 0..batch {
         // SAFETY: matrix bi of the output, which this iteration alone writes.
-        let dst = unsafe { std::slice::from_raw_parts_mut(dst_all.0.add(bi * m * n), m * n) };
+        let dst = unsafe { std::slice::from_raw_parts_mut(dst_all.get().add(bi * m * n), m * n) };
         if k == 0 {
             epilogue(dst, bi, 0, n);
             continue;
@@ -359,7 +354,6 @@ fn cpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize]) -> Res
         let blocks = n.div_ceil(width);
         let dst_ptr = crate::pool::SendPtr(dst.as_mut_ptr());
         crate::pool::for_each(blocks, &|blk| {
-            let dst_ptr = dst_ptr;
             let (c0, c1) = (blk * width, ((blk + 1) * width).min(n));
             // SAFETY: offsets and strides describe views inside the two buffers (checked by
             // the runtime's layouts); this task alone writes columns c0..c1 of the dense
@@ -369,7 +363,7 @@ fn cpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize]) -> Res
                     m,
                     c1 - c0,
                     k,
-                    dst_ptr.0.add(c0),
+                    dst_ptr.get().add(c0),
                     1,
                     n as isize,
                     false,
@@ -386,7 +380,7 @@ fn cpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize]) -> Res
                     false,
                     gemm::Parallelism::None,
                 );
-                epilogue(std::slice::from_raw_parts_mut(dst_ptr.0, m * n), bi, c0, c1);
+                epilogue(std::slice::from_raw_parts_mut(dst_ptr.get(), m * n), bi, c0, c1);
             }
         });
     }

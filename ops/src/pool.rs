@@ -114,7 +114,7 @@ fn worker(pool: &'static Pool) {
         let mut spins = 0u32;
         while pool.generation.load(Ordering::Acquire) == seen {
             spins += 1;
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 if start.elapsed() > SPIN {
                     let mut sleepers = pool.sleepers.lock().unwrap();
                     *sleepers += 1;
@@ -173,7 +173,7 @@ pub fn for_each(n: usize, f: &(dyn Fn(usize) + Sync)) {
     let mut spins = 0u32;
     while pool.active.load(Ordering::Acquire) > 0 {
         spins += 1;
-        if spins % 64 == 0 {
+        if spins.is_multiple_of(64) {
             std::thread::yield_now();
         } else {
             std::hint::spin_loop();
@@ -193,11 +193,10 @@ pub fn chunks_mut<T: Send>(out: &mut [T], chunk: usize, f: &(dyn Fn(usize, &mut 
     let len = out.len();
     let base = SendPtr(out.as_mut_ptr());
     for_each(len.div_ceil(chunk), &|i| {
-        let base = base;
         let start = i * chunk;
         let end = (start + chunk).min(len);
         // SAFETY: task i alone owns elements start..end of `out`, which outlives the call.
-        let piece = unsafe { std::slice::from_raw_parts_mut(base.0.add(start), end - start) };
+        let piece = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), end - start) };
         f(start, piece);
     });
 }
@@ -210,6 +209,12 @@ impl<T> Clone for SendPtr<T> {
     }
 }
 impl<T> Copy for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    /// The pointer (a method, so closures capture the whole Sync wrapper).
+    pub fn get(self) -> *mut T {
+        self.0
+    }
+}
 // SAFETY: users hand disjoint parts of the pointee to different tasks.
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}

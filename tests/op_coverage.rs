@@ -355,8 +355,9 @@ fn run_image_ops(device: &Device, dtype: DType, ck: &mut Checker) {
         ("1x1", (1, 1), Conv2d::same(1), true),
         ("3x3 stride 2 pad right/bottom", (3, 3), Conv2d::downsample(), false),
     ] {
-        // (32, 8, 40, 40): several CPU tiles (a 288-row patch matrix is cut every 224 pixels).
-        for &(cin, cout, h, w) in &[(3usize, 5usize, 7usize, 9usize), (8, 4, 8, 8), (32, 8, 40, 40)] {
+        // (32, 8, 40, 40): several CPU tiles (a 288-row patch matrix is cut every 224 pixels);
+        // (64, 32, 8, 8): one tile, so the CPU splits the output channels across threads.
+        for &(cin, cout, h, w) in &[(3usize, 5usize, 7usize, 9usize), (8, 4, 8, 8), (32, 8, 40, 40), (64, 32, 8, 8)] {
             let (x, hx) = strided(&mut rng, &[2, cin, h, w], dtype, -1.0, 1.0, d);
             let (wt, hw) = random(&mut rng, &[cout, cin, kh, kw], dtype, -0.5, 0.5, d);
             let (b, hb) = random(&mut rng, &[cout], dtype, -0.5, 0.5, d);

@@ -277,7 +277,8 @@ pub fn conv2d_tiled(x: &[f32], cin: usize, h: usize, w: usize, weight: &[f32], c
     // Small maps with many channels (the decoder's 8×8 levels) have fewer tiles than
     // threads: split the output channels too (each part rebuilds the small patch matrix).
     let threads = crate::pool::threads_in_pool();
-    let co_parts = if tiles >= threads || cout * k * pixels < (1 << 20) { 1 } else { (2 * threads).div_ceil(tiles).min(cout.div_ceil(8)) };
+    // One part per thread measured best (two per thread: +7 % decoder time, four: +30 %).
+    let co_parts = if tiles >= threads || cout * k * pixels < (1 << 20) { 1 } else { threads.div_ceil(tiles).min(cout.div_ceil(8)) };
     let co_width = cout.div_ceil(co_parts);
     let co_parts = cout.div_ceil(co_width);
     let dst = crate::pool::SendPtr(out.as_mut_ptr());

@@ -381,22 +381,29 @@ pub fn conv2d_upsample2x(x: &[f32], cin: usize, h: usize, w: usize, weight: &[f3
             }
         }
     }
-    let mut tmp = vec![0f32; cout * h * w];
-    for py in 0..2 {
-        for px in 0..2 {
-            let geometry = Conv2d { stride: 1, pad: [1 - py, py, 1 - px, px] };
-            let pw = &phase_w[(py * 2 + px) * pairs * 4..][..pairs * 4];
-            conv2d_tiled(x, cin, h, w, pw, cout, 2, 2, geometry, &mut tmp, false);
-            for (o, t) in out.chunks_mut(plane).zip(tmp.chunks(h * w)) {
-                for i in 0..h {
-                    let row = &mut o[(2 * i + py) * ow..][..ow];
-                    for (j, &v) in t[i * w..][..w].iter().enumerate() {
-                        row[2 * j + px] += v;
-                    }
+    // The four phase images, then one parallel pass that interleaves them into the output
+    // planes (each output row written once).
+    let hw = h * w;
+    let mut phases = vec![0f32; 4 * cout * hw];
+    for (ph, tmp) in phases.chunks_mut(cout * hw).enumerate() {
+        let (py, px) = (ph / 2, ph % 2);
+        let geometry = Conv2d { stride: 1, pad: [1 - py, py, 1 - px, px] };
+        conv2d_tiled(x, cin, h, w, &phase_w[ph * pairs * 4..][..pairs * 4], cout, 2, 2, geometry, tmp, false);
+    }
+    let phases = &phases;
+    crate::pool::chunks_mut(out, plane, &|start, o| {
+        let c = start / plane;
+        for i in 0..h {
+            for py in 0..2 {
+                let row = &mut o[(2 * i + py) * ow..][..ow];
+                let (even, odd) = (&phases[((2 * py) * cout + c) * hw + i * w..][..w], &phases[((2 * py + 1) * cout + c) * hw + i * w..][..w]);
+                for (j, pair) in row.chunks_exact_mut(2).enumerate() {
+                    pair[0] += even[j];
+                    pair[1] += odd[j];
                 }
             }
         }
-    }
+    });
 }
 
 /// Which CPU convolution `conv2d` uses (benchmarks compare them).

@@ -80,7 +80,7 @@ for line in sys.stdin:
     echo "== tiny model, warm: 2 warm-up + 5 timed generations per stage (bench image), cpu and cuda"
     for d in cpu cuda; do
       timeout 120 "$bin/nextflow" --device "$d" bench image --warmup 2 --reps 5 > "$OUT/bench-image-$d.txt" 2> "$OUT/bench-image-$d.log" || status=1
-      cat "$OUT/bench-image-$d.txt"; tail -1 "$OUT/bench-image-$d.log"
+      cat "$OUT/bench-image-$d.txt"; tr "\r" "\n" < "$OUT/bench-image-$d.log" | grep -v "^\[" | tail -2
     done
     echo "== nextflow-7b shapes, 1024², CFG, random weights (f16 on cuda)"
     timeout 300 "$bin/nextflow" generate --device cuda --random-weights --config nextflow-7b --prompt "a cat on a mat" \

@@ -290,9 +290,12 @@ pub fn conv2d_tiled(x: &[f32], cin: usize, h: usize, w: usize, weight: &[f32], c
         let (rhs, rhs_rs) = if direct {
             (x[p0..].as_ptr(), pixels)
         } else {
-            cols.clear();
-            cols.resize(k * n, 0.0);
-            im2col_tile(x, h, w, kh, kw, p, ow, p0, p1, cols);
+            // Every entry of the first k·n is written by im2col_tile (zeros included), so a
+            // reused buffer needs no clearing; it only grows.
+            if cols.len() < k * n {
+                cols.resize(k * n, 0.0);
+            }
+            im2col_tile(x, h, w, kh, kw, p, ow, p0, p1, &mut cols[..k * n]);
             (cols.as_ptr(), n)
         };
         // SAFETY: weight is a dense [cout, k] matrix, rhs a [k, n] view inside x or cols, and
@@ -308,7 +311,12 @@ pub fn conv2d_tiled(x: &[f32], cin: usize, h: usize, w: usize, weight: &[f32], c
             );
         }
     };
-    crate::pool::for_each(tiles * co_parts, &|task| run(&mut Vec::new(), task));
+    crate::pool::for_each(tiles * co_parts, &|task| COLS.with(|c| run(&mut c.borrow_mut(), task)));
+}
+
+thread_local! {
+    /// Each thread's patch-matrix buffer, reused across tiles and calls.
+    static COLS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The patch matrix of output pixels `p0..p1`: row `(c, i, j)` holds, per pixel, the input
@@ -479,11 +487,17 @@ pub fn conv2d_with(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2d
         let bs = bias.is_some().then(|| cpu::read_f32(&t[2]));
         let plane = oh * ow;
         // What the product is added to: bias, then the residual.
-        let mut out = match fusion.residual {
-            Some(_) => cpu::read_f32(t.last().expect("residual")).into_owned(),
-            None => vec![0f32; n * cout * plane],
+        let mut out = match (fusion.residual, &bs) {
+            (Some(_), _) => cpu::read_f32(t.last().expect("residual")).into_owned(),
+            // The bias written straight in (no zero fill first).
+            (None, Some(b)) => {
+                let mut v = Vec::with_capacity(n * cout * plane);
+                (0..n * cout).for_each(|r| v.resize(v.len() + plane, b[r % cout]));
+                v
+            }
+            (None, None) => vec![0f32; n * cout * plane],
         };
-        if let Some(b) = &bs {
+        if let (Some(_), Some(b)) = (fusion.residual, &bs) {
             out.chunks_mut(plane.max(1)).enumerate().for_each(|(r, o)| {
                 let v = b[r % cout];
                 o.iter_mut().for_each(|e| *e += v);

@@ -309,16 +309,25 @@ fn cpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize]) -> Res
     }
     let bias = ep.bias.map(cpu::read_f32);
     let residual = ep.residual.map(cpu::read_f32);
-    let mut out = vec![0f32; batch * m * n];
+    // Not zero-filled: the GEMMs write every element (`read_dst` false) before anything
+    // reads it; only raw pointers reach the memory until then, and set_len comes last.
+    let total = batch * m * n;
+    let mut out = Vec::<f32>::with_capacity(total);
     let (sa, sb) = (cpu_f32(&a32), cpu_f32(&b32));
     let dst_all = crate::pool::SendPtr(out.as_mut_ptr());
-    // The epilogue of rows × columns c0..c1 of one output matrix, while it is in cache.
-    let epilogue = |dst: &mut [f32], bi: usize, c0: usize, c1: usize| {
+    if k == 0 {
+        // SAFETY: the allocation holds `total` f32s; all-zero bytes are 0.0.
+        unsafe { std::ptr::write_bytes(dst_all.get(), 0, total) };
+    }
+    // The epilogue of rows × columns c0..c1 of output matrix `dst` (already written).
+    let epilogue = |dst: crate::pool::SendPtr<f32>, bi: usize, c0: usize, c1: usize| {
         if bias.is_none() && residual.is_none() && ep.activation == Activation::None {
             return;
         }
         for row in 0..m {
-            let o = &mut dst[row * n + c0..row * n + c1];
+            // SAFETY: row `row`, columns c0..c1 of the m×n matrix at dst: written, and this
+            // caller's alone.
+            let o = unsafe { std::slice::from_raw_parts_mut(dst.get().add(row * n + c0), c1 - c0) };
             let res_row = (bi * m + row) * n;
             for (j, v) in (c0..c1).zip(o.iter_mut()) {
                 let mut x = *v + bias.as_ref().map_or(0.0, |b| b[j]);
@@ -332,8 +341,8 @@ fn cpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize]) -> Res
         }
     };
     for bi in 0..batch {
-        // SAFETY: matrix bi of the output, which this iteration alone writes.
-        let dst = unsafe { std::slice::from_raw_parts_mut(dst_all.get().add(bi * m * n), m * n) };
+        // SAFETY: matrix bi of the output, inside the allocation.
+        let dst = crate::pool::SendPtr(unsafe { dst_all.get().add(bi * m * n) });
         if k == 0 {
             epilogue(dst, bi, 0, n);
             continue;
@@ -341,7 +350,12 @@ fn cpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize]) -> Res
         let a_at = av.offset + bi * av.sb;
         let b_at = bv.offset + bi * bv.sb;
         if m <= GEMV_MAX_ROWS && av.sc == 1 && (bv.sc == 1 || bv.sr == 1) {
-            cpu_gemv(&sa[a_at..], av.sr, &sb[b_at..], bv, m, k, n, dst);
+            // SAFETY: zero the few rows first, so the slice covers initialized memory.
+            let rows = unsafe {
+                std::ptr::write_bytes(dst.get(), 0, m * n);
+                std::slice::from_raw_parts_mut(dst.get(), m * n)
+            };
+            cpu_gemv(&sa[a_at..], av.sr, &sb[b_at..], bv, m, k, n, rows);
             epilogue(dst, bi, 0, n);
             continue;
         }
@@ -352,7 +366,7 @@ fn cpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize]) -> Res
         let blocks = if m * n * k < (1 << 18) { 1 } else { (threads * 2).min(n.div_ceil(16)) };
         let width = n.div_ceil(blocks).div_ceil(16) * 16;
         let blocks = n.div_ceil(width);
-        let dst_ptr = crate::pool::SendPtr(dst.as_mut_ptr());
+        let dst_ptr = dst;
         crate::pool::for_each(blocks, &|blk| {
             let (c0, c1) = (blk * width, ((blk + 1) * width).min(n));
             // SAFETY: offsets and strides describe views inside the two buffers (checked by
@@ -380,10 +394,12 @@ fn cpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize]) -> Res
                     false,
                     gemm::Parallelism::None,
                 );
-                epilogue(std::slice::from_raw_parts_mut(dst_ptr.get(), m * n), bi, c0, c1);
             }
+            epilogue(dst_ptr, bi, c0, c1);
         });
     }
+    // SAFETY: every element was written above (GEMMs, GEMV rows, or the k == 0 zeros).
+    unsafe { out.set_len(total) };
     Ok(cpu::from_vec(out, dtype, out_shape, a.device()))
 }
 

@@ -202,12 +202,11 @@ impl Attention {
         let q_pos0 = skv - sq;
         let blocks = sq.div_ceil(BLOCK);
         let mut out = vec![0f32; b * sq * hq * d];
-        let out_rows = SharedRows(out.as_mut_ptr());
+        let out_rows = crate::pool::SendPtr(out.as_mut_ptr());
         // Tasks own disjoint output rows; scratch (scores, block output) is per thread.
         crate::pool::for_each(b * hq * blocks, &|task| {
-            let (mut scores, mut o) = (Vec::<f32>::new(), Vec::<f32>::new());
-            {
-                let (scores, o) = (&mut scores, &mut o);
+            ATTENTION_SCRATCH.with(|scratch| {
+                let (scores, o) = &mut *scratch.borrow_mut();
                 let (bi, h, blk) = (task / (hq * blocks), (task / blocks) % hq, task % blocks);
                 let (q0, q1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(sq));
                 let rows = q1 - q0;
@@ -278,28 +277,18 @@ impl Attention {
                 for (r, row) in o.chunks(d).enumerate() {
                     let at = ((bi * sq + q0 + r) * hq + h) * d;
                     // SAFETY: row (bi, q0 + r, h) belongs to this task alone.
-                    unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out_rows.at(at), d) };
+                    unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out_rows.get().add(at), d) };
                 }
-            }
+            })
         });
         let dense = cpu::from_vec(out, q.dtype(), &[b, sq, hq, d], q.device());
         dense.permute(&[0, 2, 1, 3]).expect("valid permutation")
     }
 }
 
-/// The output buffer shared by attention tasks that write disjoint rows.
-#[derive(Clone, Copy)]
-struct SharedRows(*mut f32);
-// SAFETY: every task writes rows no other task touches, and the buffer outlives the scope.
-unsafe impl Send for SharedRows {}
-unsafe impl Sync for SharedRows {}
-
-impl SharedRows {
-    /// Pointer to element `at` (a method, so closures capture the whole Sync wrapper).
-    fn at(&self, at: usize) -> *mut f32 {
-        // SAFETY: callers stay inside the buffer.
-        unsafe { self.0.add(at) }
-    }
+thread_local! {
+    /// Each thread's attention scratch (scores, block output), reused across tasks and calls.
+    static ATTENTION_SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Rotary-embedding tables: per frequency pair `i < head_dim/2`, `inv_freq[i] =
@@ -405,9 +394,9 @@ impl Rope {
         let rows = if shared { s } else { b * s };
         let table = ROPE_TABLE.with(|cache| {
             let mut cache = cache.borrow_mut();
-            let key = (pos[..rows * 3].to_vec(), self.inv_freq.clone(), self.axis.clone());
-            if let Some((k, t)) = cache.as_ref() {
-                if *k == key {
+            let pos = &pos[..rows * 3];
+            if let Some(((p, f, a), t)) = cache.as_ref() {
+                if p[..] == *pos && *f == self.inv_freq && *a == self.axis {
                     return t.clone();
                 }
             }
@@ -420,7 +409,7 @@ impl Rope {
                 }
             }
             let t = std::sync::Arc::new(t);
-            *cache = Some((key, t.clone()));
+            *cache = Some(((pos.to_vec(), self.inv_freq.clone(), self.axis.clone()), t.clone()));
             t
         });
         let mut out = vec![0f32; b * h * s * d];
@@ -541,17 +530,12 @@ pub fn write_into(dst: &mut Tensor, dim: usize, start: usize, src: &Tensor) -> R
             let bytes = src.to_bytes()?;
             let size = dtype.size();
             let out = buf.bytes_mut();
-            let (shape, strides) = (view.shape(), view.strides());
-            let inner = shape.last().copied().unwrap_or(1);
-            if strides.last() == Some(&1) && inner > 0 {
+            let inner = view.shape().last().copied().unwrap_or(1);
+            if view.strides().last() == Some(&1) && inner > 0 {
                 // Row by row: the innermost dim is contiguous in the destination.
                 let row_bytes = inner * size;
                 for (r, src_row) in bytes.chunks(row_bytes).enumerate() {
-                    let (mut rest, mut at) = (r, view.offset());
-                    for d in (0..shape.len() - 1).rev() {
-                        at += (rest % shape[d]) * strides[d];
-                        rest /= shape[d];
-                    }
+                    let at = view.offset_of(r * inner);
                     out[at * size..at * size + row_bytes].copy_from_slice(src_row);
                 }
             } else {

@@ -56,7 +56,7 @@ fn gather_f32(t: &Tensor, start: usize, out: &mut [f32]) {
                 while i < len {
                     let col = (start + i) % inner;
                     let run = (inner - col).min(len - i);
-                    let base = l.offsets_range(start + i, 1).next().unwrap();
+                    let base = l.offset_of(start + i);
                     for (k, o) in out[i..i + run].iter_mut().enumerate() {
                         *o = $conv(&s[base + k * step]);
                     }
@@ -72,6 +72,15 @@ fn gather_f32(t: &Tensor, start: usize, out: &mut [f32]) {
         DType::U32 => gather!(u32, |v: &u32| *v as f32),
         DType::I32 => gather!(i32, |v: &i32| *v as f32),
         DType::U8 => gather!(u8, |v: &u8| *v as f32),
+    }
+}
+
+/// [`par_fill`] in chunks of whole rows of `n`, so no row straddles two threads.
+fn par_fill_rows<T: Send>(out: &mut [T], n: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    if out.len() >= PARALLEL_MIN {
+        crate::pool::chunks_mut(out, (CHUNK / n.max(1)).max(1) * n.max(1), &f);
+    } else {
+        f(0, out);
     }
 }
 
@@ -135,14 +144,7 @@ fn map_rows(x: &Tensor, f: impl Fn(&mut [f32]) + Sync + Send) -> Tensor {
     };
     if dtype == DType::F32 {
         let mut buf = CpuBuffer::filled(x.numel() * 4, 0);
-        let out = buf.as_mut_slice::<f32>();
-        // Chunks of whole rows, so no row straddles two threads.
-        let rows_per_chunk = (CHUNK / n).max(1);
-        if out.len() >= PARALLEL_MIN {
-            crate::pool::chunks_mut(out, rows_per_chunk * n, &fill);
-        } else {
-            fill(0, out);
-        }
+        par_fill_rows(buf.as_mut_slice::<f32>(), n, fill);
         return Tensor::from_storage(Storage::Cpu(buf), Layout::contiguous(shape), dtype, x.device().clone());
     }
     let mut v = read_f32(x).into_owned();
@@ -186,29 +188,18 @@ fn swiglu_rows(gate: &Tensor, up: &Tensor, shape: &[usize]) -> Option<Tensor> {
     let (gb, ub) = (cpu_buffer(gate).as_slice::<f32>(), cpu_buffer(up).as_slice::<f32>());
     let (go, uo) = (gate.layout().offset(), up.layout().offset());
     let mut out = vec![0f32; rows * n];
-    let per_task = (CHUNK / n.max(1)).max(1) * n;
-    let body = |start: usize, c: &mut [f32]| {
+    par_fill_rows(&mut out, n, |start, c| {
         for (i, o) in c.chunks_mut(n).enumerate() {
             let r = start / n + i;
             crate::simd::silu_mul(&gb[go + r * gs..][..n], &ub[uo + r * us..][..n], o);
         }
-    };
-    if out.len() >= PARALLEL_MIN {
-        crate::pool::chunks_mut(&mut out, per_task, &body);
-    } else {
-        body(0, &mut out);
-    }
+    });
     Some(from_vec(out, DType::F32, shape, gate.device()))
 }
 
 /// Applies `f` to each row of `n` values, in parallel when it pays.
 fn for_rows(data: &mut [f32], n: usize, f: &(impl Fn(&mut [f32]) + Sync + Send)) {
-    if data.len() >= PARALLEL_MIN {
-        let rows_per_chunk = (CHUNK / n.max(1)).max(1);
-        crate::pool::chunks_mut(data, rows_per_chunk * n, &|_, c| c.chunks_mut(n).for_each(f));
-    } else {
-        data.chunks_mut(n).for_each(f);
-    }
+    par_fill_rows(data, n, |_, c| c.chunks_mut(n.max(1)).for_each(f));
 }
 
 pub fn unary(x: &Tensor, op: UnaryOp) -> Tensor {

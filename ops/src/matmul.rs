@@ -8,7 +8,7 @@
 use crate::gpu::{self, array, buffer, upload_u32, with_client, with_dtype};
 use crate::{contiguous, cpu};
 use cubecl::prelude::*;
-use nextflow_runtime::{cubecl, DType, Error, Result, Storage, Tensor};
+use nextflow_runtime::{cubecl, DType, Error, Result, Tensor};
 use nextflow_shaders::matmul as kernels;
 
 /// Activation applied after the bias, before the residual add.
@@ -313,7 +313,7 @@ fn cpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize]) -> Res
     // reads it; only raw pointers reach the memory until then, and set_len comes last.
     let total = batch * m * n;
     let mut out = Vec::<f32>::with_capacity(total);
-    let (sa, sb) = (cpu_f32(&a32), cpu_f32(&b32));
+    let (sa, sb) = (cpu::buffer_f32(&a32), cpu::buffer_f32(&b32));
     let dst_all = crate::pool::SendPtr(out.as_mut_ptr());
     if k == 0 {
         // SAFETY: the allocation holds `total` f32s; all-zero bytes are 0.0.
@@ -437,10 +437,4 @@ fn cpu_gemv(a: &[f32], a_sr: usize, b: &[f32], bv: MatView, m: usize, k: usize, 
     }
 }
 
-fn cpu_f32(t: &Tensor) -> &[f32] {
-    match t.storage() {
-        Storage::Cpu(b) => b.as_slice::<f32>(),
-        Storage::Gpu(_) => unreachable!("CPU matmul on a device tensor"),
-    }
-}
 

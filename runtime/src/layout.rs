@@ -68,6 +68,16 @@ impl Layout {
         self.offsets_range(0, self.numel())
     }
 
+    /// Storage offset of logical element `index` (row-major), without allocating.
+    pub fn offset_of(&self, index: usize) -> usize {
+        let (mut rem, mut at) = (index, self.offset);
+        for d in (0..self.rank()).rev() {
+            at += (rem % self.shape[d].max(1)) * self.strides[d];
+            rem /= self.shape[d].max(1);
+        }
+        at
+    }
+
     /// Storage offsets of logical elements `start..start + len` (chunks can run in parallel).
     pub fn offsets_range(&self, start: usize, len: usize) -> impl Iterator<Item = usize> + '_ {
         let mut index = vec![0usize; self.rank()];
@@ -200,6 +210,7 @@ mod tests {
         let n = Layout::contiguous(&[4, 5]).narrow(1, 1, 2).unwrap();
         assert_eq!(n.offsets().collect::<Vec<_>>(), vec![1, 2, 6, 7, 11, 12, 16, 17]);
         assert_eq!(n.offsets_range(3, 4).collect::<Vec<_>>(), vec![7, 11, 12, 16]);
+        assert!((0..n.numel()).all(|i| n.offset_of(i) == n.offsets_range(i, 1).next().unwrap()));
         assert!(!n.is_contiguous());
         let b = Layout::contiguous(&[3, 1]).broadcast_to(&[2, 3, 2]).unwrap();
         assert_eq!(b.offsets().collect::<Vec<_>>(), vec![0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2, 2]);

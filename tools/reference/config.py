@@ -23,7 +23,7 @@ SPECIALS = ("<pad>", "<bos>", "<eos>", "<boi>", "<eoi>", "<unk>")
 
 def shapeworld_words() -> list:
     """Every word ShapeWorld's captions, questions, answers and instructions use, sorted."""
-    words = set(sw.SHAPES) | {s + "s" for s in sw.SHAPES} | set(sw.COLORS) | set(sw.REGIONS)
+    words = set(sw.SHAPES) | {sw.plural(s) for s in sw.SHAPES} | set(sw.COLORS) | set(sw.REGIONS)
     words |= set(sw.NUMBER_WORDS.values())
     for text in [*sw.RELATIONS, "a an and the on in at of is this there are",
                  "what shape color how many where make remove add move to", "? , :"]:  # fmt: skip
@@ -127,10 +127,37 @@ class Tokenizer:
     decoder_res_blocks: int = 1  # per level (VQGAN's num_res_blocks + 1); 1 keeps 128 px trainable on a CPU
     z_channels: int = 32
     norm_groups: int = 8  # GroupNorm(groups, eps 1e-6)
+    # Dynamic resolution (NextFlow §1.4): other canvases the model is trained on, "HxW" (px,
+    # height x width) -> their scales (h, w), coarse to fine, ending at the canvas's grid
+    # (H/p x W/p). A smaller square is a prefix of `scales` (as NextFlow's 256/512 levels are of
+    # its 1024 schedule); an aspect ratio has its own schedule of about the same area per step.
+    # The native canvas (image_size x image_size, `scales`) is always offered and not listed.
+    schedules: dict = dataclasses.field(default_factory=dict)
 
     @property
     def grid(self) -> int:
         return self.image_size // self.patch_size
+
+    def canvases(self) -> list:
+        """(height, width) in px of every canvas the model offers, the native one first."""
+        extra = [tuple(int(n) for n in key.split("x")) for key in self.schedules]
+        return [(self.image_size, self.image_size)] + extra
+
+    def schedule(self, height: int, width: int | None = None) -> list:
+        """Scales of a canvas; an error naming the offered canvases for any other."""
+        width = height if width is None else width
+        if (height, width) == (self.image_size, self.image_size):
+            return [list(s) for s in self.scales]
+        key = f"{height}x{width}"
+        if key not in self.schedules:
+            offered = ", ".join(f"{h}x{w}" for h, w in self.canvases())
+            raise ValueError(f"no schedule for a {key} canvas; this model offers {offered}")
+        return [list(s) for s in self.schedules[key]]
+
+    @property
+    def max_scales(self) -> int:
+        """Longest schedule: lvl_embed has one row more (spec §4.2: row = source scale - 1 or k)."""
+        return max([len(self.scales)] + [len(s) for s in self.schedules.values()])
 
     @property
     def code_dim(self) -> int:
@@ -181,6 +208,10 @@ class Config:
         assert v.level_embedding in ("source_scale", "target_scale") and v.adapter == "mlp2x_gelu"
         assert self.vocabulary.codebook_size == t.codebook_size
         assert list(t.scales[-1]) == [t.grid, t.grid], "the last scale is the full grid"
+        for key, scales in t.schedules.items():
+            h, w = (int(n) for n in key.split("x"))
+            assert h % t.patch_size == 0 and w % t.patch_size == 0, f"schedule {key}: not a multiple of {t.patch_size} px"
+            assert list(scales[0]) == [1, 1] and list(scales[-1]) == [h // t.patch_size, w // t.patch_size], f"schedule {key}: 1x1 to the grid"
         assert t.patch_size == 2 ** (len(t.ch_mult) - 1), "one downsample per level but the last"
         assert self.sampler.cfg_schedule in ("constant", "linear")
 

@@ -230,14 +230,20 @@ class VisualTokenizer(nn.Module):
         semantic = self._per_cell(self.encode_task_layer, teacher)
         return torch.cat([semantic, self.quant_conv(self.encoder(image))], dim=1)
 
-    def msrq(self, f: torch.Tensor, residuals: list | None = None) -> tuple:
+    def canvas_schedule(self, grid) -> list:
+        """Scales of the canvas whose token grid is `grid` (h, w)."""
+        return self.t.schedule(grid[0] * self.t.patch_size, grid[1] * self.t.patch_size)
+
+    def msrq(self, f: torch.Tensor, residuals: list | None = None, scales: list | None = None) -> tuple:
         """Multi-scale residual quantization (spec §1.3) in f32: (indices per scale [B, h*w], f_hat).
         Gradients reach the codebook through f_hat, not the encoder (VAR's quantizer).
-        `residuals`, if given, receives each scale's quantizer input [B*h*w, C]."""
+        `residuals`, if given, receives each scale's quantizer input [B*h*w, C]. `scales`
+        defaults to the schedule of f's canvas (config `schedules`; the native one for a square)."""
         f_rest, f_hat, indices = f.detach().float(), 0.0, []
         batch, channels, grid = f.shape[0], f.shape[1], f.shape[-2:]
+        scales = scales or self.canvas_schedule(grid)
         with torch.autocast("cpu", enabled=False):
-            for h, w in self.t.scales:
+            for h, w in scales:
                 z = area(f_rest, (h, w))
                 z = z.permute(0, 2, 3, 1).reshape(-1, channels)
                 if residuals is not None:
@@ -248,11 +254,13 @@ class VisualTokenizer(nn.Module):
                 indices.append(idx)
         return indices, f_hat
 
-    def decode_codes(self, indices: list) -> torch.Tensor:
-        """f_hat = sum_k bicubic(code(idx_k), grid), from indices alone."""
-        grid = self.t.scales[-1]
+    def decode_codes(self, indices: list, scales: list | None = None) -> torch.Tensor:
+        """f_hat = sum_k bicubic(code(idx_k), grid), from indices alone; grid = the last scale of
+        `scales` (default: the native schedule)."""
+        scales = scales or self.t.scales
+        grid = scales[-1]
         f_hat = 0.0
-        for (h, w), idx in zip(self.t.scales, indices):
+        for (h, w), idx in zip(scales, indices):
             codes = self.quantize.embed(idx).view(idx.shape[0], h, w, -1).permute(0, 3, 1, 2)
             f_hat = f_hat + bicubic(codes, grid)
         return f_hat
@@ -263,11 +271,12 @@ class VisualTokenizer(nn.Module):
 
     @torch.no_grad()
     def encode(self, image: torch.Tensor) -> list:
+        """Per-scale indices of the image's canvas schedule."""
         return self.msrq(self.features(image))[0]
 
     @torch.no_grad()
-    def decode(self, indices: list) -> torch.Tensor:
-        return self.pixels(self.decode_codes(indices).to(self.post_quant_conv.weight.dtype)).clamp(-1, 1)
+    def decode(self, indices: list, scales: list | None = None) -> torch.Tensor:
+        return self.pixels(self.decode_codes(indices, scales).to(self.post_quant_conv.weight.dtype)).clamp(-1, 1)
 
     def forward(self, image: torch.Tensor, beta: float = 0.25) -> dict:
         """Training pass: reconstruction, semantic prediction vs teacher, VQ loss."""
@@ -414,7 +423,7 @@ class Qwen2Model(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(b.num_hidden_layers))
         self.norm = RMSNorm(d, b.rms_norm_eps)
         self.mm_projector = nn.Sequential(nn.Linear(cfg.tokenizer.code_dim, d), nn.GELU(), nn.Linear(d, d))
-        self.lvl_embed = nn.Embedding(len(cfg.tokenizer.scales) + 1, d)
+        self.lvl_embed = nn.Embedding(cfg.tokenizer.max_scales + 1, d)
 
 
 class NextFlow(nn.Module):
@@ -423,7 +432,8 @@ class NextFlow(nn.Module):
         self.cfg = cfg
         self.model = Qwen2Model(cfg)
         self.lm_head = nn.Linear(cfg.backbone.hidden_size, cfg.vocabulary.size, bias=False)
-        pe = scale_length_embedding(len(cfg.tokenizer.scales), cfg.backbone.hidden_size)
+        # Row K: the sinusoid of a schedule of K scales (row 0 unused: text has none).
+        pe = torch.stack([scale_length_embedding(k, cfg.backbone.hidden_size) for k in range(cfg.tokenizer.max_scales + 1)])
         self.register_buffer("scale_length_pe", pe * float(cfg.visual.scale_length_embedding), persistent=False)
 
     def embed(self, batch: dict) -> torch.Tensor:
@@ -432,7 +442,7 @@ class NextFlow(nn.Module):
         visual = batch["visual"]
         if visual.any():
             cells = self.model.mm_projector(batch["features"][visual].to(x.dtype))
-            cells = cells + self.model.lvl_embed(batch["levels"][visual]) + self.scale_length_pe
+            cells = cells + self.model.lvl_embed(batch["levels"][visual]) + self.scale_length_pe[batch["n_scales"][visual]]
             x = x.masked_scatter(visual.unsqueeze(-1), cells.to(x.dtype))
         return x
 
@@ -496,16 +506,17 @@ class SequenceBuilder:
 
     def __init__(self, cfg: Config, codebook: DualCodebook):
         self.cfg, self.codebook, self.vocab = cfg, codebook, cfg.vocabulary
-        self.rows = {k: [] for k in ("ids", "visual", "features", "levels", "positions", "blocks", "targets", "weights")}
+        self.rows = {k: [] for k in ("ids", "visual", "features", "levels", "n_scales", "positions", "blocks", "targets", "weights")}
         self.position, self.n_maps = 0, 0
 
-    def _add(self, n, ids, positions, features=None, level=0, block=-1):
+    def _add(self, n, ids, positions, features=None, level=0, block=-1, n_scales=0):
         zeros = torch.zeros(n, self.cfg.tokenizer.code_dim)
         r = self.rows
         r["ids"].append(torch.as_tensor(ids, dtype=torch.long).expand(n))
         r["visual"].append(torch.full((n,), features is not None))
         r["features"].append(zeros if features is None else features)
         r["levels"].append(torch.full((n,), level))
+        r["n_scales"].append(torch.full((n,), n_scales))
         r["positions"].append(positions)
         r["blocks"].append(torch.full((n,), block))
         r["targets"].append(torch.full((n,), -100))
@@ -525,11 +536,12 @@ class SequenceBuilder:
             self._add(1, token, torch.full((1, 3), float(self.position)))
             self.position += 1
 
-    def image(self, indices: list, generate: bool, weights: list | None = None):
+    def image(self, indices: list, generate: bool, weights: list | None = None, scales: list | None = None):
         """Scales' indices [h*w] (k = 1..K). generate: teacher-forced targets, maps 1..K-1 as
-        in generation. Otherwise a context image: maps 1..K (spec §4.5 open question) and <eoi>."""
+        in generation. Otherwise a context image: maps 1..K (spec §4.5 open question) and <eoi>.
+        `scales`: the image's schedule (default: the native one)."""
         v, t = self.cfg.visual, self.cfg.tokenizer
-        scales, code_start = t.scales, self.vocab.code_start
+        scales, code_start = scales or t.scales, self.vocab.code_start
         assert tuple(scales[0]) == (1, 1), "<boi> predicts the first scale alone"
         boi = self.position
         self.text([self.vocab.id("<boi>")])
@@ -543,7 +555,7 @@ class SequenceBuilder:
             x, state = next_scale_input(codes, state, size, v.input_mode)
             level = k - 1 if v.level_embedding == "source_scale" else k
             cells = x[0].flatten(1).t()
-            self._add(len(cells), self.vocab.id("<pad>"), map_positions(*size, boi + k, v.rope_scale_c), cells, level, self.n_maps)
+            self._add(len(cells), self.vocab.id("<pad>"), map_positions(*size, boi + k, v.rope_scale_c), cells, level, self.n_maps, len(scales))
             self.n_maps += 1
             if generate:
                 self._set_targets(code_start + indices[k], weights[k])
@@ -591,7 +603,7 @@ def sample_top_k_top_p(logits, top_k: int, top_p: float, temperature: float, gen
 
 @torch.no_grad()
 def generate(model: NextFlow, codebook: DualCodebook, prompts: list, sampler=None, seed: int = 0,
-             uncond_prompts: list | None = None, use_cache: bool = True, sampling: str = "torch") -> list:  # fmt: skip
+             uncond_prompts: list | None = None, use_cache: bool = True, sampling: str = "torch", scales: list | None = None) -> list:  # fmt: skip
     """Prompts -> per scale [B, h*w] code indices. A prompt is its token ids before <boi>, or a
     SequenceBuilder holding a prefix with images (editing). CFG runs the unconditional prompts
     (default: <bos> alone) as the second half of the batch.
@@ -599,7 +611,7 @@ def generate(model: NextFlow, codebook: DualCodebook, prompts: list, sampler=Non
     sampler (philox_sampler.py, bit-exact with its CPU path): CFG as (1+t) l_c - t l_u with
     t = w - 1, Philox counter (row-major row of the scale's [B, h*w] logits, scale index k)."""
     cfg, sampler = model.cfg, sampler or model.cfg.sampler
-    scales, mode = cfg.tokenizer.scales, cfg.visual.input_mode
+    scales, mode = scales or cfg.tokenizer.scales, cfg.visual.input_mode
     guided = sampler.cfg_scale != 1.0
     rows = list(prompts) + (list(uncond_prompts or [[cfg.vocabulary.id("<bos>")]] * len(prompts)) if guided else [])
     builders = []
@@ -630,18 +642,19 @@ def generate(model: NextFlow, codebook: DualCodebook, prompts: list, sampler=Non
             break
         codes = codebook.embed(idx).view(n, h, w, -1).permute(0, 3, 1, 2)
         x, state = next_scale_input(torch.cat([codes] * (len(rows) // n)), state, scales[k + 1], mode)
-        steps.append(map_batch(cfg, x, k + 1, boi + k + 1, block=max(b.n_maps for b in builders) + k))
+        steps.append(map_batch(cfg, x, k + 1, boi + k + 1, block=max(b.n_maps for b in builders) + k, n_scales=len(scales)))
         batch = steps[-1] if use_cache else {key: torch.cat([s[key] for s in steps], 1) for key in steps[-1]}
         hidden = model(batch, cache)[:, -x.shape[-2] * x.shape[-1] :]
     return indices
 
 
-def map_batch(cfg: Config, x: torch.Tensor, source_scale: int, p_s: torch.Tensor, block: int) -> dict:
+def map_batch(cfg: Config, x: torch.Tensor, source_scale: int, p_s: torch.Tensor, block: int, n_scales: int) -> dict:
     """Rows of input map `source_scale` for a batch: x [B,Dc,h,w], p_s [B] (one counter per row)."""
     batch, _, h, w = x.shape
     level = source_scale - 1 if cfg.visual.level_embedding == "source_scale" else source_scale
     positions = torch.stack([map_positions(h, w, float(p), cfg.visual.rope_scale_c) for p in p_s])
     n = h * w
     return {"ids": torch.full((batch, n), cfg.vocabulary.id("<pad>")), "visual": torch.ones(batch, n, dtype=torch.bool),
-            "features": x.flatten(2).transpose(1, 2), "levels": torch.full((batch, n), level), "positions": positions,
+            "features": x.flatten(2).transpose(1, 2), "levels": torch.full((batch, n), level),
+            "n_scales": torch.full((batch, n), n_scales), "positions": positions,
             "blocks": torch.full((batch, n), block), "valid": torch.ones(batch, n, dtype=torch.bool)}  # fmt: skip

@@ -29,13 +29,14 @@ TEACHER_LABELS = len(sw.SHAPES) + len(sw.COLORS)
 HELD_OUT_SEED = 1  # training images come from seed 0
 
 
-def training_images(step: int, batch: int, image_size: int) -> list:
+def training_images(step: int, batch: int, image_size) -> list:
+    """Samples step * batch ... on one canvas (an int n is n x n, else (height, width))."""
     samples = [sw.t2i_sample(step * batch + i, seed=0, image_size=image_size) for i in range(batch)]
     return samples
 
 
 def teacher_targets(samples: list, image_size: int, grid: int) -> torch.Tensor:
-    """[B, 15, G, G]: does shape s / colour c cover more than 5% of the cell?"""
+    """[B, 15, G, G]: does shape s / colour c cover more than 5% of the cell? (square canvas)"""
     cell = image_size // grid
     targets = torch.zeros(len(samples), TEACHER_LABELS, grid, grid)
     for b, sample in enumerate(samples):
@@ -56,20 +57,22 @@ def train_teacher(tok, args, state, checkpoints, log):
     start = time.time()
     while state["teacher_step"] < args.teacher_steps:
         step = state["teacher_step"]
+        cpu = time.process_time()
         samples = training_images(10_000_000 + step, args.teacher_batch, t.image_size)
         x, y = training.to_tensor([s.image for s in samples]), teacher_targets(samples, t.image_size, t.grid)
         for group in opt.param_groups:
             group["lr"] = training.learning_rate(step, args.teacher_steps, args.teacher_lr, 50)
-        with torch.autocast("cpu", torch.bfloat16):
+        with training.autocast():
             logits = teacher.head(teacher(x)).float()
         loss = F.binary_cross_entropy_with_logits(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         state["teacher_step"] = step + 1
+        state["cpu_s"] = state.get("cpu_s", 0.0) + time.process_time() - cpu
         if step % 50 == 0 or step + 1 == args.teacher_steps:
             accuracy = float(((logits > 0) == (y > 0.5)).float().mean())
-            log(stage="teacher", step=step, loss=loss.item(), cell_accuracy=accuracy,
+            log(stage="teacher", step=step, loss=loss.item(), cell_accuracy=accuracy, cpu_h=state["cpu_s"] / 3600,
                 img_per_s=args.teacher_batch * (step + 1 - state.get("teacher_step0", 0)) / (time.time() - start))  # fmt: skip
         if checkpoints.due():
             checkpoints.save({**state, "model": tok.state_dict(), "teacher_optimizer": opt.state_dict()})
@@ -101,11 +104,12 @@ def train_tokenizer(tok, args, state, checkpoints, log):
     tok.encoder_vqkd.eval()
     while state["step"] < args.steps:
         step = state["step"]
-        samples = training_images(step, args.batch, t.image_size)
+        cpu = time.process_time()
+        samples = training_images(step, args.batch, training.canvas_of(t, step))
         x = training.to_tensor([s.image for s in samples])
         for group in opt.param_groups:
             group["lr"] = training.learning_rate(step, args.steps, args.lr, 200)
-        with torch.autocast("cpu", torch.bfloat16):
+        with training.autocast():
             out = tok(x)
         recon = out["image"].float()
         mse = F.mse_loss(recon, x)
@@ -117,11 +121,12 @@ def train_tokenizer(tok, args, state, checkpoints, log):
         for idx in out["indices"]:
             usage += torch.bincount(idx.flatten(), minlength=t.codebook_size)
         state["step"] = step + 1
+        state["cpu_s"] = state.get("cpu_s", 0.0) + time.process_time() - cpu
         if (step + 1) % args.reseed_every == 0 and step < 0.9 * args.steps:
             generator = torch.Generator().manual_seed(step)
             state["reseeded"] = reseed_unused_codes(tok, usage, out["residuals"], generator)
         if step % 50 == 0 or step + 1 == args.steps:
-            log(stage="tokenizer", step=step, loss=loss.item(), mse=mse.item(), semantic=semantic.item(),
+            log(stage="tokenizer", step=step, cpu_h=state["cpu_s"] / 3600, loss=loss.item(), mse=mse.item(), semantic=semantic.item(),
                 vq=out["vq_loss"].item(), psnr=10 * torch.log10(4 / mse).item(), codes_used_window=int((usage > 0).sum()),
                 reseeded=state.get("reseeded", 0), lr=opt.param_groups[0]["lr"],
                 img_per_s=args.batch * (step + 1 - first) / (time.time() - start))  # fmt: skip
@@ -131,18 +136,28 @@ def train_tokenizer(tok, args, state, checkpoints, log):
 
 @torch.no_grad()
 def evaluate(tok, n: int, batch: int = 50) -> dict:
-    """Reconstructions of n held-out images: PSNR and ShapeEval clauses (spec: >= 0.97)."""
+    """Reconstructions of n held-out images on the native canvas (and n/5 on each other canvas,
+    under "canvases"): PSNR and ShapeEval clauses (spec: >= 0.97)."""
+    report = evaluate_canvas(tok, n, (tok.t.image_size, tok.t.image_size), batch)
+    others = tok.t.canvases()[1:]
+    if others:
+        report["canvases"] = {f"{h}x{w}": evaluate_canvas(tok, max(n // 5, 1), (h, w), batch) for h, w in others}
+    return report
+
+
+@torch.no_grad()
+def evaluate_canvas(tok, n: int, canvas: tuple, batch: int = 50) -> dict:
     tok.eval()
     t = tok.t
     psnrs, correct, truth, used = [], [], [], torch.zeros(t.codebook_size)
     for start in range(0, n, batch):
-        samples = [sw.t2i_sample(i, seed=HELD_OUT_SEED, image_size=t.image_size) for i in range(start, min(start + batch, n))]
+        samples = [sw.t2i_sample(i, seed=HELD_OUT_SEED, image_size=canvas) for i in range(start, min(start + batch, n))]
         x = training.to_tensor([s.image for s in samples])
-        with torch.autocast("cpu", torch.bfloat16):
+        with training.autocast():
             indices = tok.encode(x)
         for idx in indices:
             used += torch.bincount(idx.flatten(), minlength=t.codebook_size)
-        images = training.to_uint8(tok.decode(indices).float())
+        images = training.to_uint8(tok.decode(indices, tok.t.schedule(*canvas)).float())
         for sample, image in zip(samples, images):
             psnrs.append(training.psnr(image, sample.image))
             correct.append((sample.task, se.evaluate_clauses(se.detect(image), sample.clauses)[0]))

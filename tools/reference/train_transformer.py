@@ -31,7 +31,32 @@ import shapeworld as sw
 import training
 from config import Config
 
-KINDS = ["t2i"] * 6 + ["understanding"] * 2 + ["edit"] * 2  # by step % 10
+DEFAULT_MIX = "t2i:6,understanding:2,edit:2"  # kinds by step % 10
+
+
+def kinds_of(mix: str) -> list:
+    """"t2i:6,understanding:2,edit:2" -> the kind of each step modulo the total weight."""
+    kinds = []
+    for part in mix.split(","):
+        name, _, count = part.partition(":")
+        assert name in ("t2i", "understanding", "edit"), f"unknown kind {name!r} in --mix"
+        kinds += [name] * int(count or 1)
+    return kinds
+
+
+def apply_overrides(cfg: Config, overrides: list) -> None:
+    """--set visual.input_mode=accumulated backbone.hidden_size=256 ... (JSON values or strings)."""
+    for item in overrides:
+        key, _, value = item.partition("=")
+        section, _, field = key.partition(".")
+        target = getattr(cfg, section)
+        assert hasattr(target, field), f"--set {key}: no such field"
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+        setattr(target, field, value)
+    cfg.check()
 EVAL_SEED = 7  # understanding and editing test samples; t2i uses the fixed eval prompt set
 
 
@@ -45,14 +70,18 @@ def load_tokenizer(path: Path) -> tuple:
 
 def encode(tok, images: list) -> list:
     """Per image, its list of per-scale index tensors."""
-    with torch.autocast("cpu", torch.bfloat16):
+    with training.autocast():
         indices = tok.encode(training.to_tensor(images))
     return [[idx[b] for idx in indices] for b in range(len(images))]
 
 
-def make_batch(kind: str, step: int, args, cfg, tok, weights) -> dict:
-    """Training sequences of one kind; sample i of step s is ShapeWorld sample s * batch + i."""
-    vocab, size = cfg.vocabulary, cfg.tokenizer.image_size
+def make_batch(kind: str, step: int, args, cfg, tok, alpha: float) -> dict:
+    """Training sequences of one kind on one canvas (training.canvas_of: the native one half the
+    time, else another schedule of the config); sample i of step s is ShapeWorld sample
+    s * batch + i."""
+    vocab, size = cfg.vocabulary, training.canvas_of(cfg.tokenizer, step, args.seed)
+    scales = cfg.tokenizer.schedule(*size)
+    weights = nf.scale_weights(scales, alpha)
     rng = np.random.default_rng([args.seed, step])
     drop = rng.random(args.batch) < args.drop_prob
     sequences = []
@@ -64,14 +93,14 @@ def make_batch(kind: str, step: int, args, cfg, tok, weights) -> dict:
         for sample, codes, dropped in zip(samples, encode(tok, [s.image for s in samples]), drop):
             b = nf.SequenceBuilder(cfg, tok.quantize)
             b.text(bos + ([] if dropped else vocab.encode(sample.caption)))
-            b.image(codes, generate=True, weights=weights)
+            b.image(codes, generate=True, weights=weights, scales=scales)
             sequences.append(b.tensors())
     elif kind == "understanding":
         samples = [sw.understanding_sample(first + i, seed=args.seed, image_size=size) for i in range(args.batch)]
         for sample, codes in zip(samples, encode(tok, [s.image for s in samples])):
             b = nf.SequenceBuilder(cfg, tok.quantize)
             b.text(bos)
-            b.image(codes, generate=False)
+            b.image(codes, generate=False, scales=scales)
             b.text(vocab.encode(sample.question))
             b.text(vocab.encode(sample.answer) + eos, loss=True)
             sequences.append(b.tensors())
@@ -81,9 +110,9 @@ def make_batch(kind: str, step: int, args, cfg, tok, weights) -> dict:
         for i, (sample, dropped) in enumerate(zip(samples, drop)):
             b = nf.SequenceBuilder(cfg, tok.quantize)
             b.text(bos)
-            b.image(codes[i], generate=False)
+            b.image(codes[i], generate=False, scales=scales)
             b.text([] if dropped else vocab.encode(sample.instruction))
-            b.image(codes[len(samples) + i], generate=True, weights=weights)
+            b.image(codes[len(samples) + i], generate=True, weights=weights, scales=scales)
             sequences.append(b.tensors())
     return nf.collate(sequences, vocab.id("<pad>"))
 
@@ -103,13 +132,15 @@ def loss_of(model, batch) -> tuple:
 
 
 @torch.no_grad()
-def evaluate_t2i(model, tok, cfg, n_per_task: int, seed: int, out_dir: Path | None, chunk: int = 50) -> dict:
+def evaluate_t2i(model, tok, cfg, n_per_task: int, seed: int, out_dir: Path | None, chunk: int = 50, canvas=None) -> dict:
+    """ShapeEval of generations on a canvas (default: the native one), eval_prompts(n_per_task)."""
     prompts = sw.eval_prompts(n_per_task)
     vocab, results = cfg.vocabulary, []
+    scales = cfg.tokenizer.schedule(*canvas) if canvas else None
     for start in range(0, len(prompts), chunk):
         entries = prompts[start : start + chunk]
         ids = [[vocab.id("<bos>")] + vocab.encode(e["prompt"]) for e in entries]
-        images = training.to_uint8(tok.decode(nf.generate(model, tok.quantize, ids, seed=seed + start)))
+        images = training.to_uint8(tok.decode(nf.generate(model, tok.quantize, ids, seed=seed + start, scales=scales), scales))
         for entry, image in zip(entries, images):
             results.append((entry["task"], se.evaluate_clauses(se.detect(image), entry["clauses"])[0]))
             if out_dir is not None:
@@ -162,10 +193,17 @@ def evaluate_editing(model, tok, cfg, n_per_type: int, seed: int) -> dict:
 
 def evaluate(model, tok, cfg, args, out_dir=None, small=False) -> dict:
     model.eval()
-    n = 10 if small else args.eval_per_task
-    report = {"t2i": evaluate_t2i(model, tok, cfg, n, args.seed, out_dir),
-              "understanding": evaluate_understanding(model, tok, cfg, 2 * n),
-              "editing": evaluate_editing(model, tok, cfg, n, args.seed), "sampler": cfg.sampler.__dict__}  # fmt: skip
+    n = args.eval_small_n if small else args.eval_per_task
+    kinds = set(kinds_of(args.mix))
+    report = {"t2i": evaluate_t2i(model, tok, cfg, n, args.seed, out_dir)}
+    if not small:  # dynamic resolution: every other canvas the config offers
+        report["t2i_canvases"] = {f"{h}x{w}": evaluate_t2i(model, tok, cfg, n, args.seed, None, canvas=(h, w))
+                                  for h, w in cfg.tokenizer.canvases()[1:]}  # fmt: skip
+    if "understanding" in kinds:
+        report["understanding"] = evaluate_understanding(model, tok, cfg, 2 * n)
+    if "edit" in kinds:
+        report["editing"] = evaluate_editing(model, tok, cfg, n, args.seed)
+    report["sampler"] = cfg.sampler.__dict__
     model.train()
     return report
 
@@ -192,13 +230,18 @@ def main(argv=None):
     parser.add_argument("--eval-every", type=int, default=1000, help="small ShapeEval every N steps (0: off)")
     parser.add_argument("--eval-per-task", type=int, default=50)
     parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    parser.add_argument("--mix", default=DEFAULT_MIX, help="kinds of step and their weights")
+    parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help="config overrides (backbone, visual, sampler)")
+    parser.add_argument("--minutes", type=float, default=0, help="stop after this many CPU-minutes of training steps in this process (trials; 0: off)")
+    parser.add_argument("--eval-small-n", type=int, default=10, help="prompts per task of the periodic evaluation")
     args = parser.parse_args(argv)
+    kinds = kinds_of(args.mix)
 
     training.set_threads(args.threads)
     tok_cfg, tok = load_tokenizer(args.tokenizer)
     cfg = Config.load(args.config) if args.config else Config.load()
     cfg.tokenizer, cfg.vocabulary.codebook_size = tok_cfg.tokenizer, tok_cfg.tokenizer.codebook_size
-    cfg.check()
+    apply_overrides(cfg, args.set)
     torch.manual_seed(args.seed)
     model = nf.NextFlow(cfg)
     log = training.Log(args.out / "log.jsonl")
@@ -210,27 +253,27 @@ def main(argv=None):
         return
     checkpoints = training.Checkpoints(args.out / "checkpoint.pt", args.checkpoint_minutes)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
-    state = {"step": 0}
+    state = {"step": 0, "cpu_s": 0.0}  # cpu_s: process CPU time of training steps, over all sessions
     saved = checkpoints.load() if args.resume else None
     if saved:
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
-        state["step"] = saved["step"]
-        log(event="resume", step=state["step"])
+        state["step"], state["cpu_s"] = saved["step"], saved.get("cpu_s", 0.0)
+        log(event="resume", step=state["step"], cpu_h=state["cpu_s"] / 3600)
     elif args.out.joinpath("log.jsonl").exists():
         args.out.joinpath("log.jsonl").unlink()
     log(event="start", params=sum(p.numel() for p in model.parameters()), threads=args.threads,
         args={k: str(v) for k, v in vars(args).items()}, config=cfg.to_dict() | {"vocabulary": "..."})  # fmt: skip
-    weights = nf.scale_weights(cfg.tokenizer.scales, args.scale_alpha)
     model.train()
-    start, samples_seen = time.time(), 0
+    start, samples_seen, cpu_at_start = time.time(), 0, state["cpu_s"]
     while state["step"] < args.steps:
         step = state["step"]
-        kind = KINDS[step % len(KINDS)]
-        batch = make_batch(kind, step, args, cfg, tok, weights)
+        cpu = time.process_time()
+        kind = kinds[step % len(kinds)]
+        batch = make_batch(kind, step, args, cfg, tok, args.scale_alpha)
         for group in opt.param_groups:
             group["lr"] = training.learning_rate(step, args.steps, args.lr, args.warmup)
-        with torch.autocast("cpu", torch.bfloat16):
+        with training.autocast():
             loss, accuracy = loss_of(model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -238,17 +281,26 @@ def main(argv=None):
         opt.step()
         samples_seen += args.batch
         state["step"] = step + 1
+        state["cpu_s"] += time.process_time() - cpu
         if step % 10 == 0 or step < 10:
-            log(step=step, kind=kind, loss=loss.item(), accuracy=accuracy, length=int(batch["ids"].shape[1]),
-                lr=opt.param_groups[0]["lr"], samples_per_s=samples_seen / (time.time() - start))  # fmt: skip
+            log(step=step, kind=kind, loss=loss.item(), accuracy=accuracy, length=int(batch["ids"].shape[1]), train_s=time.time() - start,
+                cpu_h=state["cpu_s"] / 3600, lr=opt.param_groups[0]["lr"], samples_per_s=samples_seen / (time.time() - start))  # fmt: skip
         if args.eval_every and (step + 1) % args.eval_every == 0:
-            log(event="eval_small", step=step + 1, **evaluate(model, tok, cfg, args, small=True))
-        if checkpoints.due() or step + 1 == args.steps:
-            checkpoints.save({"step": state["step"], "model": model.state_dict(), "optimizer": opt.state_dict()})
+            paused = time.time()
+            report = evaluate(model, tok, cfg, args, small=True)
+            start += time.time() - paused  # train_s and --minutes count training only
+            log(event="eval_small", step=step + 1, train_s=time.time() - start, cpu_h=state["cpu_s"] / 3600, **report)
+        out_of_time = args.minutes and state["cpu_s"] - cpu_at_start >= args.minutes * 60
+        if checkpoints.due() or step + 1 == args.steps or out_of_time:
+            checkpoints.save({**state, "model": model.state_dict(), "optimizer": opt.state_dict()})
+        if out_of_time:
+            log(event="out_of_time", step=state["step"], minutes=args.minutes, cpu_h=state["cpu_s"] / 3600,
+                **({"eval_small": evaluate(model, tok, cfg, args, small=True)} if args.eval_every else {}))  # fmt: skip
+            return
     torch.save({"config": cfg.to_dict(), "model": model.state_dict()}, args.out / "transformer.pt")
     report = evaluate(model, tok, cfg, args, args.out / "eval_images")
     (args.out / "eval.json").write_text(json.dumps(report, indent=1))
-    log(event="done", step=state["step"], **report)
+    log(event="done", step=state["step"], cpu_h=state["cpu_s"] / 3600, **report)
 
 
 if __name__ == "__main__":

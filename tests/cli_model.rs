@@ -77,6 +77,34 @@ fn generate_errors_are_clear() {
 }
 
 #[test]
+fn prompts_are_english_and_unknown_words_get_suggestions() {
+    let dir = scratch("prompts");
+    // Plurals, case and trailing punctuation: all accepted (a tiny 1-scale run keeps it quick).
+    for (i, prompt) in ["two crosses", "A Red Circle.", "three stars!", "a blue square, please"].iter().enumerate() {
+        let out = dir.join(format!("p{i}.png"));
+        let (code, _, stderr) = nextflow(&["generate", "--prompt", prompt, "--out", out.to_str().unwrap(), "--force"]);
+        if i < 3 {
+            assert_eq!(code, 0, "{prompt:?}: {stderr}");
+            assert!(out.exists(), "{prompt:?}");
+        } else {
+            // One line naming the unknown word; no suggestion when nothing is close.
+            assert_ne!(code, 0);
+            assert!(stderr.contains("\"please\"") && !stderr.contains("closest"), "{stderr}");
+            assert_eq!(stderr.lines().filter(|l| l.starts_with("error:")).count(), 1, "{stderr}");
+        }
+    }
+    // A misspelling names the word and the closest known ones, on one line.
+    let (code, _, stderr) = nextflow(&["generate", "--prompt", "a red crcle", "--out", dir.join("typo.png").to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("\"crcle\"") && stderr.contains("closest known: circle"), "{stderr}");
+    assert_eq!(stderr.lines().filter(|l| l.starts_with("error:")).count(), 1, "{stderr}");
+    // Control tokens cannot be typed.
+    let (code, _, stderr) = nextflow(&["generate", "--prompt", "a red circle <boi>", "--out", dir.join("boi.png").to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("<boi>") && stderr.contains("control token"), "{stderr}");
+}
+
+#[test]
 fn chat_gives_transformers_ids_and_logits() {
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(format!("{QWEN}/golden.json")).unwrap()).unwrap();
     let ids: Vec<String> = doc["input_ids"].as_array().unwrap().iter().map(|v| v.to_string()).collect();

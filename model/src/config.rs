@@ -136,11 +136,35 @@ pub struct VisualTokenizer {
     pub decoder_res_blocks: usize,
     pub z_channels: usize,
     pub norm_groups: usize,
+    /// Dynamic resolution (NextFlow §1.4): the other canvases the model was trained on,
+    /// `"HxW"` (pixels, height × width) → their scales, coarse to fine, ending at the canvas's
+    /// grid. A smaller square is a prefix of `scales`; an aspect ratio has its own schedule of
+    /// about the same area per step. The native canvas (`image_size`², `scales`) is not listed.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub schedules: std::collections::BTreeMap<String, Vec<[usize; 2]>>,
 }
 
 impl VisualTokenizer {
     pub fn grid(&self) -> usize {
         self.image_size / self.patch_size
+    }
+    /// Every canvas `(height, width)` in pixels with its schedule, the native one first.
+    pub fn canvases(&self) -> Vec<((usize, usize), Vec<[usize; 2]>)> {
+        let mut all = vec![((self.image_size, self.image_size), self.scales.clone())];
+        for (key, scales) in &self.schedules {
+            if let Some(hw) = parse_canvas(key) {
+                all.push((hw, scales.clone()));
+            }
+        }
+        all
+    }
+    /// The schedule of a canvas the model offers.
+    pub fn schedule(&self, height: usize, width: usize) -> Option<Vec<[usize; 2]>> {
+        self.canvases().into_iter().find(|(hw, _)| *hw == (height, width)).map(|(_, s)| s)
+    }
+    /// The longest schedule: `lvl_embed` has one row more.
+    pub fn max_scales(&self) -> usize {
+        self.schedules.values().map(Vec::len).chain([self.scales.len()]).max().unwrap_or(0)
     }
     pub fn code_dim(&self) -> usize {
         self.semantic_dim + self.pixel_dim
@@ -405,6 +429,21 @@ impl Config {
         if t.scales.iter().any(|[h, w]| *h == 0 || *w == 0) {
             return Err(invalid("tokenizer.scales", "every scale must be at least 1x1"));
         }
+        for (key, scales) in &t.schedules {
+            let field = format!("tokenizer.schedules.{key}");
+            let Some((h, w)) = parse_canvas(key).filter(|&(h, w)| h > 0 && w > 0 && h % t.patch_size == 0 && w % t.patch_size == 0) else {
+                return Err(invalid(&field, format!("a canvas is \"HxW\" in pixels, multiples of the {} px patch", t.patch_size)));
+            };
+            if h > MAX_CANVAS_PX || w > MAX_CANVAS_PX {
+                return Err(invalid(&field, format!("canvases are at most {MAX_CANVAS_PX} px a side")));
+            }
+            if scales.first() != Some(&[1, 1]) || scales.last() != Some(&[h / t.patch_size, w / t.patch_size]) {
+                return Err(invalid(&field, format!("runs from 1x1 to the canvas grid {}x{}", h / t.patch_size, w / t.patch_size)));
+            }
+            if scales.iter().any(|&[sh, sw]| sh == 0 || sw == 0 || sh > h / t.patch_size || sw > w / t.patch_size) {
+                return Err(invalid(&field, "every scale is at least 1x1 and within the canvas grid"));
+            }
+        }
         if t.norm_groups == 0 || t.semantic_dim == 0 || t.pixel_dim == 0 || t.z_channels == 0 || t.ch == 0 {
             return Err(invalid("tokenizer", "norm_groups, semantic_dim, pixel_dim, z_channels and ch must be positive"));
         }
@@ -524,6 +563,7 @@ impl Config {
                             decoder_res_blocks: 5,
                             z_channels: 256,
                             norm_groups: 32,
+                            schedules: Default::default(),
                         },
                         sampler: Sampler { cfg_scale: 7.5, cfg_schedule: CfgSchedule::Linear, top_k: 600, top_p: 0.6, temperature: 1.0 },
                     }),
@@ -537,4 +577,13 @@ impl Config {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// Canvases larger than this many pixels a side are refused by validation.
+pub const MAX_CANVAS_PX: usize = 4096;
+
+/// `"HxW"` → `(H, W)`.
+pub fn parse_canvas(key: &str) -> Option<(usize, usize)> {
+    let (h, w) = key.split_once('x')?;
+    Some((h.trim().parse().ok()?, w.trim().parse().ok()?))
 }

@@ -30,7 +30,8 @@ pub struct NextFlow {
     adapter_out: Linear,
     /// Per level: adapter_out bias + lvl_embed row + schedule-length sinusoid, so the
     /// whole visual-row embedding is two matmuls with fused epilogues.
-    level_bias: Vec<Tensor>,
+    /// mm_projector bias + lvl_embed row + scale-length sinusoid, by schedule length K and level.
+    level_bias: std::collections::BTreeMap<usize, Vec<Tensor>>,
 }
 
 /// Sinusoid of the schedule length K: PE[2i] = sin(K / 10000^(2i/D)), PE[2i+1] = cos.
@@ -51,8 +52,9 @@ pub fn scale_length_embedding(k: usize, dim: usize) -> Vec<f32> {
 #[derive(Clone)]
 enum Segment {
     Text { ids: Vec<u32>, start: usize },
-    /// An input map: features `[1, n, code_dim]`, its lvl_embed row, positions `n × 3`.
-    Map { features: Tensor, level: usize, positions: Vec<f32> },
+    /// An input map: features `[1, n, code_dim]`, its lvl_embed row, the length of its image's
+    /// schedule (for the scale-length embedding), positions `n × 3`.
+    Map { features: Tensor, level: usize, n_scales: usize, positions: Vec<f32> },
 }
 
 /// A sequence of text and image rows, built as the reference's `SequenceBuilder`.
@@ -202,17 +204,22 @@ impl NextFlow {
         let (d, c) = (b.hidden_size, parts.tokenizer.code_dim());
         let adapter_in = Linear::load(w, "model.mm_projector.0", d, c, true, dtype, device)?;
         let adapter_out = Linear::load(w, "model.mm_projector.2", d, d, true, dtype, device)?;
-        let k = parts.tokenizer.scales.len();
+        let k_max = parts.tokenizer.max_scales();
         let cpu = Device::cpu();
-        let lvl: Vec<f32> = w.get("model.lvl_embed.weight", &[k + 1, d], DType::F32, &cpu)?.to_vec()?;
+        let lvl: Vec<f32> = w.get("model.lvl_embed.weight", &[k_max + 1, d], DType::F32, &cpu)?.to_vec()?;
         let bias: Vec<f32> = w.get("model.mm_projector.2.bias", &[d], DType::F32, &cpu)?.to_vec()?;
-        let pe = if parts.visual.scale_length_embedding { scale_length_embedding(k, d) } else { vec![0.0; d] };
-        let level_bias = (0..=k)
-            .map(|l| {
-                let row: Vec<f32> = (0..d).map(|i| bias[i] + lvl[l * d + i] + pe[i]).collect();
-                Ok(ops::cast(&Tensor::from_slice(&row, &[d], device)?, dtype)?)
-            })
-            .collect::<Result<_>>()?;
+        let mut level_bias = std::collections::BTreeMap::new();
+        for (_, scales) in parts.tokenizer.canvases() {
+            let k = scales.len();
+            let pe = if parts.visual.scale_length_embedding { scale_length_embedding(k, d) } else { vec![0.0; d] };
+            let rows = (0..=k_max)
+                .map(|l| {
+                    let row: Vec<f32> = (0..d).map(|i| bias[i] + lvl[l * d + i] + pe[i]).collect();
+                    Ok(ops::cast(&Tensor::from_slice(&row, &[d], device)?, dtype)?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            level_bias.insert(k, rows);
+        }
         if let Some(text) = &text {
             if text.vocab_size() != config.vocab_size {
                 return Err(Error::Tokenizer(format!("tokenizer.json has {} ids but the config's vocabulary has {}", text.vocab_size(), config.vocab_size)));
@@ -253,24 +260,37 @@ impl NextFlow {
                 .collect());
         };
         let ids = tokenizer.encode(text, false)?;
+        let spans = tokenizer.encode_spans(text)?;
+        let v = &self.parts().vocabulary;
         let unk = self.id("<unk>");
-        if ids.contains(&unk) {
-            let tokens = tokenizer.encode_spans(text)?;
-            let unknown: Vec<&str> = tokens.iter().zip(&ids).filter(|(_, &i)| i == unk).map(|(t, _)| t.as_str()).collect();
-            let words = &self.parts().vocabulary.words;
-            return Err(Error::Input(format!(
-                "the model does not know the word(s) {unknown:?}; it knows: {}",
-                words.iter().map(|w| w.as_str()).collect::<Vec<_>>().join(" ")
-            )));
+        let mut kept = Vec::with_capacity(ids.len());
+        for (&id, span) in ids.iter().zip(&spans) {
+            if id == unk && span.chars().all(|c| c.is_ascii_punctuation()) {
+                continue; // "A red circle." : punctuation the vocabulary lacks is dropped
+            }
+            if id == unk {
+                let close = closest_words(span, &v.words);
+                let hint = if close.is_empty() { String::new() } else { format!(" (closest known: {})", close.join(", ")) };
+                return Err(Error::Input(format!(
+                    "the model does not know the word {:?}{hint}; it knows: {}",
+                    span.to_lowercase(),
+                    v.words.iter().filter(|w| w.chars().all(|c| c.is_alphabetic())).map(|w| w.as_str()).collect::<Vec<_>>().join(" ")
+                )));
+            }
+            if (id as usize) < v.specials.len() {
+                return Err(Error::Input(format!("{span:?} is a control token and cannot be typed in a prompt")));
+            }
+            kept.push(id);
         }
-        Ok(ids)
+        Ok(kept)
     }
 
     /// Visual-row embeddings `[b, n, D]` of map features `[b, n, code_dim]`.
-    fn embed_map(&self, features: &Tensor, level: usize) -> Result<Tensor> {
+    fn embed_map(&self, features: &Tensor, level: usize, n_scales: usize) -> Result<Tensor> {
+        let bias = self.level_bias.get(&n_scales).ok_or_else(|| Error::Input(format!("no schedule of {n_scales} scales in this model")))?;
         let ep = Epilogue { bias: self.adapter_in.bias.as_ref(), activation: Activation::GeluErf, residual: None };
         let h = ops::matmul(features, &self.adapter_in.weight.transpose(0, 1)?, ep)?;
-        let ep = Epilogue { bias: Some(&self.level_bias[level]), ..Default::default() };
+        let ep = Epilogue { bias: Some(&bias[level]), ..Default::default() };
         Ok(ops::matmul(&h, &self.adapter_out.weight.transpose(0, 1)?, ep)?)
     }
 
@@ -282,7 +302,7 @@ impl NextFlow {
             .iter()
             .map(|s| match s {
                 Segment::Text { ids, .. } => self.transformer.embed(&Tensor::from_slice(ids, &[1, ids.len()], device)?),
-                Segment::Map { features, level, .. } => self.embed_map(features, *level),
+                Segment::Map { features, level, n_scales, .. } => self.embed_map(features, *level, *n_scales),
             })
             .collect::<Result<_>>()?;
         let refs: Vec<&Tensor> = parts.iter().collect();
@@ -342,7 +362,7 @@ impl NextFlow {
             let codes = self.tokenizer.codebook.lookup(&indices[k - 1], h, w)?;
             let (x, s) = self.next_input(&codes, state.as_ref(), size)?;
             state = s;
-            seq.segments.push(Segment::Map { features: Self::as_rows(&x)?, level: self.level(k), positions: self.map_positions(boi + k, size[0], size[1]) });
+            seq.segments.push(Segment::Map { features: Self::as_rows(&x)?, level: self.level(k), n_scales: scales.len(), positions: self.map_positions(boi + k, size[0], size[1]) });
         }
         seq.position = boi + n_maps + 1;
         seq.text(&[self.id("<eoi>")]);
@@ -467,7 +487,7 @@ impl NextFlow {
                     let lane_feats = ops::concat(&lane_feats.iter().collect::<Vec<_>>(), 0)?;
                     let positions: Vec<f32> = members.iter().flat_map(|&r| self.map_positions(bois[r] + k + 1, size[0], size[1])).collect();
                     let positions = Tensor::from_slice(&positions, &[members.len(), rows_n, 3], self.device())?;
-                    let x = self.embed_map(&lane_feats, self.level(k + 1))?;
+                    let x = self.embed_map(&lane_feats, self.level(k + 1), k_total)?;
                     *hidden = self.transformer.forward(&x, &positions, &[rows_n], cache)?;
                 }
             }
@@ -476,18 +496,21 @@ impl NextFlow {
             on_scale(k, k_total, t.elapsed());
         }
         let t = Instant::now();
-        let images = self.tokenizer.decode(&indices)?;
+        let images = self.tokenizer.decode_scales(&indices, &scales)?;
         self.device().sync()?;
         timings.decode = t.elapsed();
         Ok(Generated { indices, images, timings })
     }
 
+    /// A generation runs a schedule the model was trained on: its native one or one of its
+    /// `tokenizer.schedules` (dynamic resolution).
     fn check_scales(&self, scales: &[[usize; 2]]) -> Result<()> {
-        let g = self.parts().tokenizer.grid();
-        if scales.first() != Some(&[1, 1]) || scales.iter().any(|&[h, w]| h == 0 || w == 0 || h > g || w > g) {
-            return Err(Error::Input(format!("schedule {scales:?} must start at 1x1 and stay within the {g}x{g} grid")));
+        let canvases = self.parts().tokenizer.canvases();
+        if canvases.iter().any(|(_, s)| s == scales) {
+            return Ok(());
         }
-        Ok(())
+        let offered: Vec<String> = canvases.iter().map(|((h, w), _)| format!("{h}x{w}")).collect();
+        Err(Error::Input(format!("schedule {scales:?} is not one this model was trained on (canvases {})", offered.join(", "))))
     }
 
     /// Text-to-image: `n` images for one prompt (CFG against `<bos>` + negative prompt).
@@ -576,7 +599,7 @@ impl NextFlow {
             let codes = self.tokenizer.codebook.lookup(&indices[k - 1], h, w)?;
             let (x, s) = self.next_input(&codes, state.as_ref(), size)?;
             state = s;
-            seq.segments.push(Segment::Map { features: Self::as_rows(&x)?, level: self.level(k), positions: self.map_positions(boi + k, size[0], size[1]) });
+            seq.segments.push(Segment::Map { features: Self::as_rows(&x)?, level: self.level(k), n_scales: scales.len(), positions: self.map_positions(boi + k, size[0], size[1]) });
         }
         seq.position = boi + scales.len();
         Ok(seq)
@@ -654,4 +677,27 @@ impl NextFlow {
         }
         Ok(pieces)
     }
+}
+
+/// Up to three vocabulary words within edit distance 2 of `word` (case-insensitive), closest first.
+fn closest_words(word: &str, words: &[String]) -> Vec<String> {
+    let word: Vec<char> = word.to_lowercase().chars().collect();
+    let distance = |other: &str| -> usize {
+        let other: Vec<char> = other.chars().collect();
+        let mut row: Vec<usize> = (0..=other.len()).collect();
+        for (i, a) in word.iter().enumerate() {
+            let mut previous = row[0];
+            row[0] = i + 1;
+            for (j, b) in other.iter().enumerate() {
+                let substitution = previous + usize::from(a != b);
+                previous = row[j + 1];
+                row[j + 1] = substitution.min(row[j] + 1).min(previous + 1);
+            }
+        }
+        row[other.len()]
+    };
+    let mut scored: Vec<(usize, &String)> =
+        words.iter().filter(|w| w.chars().all(|c| c.is_alphabetic())).map(|w| (distance(w), w)).filter(|(d, _)| *d <= 2).collect();
+    scored.sort();
+    scored.into_iter().take(3).map(|(_, w)| w.clone()).collect()
 }

@@ -11,7 +11,10 @@
 //! The evaluation prompt set is computed, not stored: numpy's `SeedSequence` and `PCG64`
 //! (the only randomness `eval_prompts` uses) are reproduced bit for bit by [`sample_rng`].
 //!
-//! Images are RGB8, row-major, square (`size` x `size` x 3 bytes).
+//! Images are RGB8, row-major, height x width x 3 bytes. Wherever a canvas is taken it is a
+//! [`Canvas`]: pass a side `n` for n x n or a `(height, width)` pair, as Python's
+//! `image_size: int | tuple`. Object sizes, the noise area and the edit centre tolerance are
+//! fractions of the short side; the "where" rule normalises each axis by its own length.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -45,8 +48,68 @@ pub const QUESTION_TYPES: [&str; 4] = ["shape", "color", "count", "where"];
 pub const EDIT_TYPES: [&str; 4] = ["recolor", "remove", "add", "move"];
 pub const MOVE_WORDS: [&str; 4] = ["left", "right", "top", "bottom"];
 pub const DEFAULT_IMAGE_SIZE: usize = 128;
-/// "where is the X?": center if max(|u|, |v|) < CENTER_ZONE (box centre in image-side units).
+/// Training canvases, (height, width) in px (`sw.ASPECT_SIZES`); [`size_for`] draws one.
+pub const ASPECT_SIZES: [(usize, usize); 4] = [(64, 64), (48, 48), (48, 96), (96, 48)];
+/// "where is the X?": center if max(|u|, |v|) < CENTER_ZONE, the box centre in units of each
+/// axis's own length (u = cx / width - 0.5, v = cy / height - 0.5).
 pub const CENTER_ZONE: f64 = 0.15;
+
+/// A canvas of `height` x `width` px (`sw.canvas_size`). `n.into()` is n x n and
+/// `(height, width).into()` is height x width, so square callers pass a plain side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Canvas {
+    pub height: usize,
+    pub width: usize,
+}
+
+impl Canvas {
+    pub const fn new(height: usize, width: usize) -> Canvas {
+        Canvas { height, width }
+    }
+
+    pub const fn square(side: usize) -> Canvas {
+        Canvas { height: side, width: side }
+    }
+
+    /// min(height, width): the unit of object size, noise area and edit centre tolerance
+    /// (`sw.short_side`).
+    pub fn short_side(&self) -> usize {
+        self.height.min(self.width)
+    }
+
+    pub fn is_square(&self) -> bool {
+        self.height == self.width
+    }
+
+    /// height * width.
+    pub fn pixels(&self) -> usize {
+        self.height * self.width
+    }
+}
+
+impl From<usize> for Canvas {
+    fn from(side: usize) -> Canvas {
+        Canvas::square(side)
+    }
+}
+
+impl From<(usize, usize)> for Canvas {
+    /// (height, width), as Python's pairs.
+    fn from((height, width): (usize, usize)) -> Canvas {
+        Canvas::new(height, width)
+    }
+}
+
+impl std::fmt::Display for Canvas {
+    /// "128" for a square canvas, "48x96" (height x width) otherwise.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_square() {
+            write!(f, "{}", self.height)
+        } else {
+            write!(f, "{}x{}", self.height, self.width)
+        }
+    }
+}
 
 /// `sw.NUMBER_WORDS.get(n, str(n))`.
 pub fn number_word(n: usize) -> String {
@@ -59,14 +122,25 @@ pub fn number_word(n: usize) -> String {
     }
 }
 
+/// English plural of a shape name: circles, squares, triangles, stars, crosses.
+pub fn plural(shape: &str) -> String {
+    if ["s", "x", "sh", "ch"].iter().any(|end| shape.ends_with(end)) {
+        format!("{shape}es")
+    } else {
+        format!("{shape}s")
+    }
+}
+
 fn lookup(options: &[&'static str], name: &str) -> Option<&'static str> {
     options.iter().copied().find(|o| *o == name)
 }
 
-/// Answer to "where is the X?" for an object whose box centre is (cx, cy).
-pub fn region_of_point(cx: f64, cy: f64, image_size: usize) -> &'static str {
-    let u = cx / image_size as f64 - 0.5;
-    let v = cy / image_size as f64 - 0.5;
+/// Answer to "where is the X?" for an object whose box centre is (cx, cy); each axis is
+/// normalised by its own length (on 48 x 96, cx = 24 is as far left as cy = 12 is up).
+pub fn region_of_point(cx: f64, cy: f64, image_size: impl Into<Canvas>) -> &'static str {
+    let canvas = image_size.into();
+    let u = cx / canvas.width as f64 - 0.5;
+    let v = cy / canvas.height as f64 - 0.5;
     if u.abs().max(v.abs()) < CENTER_ZONE {
         return "center";
     }
@@ -200,6 +274,7 @@ pub fn stream_id(kind: &str) -> Option<u64> {
         "edit" => Some(3),
         "eval_prompts" => Some(4),
         "eval_ground_truth" => Some(5),
+        "aspect" => Some(6),
         _ => None,
     }
 }
@@ -208,6 +283,17 @@ pub fn stream_id(kind: &str) -> Option<u64> {
 pub fn sample_rng(seed: u64, kind: &str, index: u64) -> Pcg64 {
     let stream = stream_id(kind).unwrap_or_else(|| panic!("unknown sample kind {kind:?}"));
     Pcg64::from_entropy(&[seed, stream, index])
+}
+
+/// `sw._choice`: one of `options`, uniformly, from one double.
+fn choice<T: Copy>(rng: &mut Pcg64, options: &[T]) -> T {
+    options[((rng.random() * options.len() as f64) as usize).min(options.len() - 1)]
+}
+
+/// `sw.size_for(index, seed)`: the (height, width) canvas of training sample `index`, uniform
+/// over [`ASPECT_SIZES`], from the sample's own "aspect" stream.
+pub fn size_for(index: u64, seed: u64) -> Canvas {
+    choice(&mut sample_rng(seed, "aspect", index), &ASPECT_SIZES).into()
 }
 
 /// `sw._shuffled`: items ordered by a stable argsort of `rng.random(len(items))`.
@@ -329,7 +415,7 @@ pub fn make_prompt(combination: &Combination) -> (String, Clauses) {
             (format!("a {a} and a {b}"), Clauses { include: vec![group(a, 1), group(b, 1)], exclude: vec![] })
         }
         Combination::Counting(n, shape) => (
-            format!("{} {shape}s", number_word(n)),
+            format!("{} {}", number_word(n), plural(shape)),
             Clauses { include: vec![group(shape, n)], exclude: vec![Exclude { class: shape.into(), count: n + 1 }] },
         ),
         Combination::Colors(color, shape) => (
@@ -378,14 +464,19 @@ pub fn eval_prompts(n_per_task: usize, seed: u64) -> Vec<EvalPrompt> {
 /// A pixel belongs to its nearest reference colour (background or palette) if it lies within
 /// this RGB distance of it, else to nothing.
 pub const PIXEL_DISTANCE_THRESHOLD: f64 = 60.0;
-/// Components smaller than this fraction of the image are noise.
+/// Components smaller than this fraction of the short side squared are noise (of the image,
+/// on a square canvas).
 pub const MIN_AREA_FRACTION: f64 = 0.004;
 /// GenEval's POSITION_THRESHOLD: the dead zone is this times the sum of the two sizes.
 pub const POSITION_THRESHOLD: f64 = 0.1;
 /// Editing: "unchanged" = same shape and colour, box centre moved by at most this fraction of
-/// the image side, box side changed by at most EDIT_SIZE_TOLERANCE (ratio).
+/// the image's short side, box side (the larger of width and height) changed by at most
+/// EDIT_SIZE_TOLERANCE (ratio) or by at most EDIT_SIZE_TOLERANCE_PX, whichever allows more.
+/// The absolute tolerance is the rasteriser's own spread (up to 3 px with an object's
+/// quarter-pixel phase); it decides only for box sides under 15 px.
 pub const EDIT_CENTER_TOLERANCE: f64 = 0.03;
 pub const EDIT_SIZE_TOLERANCE: f64 = 0.2;
+pub const EDIT_SIZE_TOLERANCE_PX: usize = 3;
 
 /// One connected component. Box edges are pixel-edge coordinates, x1/y1 exclusive.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -424,8 +515,11 @@ impl Detection {
 }
 
 /// Per pixel: palette index 0..9, -1 for background, -2 for no colour within the threshold.
-pub fn classify_pixels(rgb: &[u8], size: usize) -> Vec<i8> {
-    assert_eq!(rgb.len(), size * size * 3, "expected a {size}x{size} RGB8 image");
+/// Panics unless `rgb` holds height x width x 3 bytes.
+pub fn classify_pixels(rgb: &[u8], canvas: impl Into<Canvas>) -> Vec<i8> {
+    let canvas = canvas.into();
+    let (height, width) = (canvas.height, canvas.width);
+    assert_eq!(rgb.len(), height * width * 3, "expected a {height}x{width} (height x width) RGB8 image");
     let mut reference = [[0i32; 3]; 11];
     reference[0] = BACKGROUND.map(i32::from);
     for (k, (_, c)) in PALETTE.iter().enumerate() {
@@ -454,7 +548,7 @@ pub fn classify_pixels(rgb: &[u8], size: usize) -> Vec<i8> {
 
 /// 8-connected components of `mask`, each as its pixels' flat indices; components ordered by
 /// their smallest flat index (the reference's component ids, ascending).
-fn connected_components(mask: &[bool], size: usize) -> Vec<Vec<usize>> {
+fn connected_components(mask: &[bool], height: usize, width: usize) -> Vec<Vec<usize>> {
     let mut seen = vec![false; mask.len()];
     let mut components = Vec::new();
     for start in 0..mask.len() {
@@ -467,14 +561,14 @@ fn connected_components(mask: &[bool], size: usize) -> Vec<Vec<usize>> {
         while head < pixels.len() {
             let p = pixels[head];
             head += 1;
-            let (y, x) = ((p / size) as isize, (p % size) as isize);
+            let (y, x) = ((p / width) as isize, (p % width) as isize);
             for dy in -1..=1 {
                 for dx in -1..=1 {
                     let (ny, nx) = (y + dy, x + dx);
-                    if ny < 0 || nx < 0 || ny >= size as isize || nx >= size as isize {
+                    if ny < 0 || nx < 0 || ny >= height as isize || nx >= width as isize {
                         continue;
                     }
-                    let q = ny as usize * size + nx as usize;
+                    let q = ny as usize * width + nx as usize;
                     if mask[q] && !seen[q] {
                         seen[q] = true;
                         pixels.push(q);
@@ -536,19 +630,24 @@ pub fn classify_shape(fill: f64, solidity: f64, symmetry: f64, corners: f64, asp
 }
 
 /// All components above the minimum area, largest first (ties: smaller first flat index first).
-pub fn detect(rgb: &[u8], size: usize) -> Vec<Detection> {
-    let labels = classify_pixels(rgb, size);
+/// The canvas is height x width; the minimum area is a fraction of its short side squared.
+/// Panics unless `rgb` holds height x width x 3 bytes.
+pub fn detect(rgb: &[u8], canvas: impl Into<Canvas>) -> Vec<Detection> {
+    let canvas = canvas.into();
+    let (height, width) = (canvas.height, canvas.width);
+    let labels = classify_pixels(rgb, canvas);
     let foreground: Vec<bool> = labels.iter().map(|&l| l >= 0).collect();
-    let min_area = MIN_AREA_FRACTION * (size * size) as f64;
+    let short = canvas.short_side();
+    let min_area = MIN_AREA_FRACTION * (short * short) as f64;
     let mut detections = Vec::new();
-    for pixels in connected_components(&foreground, size) {
+    for pixels in connected_components(&foreground, height, width) {
         let area = pixels.len();
         if (area as f64) < min_area {
             continue;
         }
         let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
         for &p in &pixels {
-            let (y, x) = (p / size, p % size);
+            let (y, x) = (p / width, p % width);
             x0 = x0.min(x);
             y0 = y0.min(y);
             x1 = x1.max(x + 1);
@@ -557,7 +656,7 @@ pub fn detect(rgb: &[u8], size: usize) -> Vec<Detection> {
         let (w, h) = (x1 - x0, y1 - y0);
         let mut boxed = vec![false; w * h];
         for &p in &pixels {
-            boxed[(p / size - y0) * w + (p % size - x0)] = true;
+            boxed[(p / width - y0) * w + (p % width - x0)] = true;
         }
         // Up-down mirror IoU.
         let (mut inter, mut union) = (0usize, 0usize);
@@ -587,7 +686,7 @@ pub fn detect(rgb: &[u8], size: usize) -> Vec<Detection> {
         // Hull of the pixel squares, from each row's outer corners.
         let mut rows: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
         for &p in &pixels {
-            let (y, x) = (p / size, p % size);
+            let (y, x) = (p / width, p % width);
             let e = rows.entry(y).or_insert((x, x));
             e.0 = e.0.min(x);
             e.1 = e.1.max(x);
@@ -809,8 +908,8 @@ pub fn score_t2i<S: AsRef<str>>(results: &[(S, bool)]) -> TaskScores {
 }
 
 /// Score one image against one prompt entry.
-pub fn score_image(rgb: &[u8], size: usize, entry: &EvalPrompt) -> (bool, Vec<String>) {
-    evaluate_clauses(&detect(rgb, size), &entry.clauses)
+pub fn score_image(rgb: &[u8], canvas: impl Into<Canvas>, entry: &EvalPrompt) -> (bool, Vec<String>) {
+    evaluate_clauses(&detect(rgb, canvas), &entry.clauses)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -821,7 +920,7 @@ pub fn make_question(kind: &str, shape: &str) -> Result<String, String> {
     Ok(match kind {
         "shape" => "what shape is this?".to_string(),
         "color" => format!("what color is the {shape}?"),
-        "count" => format!("how many {shape}s are there?"),
+        "count" => format!("how many {} are there?", plural(shape)),
         "where" => format!("where is the {shape}?"),
         _ => return Err(format!("unknown question type {kind:?}")),
     })
@@ -834,10 +933,15 @@ pub fn question_type(question: &str) -> Result<(&'static str, Option<&'static st
     }
     // Python: re.fullmatch of "<prefix>(\w+)<suffix>", the word one of SHAPES.
     for (kind, prefix, suffix) in
-        [("color", "what color is the ", "?"), ("count", "how many ", "s are there?"), ("where", "where is the ", "?")]
+        [("color", "what color is the ", "?"), ("count", "how many ", " are there?"), ("where", "where is the ", "?")]
     {
         if let Some(middle) = question.strip_prefix(prefix).and_then(|r| r.strip_suffix(suffix)) {
-            if let Some(shape) = lookup(&SHAPES, middle) {
+            let shape = if kind == "count" {
+                SHAPES.iter().copied().find(|s| plural(s) == middle)
+            } else {
+                lookup(&SHAPES, middle)
+            };
+            if let Some(shape) = shape {
                 return Ok((kind, Some(shape)));
             }
         }
@@ -846,7 +950,12 @@ pub fn question_type(question: &str) -> Result<(&'static str, Option<&'static st
 }
 
 /// The answer to a question from detections; "unknown" when they do not support one.
-pub fn answer_from_detections(detections: &[Detection], size: usize, question: &str) -> Result<String, String> {
+/// `canvas` is the image's, for the "where" rule.
+pub fn answer_from_detections(
+    detections: &[Detection],
+    canvas: impl Into<Canvas>,
+    question: &str,
+) -> Result<String, String> {
     let (kind, shape) = question_type(question)?;
     if kind == "shape" {
         return Ok(detections.iter().find_map(|d| d.shape).unwrap_or("unknown").to_string());
@@ -862,13 +971,14 @@ pub fn answer_from_detections(detections: &[Detection], size: usize, question: &
         return Ok(first.color.to_string());
     }
     let (cx, cy) = first.center();
-    Ok(region_of_point(cx, cy, size).to_string())
+    Ok(region_of_point(cx, cy, canvas).to_string())
 }
 
 /// The detector's answer to a ShapeWorld question; Err if the question is not one.
-pub fn answer_question(rgb: &[u8], size: usize, question: &str) -> Result<String, String> {
+pub fn answer_question(rgb: &[u8], canvas: impl Into<Canvas>, question: &str) -> Result<String, String> {
+    let canvas = canvas.into();
     question_type(question)?;
-    answer_from_detections(&detect(rgb, size), size, question)
+    answer_from_detections(&detect(rgb, canvas), canvas, question)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -916,26 +1026,31 @@ pub fn parse_instruction(instruction: &str) -> Result<Edit, String> {
     Err(format!("not a ShapeWorld instruction: {instruction:?}"))
 }
 
+/// Box sides (the larger of width and height) within EDIT_SIZE_TOLERANCE_PX or within
+/// EDIT_SIZE_TOLERANCE (ratio) of each other.
 fn same_size(a: &Detection, b: &Detection) -> bool {
-    let ratio = a.width().max(a.height()) as f64 / b.width().max(b.height()) as f64;
-    (ratio - 1.0).abs() <= EDIT_SIZE_TOLERANCE
+    let (side_a, side_b) = (a.width().max(a.height()), b.width().max(b.height()));
+    side_a.abs_diff(side_b) <= EDIT_SIZE_TOLERANCE_PX
+        || (side_a as f64 / side_b as f64 - 1.0).abs() <= EDIT_SIZE_TOLERANCE
 }
 
-fn same_place(a: &Detection, b: &Detection, image_size: usize) -> bool {
+fn same_place(a: &Detection, b: &Detection, canvas: Canvas) -> bool {
     let ((ax, ay), (bx, by)) = (a.center(), b.center());
-    let near = (ax - bx).abs().max((ay - by).abs()) <= EDIT_CENTER_TOLERANCE * image_size as f64;
+    let near = (ax - bx).abs().max((ay - by).abs()) <= EDIT_CENTER_TOLERANCE * canvas.short_side() as f64;
     near && same_size(a, b)
 }
 
 /// (success, reason) from detections of the source and the edited image; the reference's
 /// `edit_success`. The instruction's clauses must hold in `after` and every other object of
 /// `before` be unchanged (same shape, colour, place and size), with nothing else added.
+/// `image_size` is the source image's canvas (the reference's `before.shape[:2]`).
 pub fn edit_verdict_from_detections(
     before: &[Detection],
     edit: &Edit,
     after: &[Detection],
-    image_size: usize,
+    image_size: impl Into<Canvas>,
 ) -> (bool, String) {
+    let image_size = image_size.into();
     let old: Vec<&Detection> = before.iter().filter(|d| d.shape.is_some()).collect();
     let new: Vec<&Detection> = after.iter().filter(|d| d.shape.is_some()).collect();
     let mut target: Option<usize> = None;
@@ -988,22 +1103,29 @@ pub fn edit_verdict_from_detections(
 }
 
 /// (success, reason) of an edit: the reference's `edit_success`; Err if the instruction is
-/// not a ShapeWorld instruction. Both images are `size` x `size`.
-pub fn edit_verdict(before: &[u8], instruction: &str, after: &[u8], size: usize) -> Result<(bool, String), String> {
+/// not a ShapeWorld instruction. Both images are on `canvas` (a side, or (height, width)).
+pub fn edit_verdict(
+    before: &[u8],
+    instruction: &str,
+    after: &[u8],
+    canvas: impl Into<Canvas>,
+) -> Result<(bool, String), String> {
+    let canvas = canvas.into();
     let edit = parse_instruction(instruction)?;
-    Ok(edit_verdict_from_detections(&detect(before, size), &edit, &detect(after, size), size))
+    Ok(edit_verdict_from_detections(&detect(before, canvas), &edit, &detect(after, canvas), canvas))
 }
 
 /// Whether `after` is `before` edited as instructed; Err if the instruction is not a
 /// ShapeWorld instruction.
-pub fn edit_success(before: &[u8], instruction: &str, after: &[u8], size: usize) -> Result<bool, String> {
-    edit_verdict(before, instruction, after, size).map(|(ok, _)| ok)
+pub fn edit_success(before: &[u8], instruction: &str, after: &[u8], canvas: impl Into<Canvas>) -> Result<bool, String> {
+    edit_verdict(before, instruction, after, canvas).map(|(ok, _)| ok)
 }
 
 // ---------------------------------------------------------------------------------------------
 // PNG
 
 /// A square PNG as RGB8 (alpha dropped, grey expanded, 16-bit reduced to 8): (pixels, side).
+/// Err for a non-square PNG; [`load_png_canvas`] reads any canvas.
 pub fn load_png_rgb(path: impl AsRef<Path>) -> Result<(Vec<u8>, usize), String> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -1012,15 +1134,29 @@ pub fn load_png_rgb(path: impl AsRef<Path>) -> Result<(Vec<u8>, usize), String> 
 
 /// [`load_png_rgb`] from the bytes of a PNG file.
 pub fn decode_png_rgb(bytes: &[u8]) -> Result<(Vec<u8>, usize), String> {
+    let (rgb, canvas) = decode_png_canvas(bytes)?;
+    if !canvas.is_square() {
+        return Err(format!("{}x{} is not square", canvas.width, canvas.height));
+    }
+    Ok((rgb, canvas.width))
+}
+
+/// A PNG of any canvas as RGB8, row-major (alpha dropped, grey expanded, 16-bit reduced to 8):
+/// (pixels, height x width).
+pub fn load_png_canvas(path: impl AsRef<Path>) -> Result<(Vec<u8>, Canvas), String> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    decode_png_canvas(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// [`load_png_canvas`] from the bytes of a PNG file.
+pub fn decode_png_canvas(bytes: &[u8]) -> Result<(Vec<u8>, Canvas), String> {
     let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     decoder.set_transformations(png::Transformations::normalize_to_color8());
     let mut reader = decoder.read_info().map_err(|e| e.to_string())?;
     let mut buf = vec![0; reader.output_buffer_size()];
     let info = reader.next_frame(&mut buf).map_err(|e| e.to_string())?;
     let (w, h) = (info.width as usize, info.height as usize);
-    if w != h {
-        return Err(format!("{w}x{h} is not square"));
-    }
     let channels = match info.color_type {
         png::ColorType::Grayscale => 1,
         png::ColorType::GrayscaleAlpha => 2,
@@ -1039,17 +1175,19 @@ pub fn decode_png_rgb(bytes: &[u8]) -> Result<(Vec<u8>, usize), String> {
             }
         }
     }
-    Ok((rgb, w))
+    Ok((rgb, Canvas::new(h, w)))
 }
 
-/// Write a `size` x `size` RGB8 image as PNG.
-pub fn save_png_rgb(path: impl AsRef<Path>, rgb: &[u8], size: usize) -> Result<(), String> {
+/// Write an RGB8 image on `canvas` (a side, or (height, width)) as PNG.
+pub fn save_png_rgb(path: impl AsRef<Path>, rgb: &[u8], canvas: impl Into<Canvas>) -> Result<(), String> {
     let path = path.as_ref();
-    if rgb.len() != size * size * 3 {
-        return Err(format!("{} bytes is not a {size}x{size} RGB8 image", rgb.len()));
+    let canvas = canvas.into();
+    let (height, width) = (canvas.height, canvas.width);
+    if rgb.len() != height * width * 3 {
+        return Err(format!("{} bytes is not a {height}x{width} (height x width) RGB8 image", rgb.len()));
     }
     let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), size as u32, size as u32);
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), width as u32, height as u32);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
     let mut writer = encoder.write_header().map_err(|e| format!("{}: {e}", path.display()))?;

@@ -304,8 +304,15 @@ impl Tokenizer {
     /// Per-scale indices → image `[b, 3, S, S]`, about [-1, 1] (clamped when converted
     /// to pixels, see [`to_rgb8`]).
     pub fn decode(&self, indices: &[Tensor]) -> Result<Tensor> {
-        let g = self.cfg.grid();
-        let f_hat = msrq::decode(indices, &self.codebook, &self.schedule(), (g, g), None)?;
+        self.decode_scales(indices, &self.cfg.scales)
+    }
+
+    /// Indices of a generation's own schedule (a prefix of the model's for a smaller `--size`,
+    /// or an aspect-ratio schedule) → image `[b, 3, h·p, w·p]` at its last scale's grid.
+    pub fn decode_scales(&self, indices: &[Tensor], scales: &[[usize; 2]]) -> Result<Tensor> {
+        let schedule: Vec<(usize, usize)> = scales.iter().map(|&[h, w]| (h, w)).collect();
+        let grid = *schedule.last().ok_or_else(|| crate::Error::Input("an empty schedule has no image".into()))?;
+        let f_hat = msrq::decode(indices, &self.codebook, &schedule, grid, None)?;
         let pixel = f_hat.narrow(1, self.cfg.semantic_dim, self.cfg.pixel_dim)?;
         self.decoder.forward(&self.post_quant_conv.forward(&ops::contiguous(&pixel)?)?)
     }

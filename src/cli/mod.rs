@@ -147,13 +147,12 @@ pub struct GenerateArgs {
     /// What to steer away from (the unconditional side of CFG).
     #[arg(long)]
     pub negative_prompt: Option<String>,
-    /// Image side in pixels: the model's size, or a smaller one its schedule passes
-    /// through (a prefix of the scales).
-    #[arg(long)]
+    /// Short side of the image in pixels: one of the canvases the model was trained on
+    /// (`nextflow inspect` lists them; default: its native size).
+    #[arg(long, long_help = canvas_help("size"))]
     pub size: Option<usize>,
-    /// Aspect ratio W:H (e.g. 2:1): the schedule's grids are stretched to it, keeping the
-    /// token count per scale about the same. Only for models trained on such schedules.
-    #[arg(long)]
+    /// Aspect ratio W:H of the image, one the model was trained on (default 1:1).
+    #[arg(long, long_help = canvas_help("aspect"))]
     pub aspect: Option<String>,
     #[arg(long, default_value_t = 1)]
     pub num_images: usize,
@@ -267,4 +266,19 @@ pub struct EvalShapesArgs {
     pub json: bool,
     #[command(flatten)]
     pub model: ModelArgs,
+}
+
+/// `--size` / `--aspect` help naming the embedded model's canvases (read from its config).
+fn canvas_help(flag: &str) -> String {
+    let canvases = nextflow_model::Config::from_json(nextflow_model::embedded::CONFIG)
+        .ok()
+        .and_then(|c| c.parts().ok().map(|p| p.tokenizer.canvases()))
+        .unwrap_or_default();
+    let list: Vec<String> = canvases.iter().map(|((h, w), _)| format!("{w}x{h}")).collect();
+    let lead = if flag == "size" {
+        "Short side of the image in pixels, one of the canvases the model was trained on (its native size by default). A value the model does not offer is refused before anything runs; `nextflow inspect` lists a model's canvases."
+    } else {
+        "Aspect ratio W:H of the image, one the model was trained on (1:1 by default; with --size, the canvas of that short side and shape). A value the model does not offer is refused before anything runs."
+    };
+    format!("{lead}\n\nThe embedded model's canvases (W x H): {}", list.join(", "))
 }

@@ -5,6 +5,7 @@ use nextflow_model::nextflow::{Generated, NextFlow, Sequence};
 use nextflow_model::shapeeval;
 use nextflow_model::text::{self, TextOptions};
 use nextflow_model::visual::{from_rgb8, to_rgb8};
+use nextflow_model::config::VisualTokenizer;
 use nextflow_model::{Config, ImageOptions, Message, ModelType, StreamDecoder, TextTokenizer, Transformer, Weights};
 use nextflow_runtime::{Backend, DType, Device};
 use std::io::{IsTerminal, Write};
@@ -113,26 +114,49 @@ fn image_options(model: &NextFlow, s: &ImageSampling) -> Result<ImageOptions> {
     Ok(o)
 }
 
-/// Schedule for `--size` / `--aspect`.
-fn schedule(model: &NextFlow, size: Option<usize>, aspect: Option<&str>) -> Result<Option<Vec<[usize; 2]>>> {
-    let t = &model.parts().tokenizer;
-    let mut scales = t.scales.clone();
-    if let Some(size) = size {
-        let sizes: Vec<usize> = scales.iter().filter(|[h, w]| h == w).map(|[h, _]| h * t.patch_size).collect();
-        let at = scales.iter().position(|&[h, w]| h == w && h * t.patch_size == size).ok_or_else(|| fail(format!("--size {size}: the schedule passes through {sizes:?} px")))?;
-        scales.truncate(at + 1);
+/// The schedule of the canvas `--size` / `--aspect` name, among those the model was trained on
+/// (its native canvas and `tokenizer.schedules`): `--size N` is the short side in pixels,
+/// `--aspect W:H` the shape (1:1 when only `--size` is given; the largest canvas of that shape
+/// when only `--aspect` is). Anything else is refused, naming what the model offers.
+fn schedule(t: &VisualTokenizer, size: Option<usize>, aspect: Option<&str>) -> Result<Option<Vec<[usize; 2]>>> {
+    if size.is_none() && aspect.is_none() {
+        return Ok(None);
     }
-    if let Some(a) = aspect {
-        let (w, h) = a.split_once(':').and_then(|(w, h)| Some((w.trim().parse::<f64>().ok()?, h.trim().parse::<f64>().ok()?))).filter(|(w, h)| *w > 0.0 && *h > 0.0).ok_or_else(|| fail(format!("--aspect {a}: expected W:H, e.g. 2:1")))?;
-        let r = (w / h).sqrt();
-        let g = t.grid() as f64;
-        scales = scales
-            .iter()
-            .enumerate()
-            .map(|(i, &[n, _])| if i == 0 { [1, 1] } else { [((n as f64 / r).round().clamp(1.0, g)) as usize, ((n as f64 * r).round().clamp(1.0, g)) as usize] })
-            .collect();
-    }
-    Ok(if size.is_none() && aspect.is_none() { None } else { Some(scales) })
+    let ratio = match aspect {
+        None => (1, 1),
+        Some(a) => a
+            .split_once(':')
+            .and_then(|(w, h)| Some((w.trim().parse::<usize>().ok()?, h.trim().parse::<usize>().ok()?)))
+            .filter(|&(w, h)| w > 0 && h > 0)
+            .ok_or_else(|| fail(format!("--aspect {a}: expected W:H in whole numbers, e.g. 2:1")))?,
+    };
+    let canvases = t.canvases();
+    let offered = || {
+        canvases.iter().map(|((h, w), _)| format!("{w}x{h} (--size {} --aspect {})", h.min(w), aspect_of(*w, *h))).collect::<Vec<_>>().join(", ")
+    };
+    let mut fits: Vec<&((usize, usize), Vec<[usize; 2]>)> =
+        canvases.iter().filter(|((h, w), _)| w * ratio.1 == h * ratio.0 && size.is_none_or(|s| *h.min(w) == s)).collect();
+    fits.sort_by_key(|((h, w), _)| std::cmp::Reverse(h * w));
+    let what = match (size, aspect) {
+        (Some(s), Some(a)) => format!("--size {s} --aspect {a}"),
+        (Some(s), None) => format!("--size {s}"),
+        (None, Some(a)) => format!("--aspect {a}"),
+        (None, None) => unreachable!(),
+    };
+    let ((_, _), scales) = fits.first().ok_or_else(|| fail(format!("{what}: this model was trained on {}", offered())))?;
+    Ok(Some(scales.clone()))
+}
+
+/// `W:H` in lowest terms.
+fn aspect_of(w: usize, h: usize) -> String {
+    let gcd = |mut a: usize, mut b: usize| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    let g = gcd(w, h).max(1);
+    format!("{}:{}", w / g, h / g)
 }
 
 /// Per-scale progress on stderr: a bar when it is a terminal, a line per scale otherwise.
@@ -278,9 +302,11 @@ pub fn generate(args: &GenerateArgs, device: &Device) -> Result<()> {
     }
     let paths = output_paths(&args.output.out, args.num_images);
     check_outputs(&paths, args.output.force)?;
+    // The canvas is checked against the config before any weight is read.
+    let scales = schedule(&config_of(&args.model)?.parts()?.tokenizer, args.size, args.aspect.as_deref())?;
     let model = load_nextflow(&args.model, device)?;
     let mut opts = image_options(&model, &args.sampling)?;
-    opts.scales = schedule(&model, args.size, args.aspect.as_deref())?;
+    opts.scales = scales;
     let scales = opts.scales.clone().unwrap_or_else(|| model.parts().tokenizer.scales.clone());
     let progress = Progress::new("generate");
     let g = model.text_to_image(&args.prompt, args.negative_prompt.as_deref(), args.num_images, &opts, &mut |k, n, d| progress.scale(k, n, d, &scales))?;
@@ -555,7 +581,13 @@ pub fn inspect(args: &ModelArgs) -> Result<()> {
         let t = &p.tokenizer;
         let v = &p.visual;
         println!("vocabulary   {} text ids (specials + words), {} visual codes from id {}", p.vocabulary.code_start(), p.vocabulary.codebook_size, p.vocabulary.code_start());
-        println!("image        {}x{} px, {} px/token, {} scales {:?} ({} tokens)", t.image_size, t.image_size, t.patch_size, t.scales.len(), t.scales.iter().map(|[h, w]| if h == w { format!("{h}") } else { format!("{h}x{w}") }).collect::<Vec<_>>(), t.tokens());
+        for (i, ((h, w), scales)) in t.canvases().iter().enumerate() {
+            let label = if i == 0 { "image       " } else { "            " };
+            let tokens: usize = scales.iter().map(|[a, b]| a * b).sum();
+            let listed: Vec<String> = scales.iter().map(|[a, b]| if a == b { format!("{a}") } else { format!("{a}x{b}") }).collect();
+            let flags = format!("--size {} --aspect {}", h.min(w), aspect_of(*w, *h));
+            println!("{label} {w}x{h} px ({flags}), {} px/token, {} scales {listed:?} ({tokens} tokens)", t.patch_size, scales.len());
+        }
         println!("visual rows  input {:?}, 3D RoPE sections {:?} axes {:?} C={}, level embedding {:?}, K embedding {}", v.input_mode, v.mrope_section, v.rope_axes, v.rope_scale_c, v.level_embedding, v.scale_length_embedding);
         println!("tokenizer    dual codebook {} x ({} semantic + {} pixel), decoder ch {} x {:?}, {} res blocks/level", t.codebook_size, t.semantic_dim, t.pixel_dim, t.ch, t.ch_mult, t.decoder_res_blocks);
         println!("sampler      cfg {} ({:?}), top-k {}, top-p {}, temperature {}", p.sampler.cfg_scale, p.sampler.cfg_schedule, p.sampler.top_k, p.sampler.top_p, p.sampler.temperature);

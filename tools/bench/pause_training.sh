@@ -1,4 +1,4 @@
-# Sourced by the bench scripts: pauses the background training (python train_transformer.py)
+# Sourced by the bench scripts: pauses the background training (python train_tokenizer.py or train_transformer.py)
 # while timing, and always resumes it (normal exit, error, Ctrl-C, TERM, HUP).
 # It signals only the pids found at pause time, by pid (SIGSTOP/SIGCONT; nothing is killed).
 # NEXTFLOW_BENCH_NO_PAUSE=1 leaves the training alone.
@@ -12,7 +12,7 @@ resume_training() {
 }
 pause_training() {
     [ "${NEXTFLOW_BENCH_NO_PAUSE:-0}" = 1 ] && return 0
-    TRAIN_PIDS=$(pgrep -f 'python[^ ]* [^ ]*train_transformer' | grep -vx "$$" | tr '\n' ' ' || true)
+    TRAIN_PIDS=$(pgrep -f 'python[^ ]* [^ ]*train_(tokenizer|transformer)' | grep -vx "$$" | tr '\n' ' ' || true)
     if [ -n "$TRAIN_PIDS" ]; then
         kill -STOP $TRAIN_PIDS 2>/dev/null || true
         echo "[bench] paused training (pids $TRAIN_PIDS)" >&2
@@ -34,7 +34,7 @@ report_load() {
 wait_quiet() {
     local limit=${WAIT_QUIET:-0} waited=0
     while [ "$waited" -lt "$limit" ]; do
-        busy=$(ps -eo pid=,pcpu=,args= | awk -v me=$$ '$2 > 20 && $1 != me && $0 !~ /train_transformer/' | wc -l)
+        busy=$(ps -eo pid=,pcpu=,args= | awk -v me=$$ '$2 > 20 && $1 != me && $0 !~ /train_(tokenizer|transformer)/' | wc -l)
         [ "$busy" = 0 ] && return 0
         sleep 10; waited=$((waited + 10))
     done

@@ -420,7 +420,51 @@ def eval_shapes(assets: Path, out: Path) -> None:
     print(json.dumps(scores))
 
 
-PARTS = ["qwen2", "nextflow", "sampler", "eval"]
+def nextflow_dynres(out: Path) -> None:
+    """Dynamic resolution: a small random NextFlow with the embedded model's architecture
+    switches (configs/shapeworld64.json: accumulated inputs, schedules 48x48 / 48x96 / 96x48)
+    at small widths, exported as a model directory (config.json, model.safetensors,
+    tokenizer.json) plus golden.json: seeded Philox generations (the config's sampler, CFG vs
+    <bos>) on every canvas, their indices per scale and decoded images (golden.safetensors)."""
+    import export
+
+    fresh_dir(out)
+    cfg = Config.load(Path(__file__).with_name("configs") / "shapeworld64.json")
+    cfg.backbone.hidden_size, cfg.backbone.intermediate_size, cfg.backbone.num_hidden_layers = 48, 96, 2
+    cfg.backbone.num_attention_heads, cfg.backbone.num_key_value_heads = 3, 1
+    cfg.visual.mrope_section = [2, 3, 3]
+    cfg.tokenizer.codebook_size = cfg.vocabulary.codebook_size = 64
+    cfg.tokenizer.ch, cfg.tokenizer.teacher_channels, cfg.tokenizer.z_channels, cfg.tokenizer.norm_groups = 4, [8, 8, 8], 8, 4
+    cfg.check()
+    torch.manual_seed(0)
+    model, tok = nf.NextFlow(cfg).eval(), nf.VisualTokenizer(cfg).eval()
+    with torch.no_grad():  # a wider spread of logits than the default init, so sampling is not uniform
+        model.lm_head.weight.mul_(3.0)
+    tensors = {k: v.float().contiguous() for k, v in model.state_dict().items()}
+    tensors |= {k: v.float().contiguous() for k, v in tok.state_dict().items() if not k.startswith(export.TRAINING_ONLY)}
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    cfg.save(out / "config.json")
+    (out / "tokenizer.json").write_text(json.dumps(export.tokenizer_json(cfg), indent=1) + "\n")
+    vocab = cfg.vocabulary
+    prompt_ids = [vocab.id("<bos>")] + vocab.encode(NEXTFLOW_PROMPT)
+    cases, images = [], {}
+    with torch.no_grad():
+        for h, w in cfg.tokenizer.canvases():
+            scales = cfg.tokenizer.schedule(h, w)
+            idx = nf.generate(model, tok.quantize, [prompt_ids], cfg.sampler, seed=GENERATION_SEED, sampling="philox", scales=scales)
+            images[f"{h}x{w}"] = tok.decode(idx, scales)[0]
+            cases.append({"canvas": [h, w], "scales": scales, "indices_per_scale": [i[0].tolist() for i in idx]})
+    save_file({k: v.float().contiguous() for k, v in images.items()}, out / "golden.safetensors", metadata={"format": "pt"})
+    write_json(out / "golden.json", {
+        "generator": "tools/reference/make_golden.py dynres", "torch": torch.__version__,
+        "prompt": NEXTFLOW_PROMPT, "seed": GENERATION_SEED, "sampling": "philox", "sampler": dataclasses.asdict(cfg.sampler),
+        "note": "random weights (torch.manual_seed(0), lm_head x 3); images [3, H, W] in golden.safetensors by canvas HxW",
+        "cases": cases,
+    })  # fmt: skip
+    check_size(out)
+
+
+PARTS = ["qwen2", "nextflow", "sampler", "eval", "dynres"]
 
 
 def main(argv=None):
@@ -436,6 +480,8 @@ def main(argv=None):
         qwen2_tiny(GOLDEN / "qwen2-tiny", GOLDEN / "qwen2-tiny-sharded")
     if "nextflow" in args.parts:
         nextflow_tiny(args.assets, GOLDEN / "nextflow-tiny", args.generation_sampler)
+    if "dynres" in args.parts:
+        nextflow_dynres(GOLDEN / "nextflow-dynres")
     if "eval" in args.parts:
         eval_shapes(args.assets, GOLDEN / "nextflow-tiny")
     if "sampler" in args.parts:

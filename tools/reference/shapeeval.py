@@ -3,7 +3,18 @@
 A small analogue of GenEval (djghosh13/geneval): a detector made of rules instead of a
 Mask2Former, and GenEval's clause logic on top of it.
 
+Images may be non-square (height x width x 3); the canvas is read from the image's shape, and
+wherever an image_size is taken it is an int n (n x n) or a (height, width) pair, as in
+shapeworld.py. The noise area and the edit centre tolerance are fractions of the short side, as
+object sizes are; the "where" rule normalises each axis by its own length. The geometric
+classifier needs a short side of 48 px or more (objects of 9 px and up; every training canvas
+has one). At 48 px it reads ground truth but for ~0.5% of circles, whose 8-11 px
+rasterisations can fill their box corners like squares. On square canvases the detector
+finds exactly what it found before non-square canvases existed; edit verdicts differ only
+where EDIT_SIZE_TOLERANCE_PX decides (box sides under 15 px, so never on 128 px canvases).
+
   python tools/reference/shapeeval.py --selftest --n 50            # ground truth must score ~1.0
+  python tools/reference/shapeeval.py --selftest --n 20 --size 48x96   # height x width
   python tools/reference/shapeeval.py --write-prompts prompts.json --n 50
   python tools/reference/shapeeval.py --images DIR --prompts prompts.json [--out scores.json]
 
@@ -27,15 +38,22 @@ import shapeworld as sw
 # this RGB distance of it, else to nothing. Half the palette's smallest spacing is 53; a bit
 # more tolerates a generator's colour drift, and the nearest colour still decides.
 PIXEL_DISTANCE_THRESHOLD = 60.0
-# Components smaller than this fraction of the image are noise: the smallest object
-# (a 0.19-size star) covers ~0.013 of it.
+# Components smaller than this fraction of the short side squared are noise: the smallest
+# object (a 0.19-size star) covers ~0.013 of it (the whole image, on a square canvas).
 MIN_AREA_FRACTION = 0.004
 # GenEval's POSITION_THRESHOLD: the dead zone is this times the sum of the two sizes.
 POSITION_THRESHOLD = 0.1
 # Editing: an object is "unchanged" if shape and colour are equal, its box centre moved by at
-# most this fraction of the image side and its box side changed by at most this ratio.
+# most this fraction of the image's short side and its box side changed by at most this ratio
+# or by at most EDIT_SIZE_TOLERANCE_PX, whichever allows more (a relative and an absolute
+# tolerance, as in numpy's isclose). The absolute one is the rasteriser's own spread: the box
+# side of one and the same object varies by up to 3 px with its quarter-pixel phase alone (a
+# star's or triangle's tips fall between pixel centres), on any canvas. It decides only for box
+# sides under 15 px (0.2 x 15 = 3), i.e. on canvases with a short side under 79 px; there a
+# 9-12 px star drawn twice can measure 8 and 11 px.
 EDIT_CENTER_TOLERANCE = 0.03
 EDIT_SIZE_TOLERANCE = 0.2
+EDIT_SIZE_TOLERANCE_PX = 3
 
 _REFERENCE_COLORS = np.array([sw.BACKGROUND] + [sw.PALETTE[c] for c in sw.COLORS], dtype=np.float64)
 _PALETTE_ARRAY = _REFERENCE_COLORS[1:]
@@ -160,12 +178,14 @@ def classify_shape(fill: float, solidity: float, symmetry: float, corners: float
 
 
 def detect(image: np.ndarray) -> list:
-    """All components above the minimum area, largest first (a stand-in for confidence)."""
+    """All components above the minimum area, largest first (a stand-in for confidence).
+    The canvas is the image's height x width; the minimum area is a fraction of its short side."""
     labels = classify_pixels(image)
     foreground = labels >= 0
     components = connected_components(foreground)
     ids, counts = np.unique(components[foreground], return_counts=True)
-    min_area = MIN_AREA_FRACTION * foreground.size
+    short = min(foreground.shape)
+    min_area = MIN_AREA_FRACTION * (short * short)
     detections = []
     for component, area in zip(ids, counts):
         if area < min_area:
@@ -293,13 +313,15 @@ def question_type(question: str) -> tuple:
         return "shape", None
     patterns = {
         "color": r"what color is the (\w+)\?",
-        "count": r"how many (\w+)s are there\?",
+        "count": r"how many (\w+) are there\?",
         "where": r"where is the (\w+)\?",
     }  # fmt: skip
+    singular = {sw.plural(s): s for s in sw.SHAPES}
     for kind, pattern in patterns.items():
         match = re.fullmatch(pattern, question)
-        if match and match.group(1) in sw.SHAPES:
-            return kind, match.group(1)
+        shape = match and (singular.get(match.group(1)) if kind == "count" else match.group(1))
+        if shape in sw.SHAPES:
+            return kind, shape
     raise ValueError(f"not a ShapeWorld question: {question!r}")
 
 
@@ -317,7 +339,7 @@ def answer_question(image: np.ndarray, question: str) -> str:
         return "unknown"
     if kind == "color":
         return matches[0].color
-    return sw.region_of_point(*matches[0].center, image.shape[0])
+    return sw.region_of_point(*matches[0].center, image.shape[:2])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,21 +363,24 @@ def parse_instruction(instruction: str) -> dict:
     raise ValueError(f"not a ShapeWorld instruction: {instruction!r}")
 
 
-def _same_place(a: Detection, b: Detection, image_size: int) -> bool:
+def _same_place(a: Detection, b: Detection, image_size: int | tuple) -> bool:
     (ax, ay), (bx, by) = a.center, b.center
-    near = max(abs(ax - bx), abs(ay - by)) <= EDIT_CENTER_TOLERANCE * image_size
+    near = max(abs(ax - bx), abs(ay - by)) <= EDIT_CENTER_TOLERANCE * sw.short_side(image_size)
     return near and _same_size(a, b)
 
 
 def _same_size(a: Detection, b: Detection) -> bool:
-    return abs(max(a.width, a.height) / max(b.width, b.height) - 1) <= EDIT_SIZE_TOLERANCE
+    """Box sides (the larger of width and height) within EDIT_SIZE_TOLERANCE_PX or within
+    EDIT_SIZE_TOLERANCE (ratio) of each other."""
+    side_a, side_b = max(a.width, a.height), max(b.width, b.height)
+    return abs(side_a - side_b) <= EDIT_SIZE_TOLERANCE_PX or abs(side_a / side_b - 1) <= EDIT_SIZE_TOLERANCE
 
 
 def edit_success(before: np.ndarray, instruction: str, after: np.ndarray) -> tuple:
     """(success, reason): the instruction's clauses hold in `after` and every other object of
     `before` is unchanged (same shape, colour, place and size), with nothing else added."""
     edit = parse_instruction(instruction)
-    image_size = before.shape[0]
+    image_size = before.shape[:2]
     old = [d for d in detect(before) if d.shape is not None]
     new = [d for d in detect(after) if d.shape is not None]
     target = None
@@ -423,7 +448,7 @@ def score_directory(image_dir: Path, prompts: list) -> tuple:
     return score_t2i(results), records
 
 
-def selftest(n: int, image_size: int, seed: int) -> dict:
+def selftest(n: int, image_size: int | tuple, seed: int) -> dict:
     """Detector on ground truth: t2i prompt set, understanding answers, ground-truth edits."""
     results = []
     for entry in sw.eval_prompts(n, seed):
@@ -446,11 +471,22 @@ def _print_scores(scores: dict) -> None:
         print(f"  {name:<14} {value:.3f}")
 
 
+def parse_size(text: str) -> int | tuple:
+    """--size: "64" for 64 x 64, "48x96" for height 48 and width 96."""
+    parts = text.lower().split("x")
+    if len(parts) == 1:
+        return int(parts[0])
+    if len(parts) == 2:
+        return int(parts[0]), int(parts[1])
+    raise argparse.ArgumentTypeError(f"not a size: {text!r} (use 64 or HxW, e.g. 48x96)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--selftest", action="store_true", help="score ground truth")
     parser.add_argument("--n", type=int, default=50, help="prompts (and samples) per task")
-    parser.add_argument("--size", type=int, default=sw.DEFAULT_IMAGE_SIZE, help="image side for --selftest")
+    parser.add_argument("--size", type=parse_size, default=sw.DEFAULT_IMAGE_SIZE,
+                        help="canvas for --selftest: side (64) or height x width (48x96)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--write-prompts", type=Path, help="write the evaluation prompt set as JSON")
     parser.add_argument("--images", type=Path, help="directory of PNGs named by prompt index")
@@ -470,7 +506,9 @@ def main(argv=None) -> int:
             args.out.write_text(json.dumps({"scores": scores, "results": records}, indent=1))
     if args.selftest:
         report = selftest(args.n, args.size, args.seed)
-        print(f"ShapeEval on ground truth (n={args.n} per task, {args.size} px, seed {args.seed})")
+        height, width = sw.canvas_size(args.size)
+        canvas = f"{height} px" if height == width else f"{height}x{width} px"
+        print(f"ShapeEval on ground truth (n={args.n} per task, {canvas}, seed {args.seed})")
         _print_scores(report["t2i"])
         print("understanding (detector answers vs ground truth)")
         _print_scores(report["understanding"])

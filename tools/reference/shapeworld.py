@@ -5,6 +5,14 @@ light-grey canvas. Every sample is a pure function of (seed, kind, index): its n
 is seeded from those three numbers only, so sample i is the same on any machine and does not
 depend on which samples were drawn before it.
 
+Canvases may be non-square. Wherever an `image_size` is taken it is either an int n (an n x n
+canvas) or a (height, width) pair; images are height x width x 3 arrays. Lengths (object size,
+border, gap) are fractions of the short side min(height, width); x runs over the width, y over
+the height; the "where" rule uses each axis normalised by its own length. A square canvas gives
+exactly the samples (bytes, captions, random draws) it gave before non-square canvases existed.
+ASPECT_SIZES lists the canvases used for training and size_for(index, seed) picks one per
+sample from a random stream of its own, so choosing sizes leaves every other stream untouched.
+
 Determinism across machines: randomness comes only from PCG64 raw doubles (`rng.random()`,
 whose stream numpy keeps stable), coordinates are quantised to 1/4 px, and the rasteriser
 uses only + - * / and comparisons (IEEE-exact everywhere); star vertices use sqrt-based
@@ -52,9 +60,15 @@ EDIT_TYPES = ("recolor", "remove", "add", "move")
 DEFAULT_IMAGE_SIZE = 128
 MAX_OBJECTS = 4
 
-# Geometry, as fractions of the image side. An object of size s is inscribed in an s x s box
-# (its bounding box, up to the star's 0.95 s height); 0.19..0.30 keeps a star's arms >= 2 px
-# wide at 64 px and leaves room for four objects.
+# Training canvases, (height, width) in px: 1:1 at two sizes, and 1:2 and 2:1 at about the pixel
+# count of 64 x 64 (4608 vs 4096), i.e. token grids of 8x8, 6x6, 6x12 and 12x6 at 8 px per token.
+# Every short side is >= 48 px, so the smallest object is >= 9 px across and ShapeEval's
+# geometric classifier serves all of them. size_for() draws one per sample index, uniformly.
+ASPECT_SIZES = ((64, 64), (48, 48), (48, 96), (96, 48))
+
+# Geometry, as fractions of the canvas's short side min(height, width). An object of size s is
+# inscribed in an s x s box (its bounding box, up to the star's 0.95 s height); 0.19..0.30 keeps
+# a star's arms >= 2 px wide at 64 px and leaves room for four objects.
 MIN_SIZE = 0.19
 MAX_SIZE = 0.30
 BORDER = 0.04  # empty margin between any box and the image edge
@@ -62,8 +76,9 @@ GAP = 0.04  # empty margin between any two boxes: shapes never touch or overlap
 STAR_INNER_RATIO = 0.45  # inner / outer radius; solidity ~0.56, far from the cross's 0.71
 CROSS_ARM = 1 / 3  # arm thickness / size
 
-# "where is the X?" rule, on the box centre in image-side units, u, v in [-0.5, 0.5]
-# (v grows downwards): center if max(|u|, |v|) < CENTER_ZONE, else the dominant axis decides.
+# "where is the X?" rule, on the box centre in units of each axis's own length, u = cx / width
+# - 0.5 and v = cy / height - 0.5 in [-0.5, 0.5] (v grows downwards): center if
+# max(|u|, |v|) < CENTER_ZONE, else the dominant axis decides.
 CENTER_ZONE = 0.15
 # Generated answers keep clear of the rule's boundaries so that a detector off by a pixel or
 # two still agrees: center within 0.05; other regions at |u| >= 0.22 with |v| <= 0.5 |u|.
@@ -73,12 +88,13 @@ _SIDE_PLACEMENT = 0.22
 # GenEval's direction test (> 0.5 after the dead zone) holds with margin.
 _RELATION_SLOPE = 0.3
 
-_STREAMS = {"t2i": 1, "understanding": 2, "edit": 3, "eval_prompts": 4, "eval_ground_truth": 5}
+_STREAMS = {"t2i": 1, "understanding": 2, "edit": 3, "eval_prompts": 4, "eval_ground_truth": 5, "aspect": 6}
 
 
 @dataclasses.dataclass(frozen=True)
 class ShapeObject:
-    """One object: centre (cx, cy) and size in pixels; its box is size x size around the centre."""
+    """One object: centre (cx, cy) and size in pixels; its box is size x size around the centre.
+    x runs over the canvas width, y down its height."""
 
     shape: str
     color: str
@@ -147,6 +163,36 @@ def _quantise(x: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
+# Canvases
+
+
+def canvas_size(image_size: int | tuple) -> tuple:
+    """(height, width) of a canvas given as an int n (n x n) or as a (height, width) pair."""
+    if isinstance(image_size, (tuple, list)):
+        height, width = image_size
+    else:
+        height = width = image_size
+    height, width = int(height), int(width)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"bad canvas size {image_size!r}")
+    return height, width
+
+
+def short_side(image_size: int | tuple) -> int:
+    """min(height, width): the unit of object size, border and gap."""
+    return min(canvas_size(image_size))
+
+
+def size_for(index: int, seed: int = 0, sizes=ASPECT_SIZES) -> tuple:
+    """The (height, width) canvas of training sample `index`, uniform over `sizes`.
+
+    Drawn from its own stream ("aspect"), so a data loader can do
+    t2i_sample(i, seed, size_for(i, seed)) and sample i's content stream is the one it always was.
+    """
+    return canvas_size(_choice(sample_rng(seed, "aspect", index), sizes))
+
+
+# ---------------------------------------------------------------------------------------------
 # Rendering
 
 _SQRT5 = math.sqrt(5.0)
@@ -198,11 +244,12 @@ def _fill_polygon(mask: np.ndarray, vertices: list, xs: np.ndarray, ys: np.ndarr
     mask |= inside
 
 
-def shape_mask(obj: ShapeObject, image_size: int) -> np.ndarray:
-    """Boolean image_size x image_size mask of the pixels whose centres lie inside the shape."""
-    xs = np.arange(image_size, dtype=np.float64)[None, :] + 0.5
-    ys = np.arange(image_size, dtype=np.float64)[:, None] + 0.5
-    mask = np.zeros((image_size, image_size), dtype=bool)
+def shape_mask(obj: ShapeObject, image_size: int | tuple) -> np.ndarray:
+    """Boolean height x width mask of the pixels whose centres lie inside the shape."""
+    height, width = canvas_size(image_size)
+    xs = np.arange(width, dtype=np.float64)[None, :] + 0.5
+    ys = np.arange(height, dtype=np.float64)[:, None] + 0.5
+    mask = np.zeros((height, width), dtype=bool)
     if obj.shape == "circle":
         radius = obj.size / 2
         mask |= (xs - obj.cx) ** 2 + (ys - obj.cy) ** 2 <= radius * radius
@@ -211,9 +258,9 @@ def shape_mask(obj: ShapeObject, image_size: int) -> np.ndarray:
     return mask
 
 
-def render(objects: list, image_size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
-    """uint8 RGB image, image_size x image_size x 3."""
-    image = np.empty((image_size, image_size, 3), dtype=np.uint8)
+def render(objects: list, image_size: int | tuple = DEFAULT_IMAGE_SIZE) -> np.ndarray:
+    """uint8 RGB image, height x width x 3 (image_size: int n for n x n, or (height, width))."""
+    image = np.empty(canvas_size(image_size) + (3,), dtype=np.uint8)
     image[:] = BACKGROUND
     for obj in objects:
         image[shape_mask(obj, image_size)] = PALETTE[obj.color]
@@ -224,10 +271,15 @@ def render(objects: list, image_size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
 # Placement
 
 
-def region_of_point(cx: float, cy: float, image_size: int) -> str:
-    """Answer to "where is the X?" for an object whose box centre is (cx, cy)."""
-    u = cx / image_size - 0.5
-    v = cy / image_size - 0.5
+def region_of_point(cx: float, cy: float, image_size: int | tuple) -> str:
+    """Answer to "where is the X?" for an object whose box centre is (cx, cy).
+
+    Each axis is normalised by its own length: on a 48 x 96 (height x width) canvas, cx = 24 (a
+    quarter of the width) is as far left as cy = 12 (a quarter of the height) is up.
+    """
+    height, width = canvas_size(image_size)
+    u = cx / width - 0.5
+    v = cy / height - 0.5
     if max(abs(u), abs(v)) < CENTER_ZONE:
         return "center"
     if abs(u) >= abs(v):
@@ -241,33 +293,42 @@ def _boxes_apart(a: ShapeObject, b: ShapeObject, gap: float) -> bool:
     return max(abs(a.cx - b.cx), abs(a.cy - b.cy)) >= reach
 
 
-def _place(rng, image_size: int, placed: list, shape: str, color: str, size: float, propose, tries: int = 100):
+def _place(rng, image_size: int | tuple, placed: list, shape: str, color: str, size: float, propose, tries: int = 100):
     """Rejection-sample a centre from propose(rng) -> (cx, cy) that fits and overlaps nothing."""
-    low = BORDER * image_size + size / 2
-    high = image_size - low
+    height, width = canvas_size(image_size)
+    short = min(height, width)
+    low = BORDER * short + size / 2
+    high_x, high_y = width - low, height - low
     for _ in range(tries):
         cx, cy = propose(rng)
         cx, cy = _quantise(cx), _quantise(cy)
-        if not (low <= cx <= high and low <= cy <= high):
+        if not (low <= cx <= high_x and low <= cy <= high_y):
             continue
         candidate = ShapeObject(shape, color, cx, cy, size)
-        if all(_boxes_apart(candidate, other, GAP * image_size) for other in placed):
+        if all(_boxes_apart(candidate, other, GAP * short) for other in placed):
             return candidate
     return None
 
 
-def _random_size(rng, image_size: int) -> float:
-    return _quantise(_uniform(rng, MIN_SIZE, MAX_SIZE) * image_size)
+def _random_size(rng, image_size: int | tuple) -> float:
+    """An object size in px: MIN_SIZE..MAX_SIZE of the short side, on the quarter-pixel grid."""
+    return _quantise(_uniform(rng, MIN_SIZE, MAX_SIZE) * short_side(image_size))
 
 
-def _anywhere(image_size: int, size: float):
-    low = BORDER * image_size + size / 2
-    return lambda rng: (_uniform(rng, low, image_size - low), _uniform(rng, low, image_size - low))
+def _anywhere(image_size: int | tuple, size: float):
+    height, width = canvas_size(image_size)
+    low = BORDER * min(height, width) + size / 2
+    return lambda rng: (_uniform(rng, low, width - low), _uniform(rng, low, height - low))
 
 
-def _in_region(image_size: int, size: float, region: str):
+def _in_region(image_size: int | tuple, size: float, region: str):
     """Proposals well inside `region` of the where-rule (see _CENTER_PLACEMENT)."""
-    reach = 0.5 - BORDER - size / (2 * image_size)  # farthest |u| a box centre can take
+    height, width = canvas_size(image_size)
+    short = min(height, width)
+    length = width if region in ("left", "right") else height  # the axis that decides the region
+    # Farthest |u| (or |v|) a box centre can take. short / length is exactly 1 on a square
+    # canvas, which keeps this the expression it was there.
+    reach = 0.5 - BORDER * (short / length) - size / (2 * length)
 
     def propose(rng):
         if region == "center":
@@ -277,15 +338,17 @@ def _in_region(image_size: int, size: float, region: str):
             across = _uniform(rng, -0.5 * along, 0.5 * along)
             sign = -1 if region in ("left", "top") else 1
             u, v = (sign * along, across) if region in ("left", "right") else (across, sign * along)
-        return (0.5 + u) * image_size, (0.5 + v) * image_size
+        return (0.5 + u) * width, (0.5 + v) * height
 
     return propose
 
 
-def _related_to(image_size: int, size: float, relation: str, target: ShapeObject):
+def _related_to(image_size: int | tuple, size: float, relation: str, target: ShapeObject):
     """Proposals for an object `relation` the target, clear of GenEval's dead zone."""
-    nearest = (size + target.size) / 2 + GAP * image_size
-    farthest = image_size  # proposals off the canvas are rejected by _place
+    height, width = canvas_size(image_size)
+    nearest = (size + target.size) / 2 + GAP * min(height, width)
+    # the canvas's length along the relation's axis; proposals off the canvas are rejected by _place
+    farthest = width if relation in ("left of", "right of") else height
 
     def propose(rng):
         along = _uniform(rng, nearest, farthest)
@@ -298,11 +361,12 @@ def _related_to(image_size: int, size: float, relation: str, target: ShapeObject
     return propose
 
 
-def _scene(rng, image_size: int, requests: list, attempts: int = 200) -> list:
+def _scene(rng, image_size: int | tuple, requests: list, attempts: int = 200) -> list:
     """Objects for requests (shape, color or None, proposal factory or None), in order.
 
     A factory is called as factory(size, placed) -> propose; None means anywhere.
-    Restarts from scratch when an object finds no room (always the same way for a seed).
+    Restarts from scratch when an object finds no room (always the same way for a seed). Over
+    60,000 scenes of every kind, the training canvases (square or not) needed at most 10 restarts.
     """
     for _ in range(attempts):
         placed = []
@@ -316,7 +380,8 @@ def _scene(rng, image_size: int, requests: list, attempts: int = 200) -> list:
             placed.append(obj)
         else:
             return placed
-    raise RuntimeError(f"no room for {requests} at {image_size} px")
+    height, width = canvas_size(image_size)
+    raise RuntimeError(f"no room for {requests} at {height}x{width} px")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,8 +392,9 @@ def _scene(rng, image_size: int, requests: list, attempts: int = 200) -> list:
 # lists {"class", "count"} meaning "fewer than count of this class".
 
 
-def _plural(shape: str) -> str:
-    return shape + "s"
+def plural(shape: str) -> str:
+    """English plural of a shape name: circles, squares, triangles, stars, crosses."""
+    return shape + ("es" if shape.endswith(("s", "x", "sh", "ch")) else "s")
 
 
 def prompt_combinations(task: str) -> list:
@@ -360,7 +426,7 @@ def make_prompt(task: str, combination: tuple) -> tuple:
     if task == "counting":
         n, shape = combination
         clauses = {"include": [{"class": shape, "count": n}], "exclude": [{"class": shape, "count": n + 1}]}
-        return f"{NUMBER_WORDS[n]} {_plural(shape)}", clauses
+        return f"{NUMBER_WORDS[n]} {plural(shape)}", clauses
     if task == "colors":
         color, shape = combination
         return f"a {color} {shape}", {"include": [{"class": shape, "count": 1, "color": color}]}
@@ -375,7 +441,7 @@ def make_prompt(task: str, combination: tuple) -> tuple:
     raise ValueError(f"unknown task {task!r}")
 
 
-def scene_for_clauses(rng, clauses: dict, image_size: int = DEFAULT_IMAGE_SIZE) -> list:
+def scene_for_clauses(rng, clauses: dict, image_size: int | tuple = DEFAULT_IMAGE_SIZE) -> list:
     """Exactly the objects the clauses name; unnamed colours are random."""
     requests = []
     first_of_group = []  # index in `requests` of each include group's first object
@@ -394,7 +460,7 @@ def scene_for_clauses(rng, clauses: dict, image_size: int = DEFAULT_IMAGE_SIZE) 
     return _scene(rng, image_size, requests)
 
 
-def describe(objects: list, image_size: int) -> str:
+def describe(objects: list, image_size: int | tuple) -> str:
     """Richer training caption: every object with its colour and region."""
     where = {"left": "on the left", "right": "on the right", "top": "at the top",
              "bottom": "at the bottom", "center": "in the center"}  # fmt: skip
@@ -404,9 +470,13 @@ def describe(objects: list, image_size: int) -> str:
     return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def t2i_sample(index: int, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE,
+def t2i_sample(index: int, seed: int = 0, image_size: int | tuple = DEFAULT_IMAGE_SIZE,
                task: str | None = None, rich_caption: bool = False) -> T2ISample:  # fmt: skip
-    """A training (image, caption) pair; the caption is the evaluation template unless rich."""
+    """A training (image, caption) pair; the caption is the evaluation template unless rich.
+
+    image_size may be (height, width), e.g. size_for(index, seed) for a mix of aspect ratios;
+    the rich caption's regions follow the per-axis where-rule of region_of_point.
+    """
     rng = sample_rng(seed, "t2i", index)
     task = task or _choice(rng, TASKS)
     prompt, clauses = make_prompt(task, _choice(rng, prompt_combinations(task)))
@@ -432,12 +502,12 @@ def eval_prompts(n_per_task: int = 50, seed: int = 0) -> list:
     return entries
 
 
-def ground_truth_objects(entry: dict, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE) -> list:
+def ground_truth_objects(entry: dict, seed: int = 0, image_size: int | tuple = DEFAULT_IMAGE_SIZE) -> list:
     """A scene that satisfies an evaluation prompt, seeded by the prompt's index."""
     return scene_for_clauses(sample_rng(seed, "eval_ground_truth", entry["index"]), entry["clauses"], image_size)
 
 
-def ground_truth_image(entry: dict, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
+def ground_truth_image(entry: dict, seed: int = 0, image_size: int | tuple = DEFAULT_IMAGE_SIZE) -> np.ndarray:
     return render(ground_truth_objects(entry, seed, image_size), image_size)
 
 
@@ -451,7 +521,7 @@ def _others(rng, count: int, excluded_shape: str) -> list:
     return [(_choice(rng, shapes), None, None) for _ in range(count)]
 
 
-def understanding_sample(index: int, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE,
+def understanding_sample(index: int, seed: int = 0, image_size: int | tuple = DEFAULT_IMAGE_SIZE,
                          question_type: str | None = None) -> UnderstandingSample:  # fmt: skip
     rng = sample_rng(seed, "understanding", index)
     question_type = question_type or _choice(rng, QUESTION_TYPES)
@@ -467,7 +537,7 @@ def understanding_sample(index: int, seed: int = 0, image_size: int = DEFAULT_IM
         count = _choice(rng, range(1, MAX_OBJECTS + 1))
         n_others = _choice(rng, range(MAX_OBJECTS - count + 1))
         objects = _scene(rng, image_size, [(shape, None, None)] * count + _others(rng, n_others, shape))
-        question, answer = f"how many {_plural(shape)} are there?", NUMBER_WORDS[count]
+        question, answer = f"how many {plural(shape)} are there?", NUMBER_WORDS[count]
     elif question_type == "where":
         region = _choice(rng, REGIONS)
         n_others = _choice(rng, range(MAX_OBJECTS))
@@ -488,7 +558,7 @@ def understanding_sample(index: int, seed: int = 0, image_size: int = DEFAULT_IM
 _MOVE_WORDS = ("left", "right", "top", "bottom")
 
 
-def edit_sample(index: int, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE,
+def edit_sample(index: int, seed: int = 0, image_size: int | tuple = DEFAULT_IMAGE_SIZE,
                 edit_type: str | None = None) -> EditSample:  # fmt: skip
     """The named shape occurs exactly once in the source (not at all for "add")."""
     rng = sample_rng(seed, "edit", index)

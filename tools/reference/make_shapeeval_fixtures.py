@@ -412,14 +412,20 @@ def main() -> int:
 
     # --- editing -----------------------------------------------------------------------------
     edits = []
-    samples = []
-    for k, kind in enumerate(sw.EDIT_TYPES):
-        for i in range(2):
-            sample = sw.edit_sample(k * 50 + i, 0, SIZE, kind)
-            before = w.add(f"edit_{kind}_{i}_before.png", sample.image)
-            after = w.add(f"edit_{kind}_{i}_after.png", sample.edited_image)
-            samples.append((before, sample.instruction, after))
-            edits.append({"before": before, "instruction": sample.instruction, "after": after, "note": "ground truth"})
+
+    def ground_truth_edits(canvas, prefix: str, note: str) -> list:
+        """Two edit samples per type on a canvas: their (before, instruction, after) names."""
+        out = []
+        for k, kind in enumerate(sw.EDIT_TYPES):
+            for i in range(2):
+                sample = sw.edit_sample(k * 50 + i, 0, canvas, kind)
+                before = w.add(f"{prefix}edit_{kind}_{i}_before.png", sample.image)
+                after = w.add(f"{prefix}edit_{kind}_{i}_after.png", sample.edited_image)
+                out.append((before, sample.instruction, after))
+                edits.append({"before": before, "instruction": sample.instruction, "after": after, "note": note})
+        return out
+
+    samples = ground_truth_edits(SIZE, "", "ground truth")
     for before, instruction, after in samples:
         edits.append({"before": before, "instruction": instruction, "after": before, "note": "no change"})
     for m, (before, instruction, _) in enumerate(samples):
@@ -472,15 +478,7 @@ def main() -> int:
     # Non-square canvases: ground-truth edits, no change, another edit's result, hand-made.
     for canvas in (WIDE, TALL):
         tag = canvas_tag(canvas)
-        ns_samples = []
-        for k, kind in enumerate(sw.EDIT_TYPES):
-            for i in range(2):
-                sample = sw.edit_sample(k * 50 + i, 0, canvas, kind)
-                before = w.add(f"{tag}_edit_{kind}_{i}_before.png", sample.image)
-                after = w.add(f"{tag}_edit_{kind}_{i}_after.png", sample.edited_image)
-                ns_samples.append((before, sample.instruction, after))
-                edits.append({"before": before, "instruction": sample.instruction, "after": after,
-                              "note": f"ground truth, {canvas[0]}x{canvas[1]}"})  # fmt: skip
+        ns_samples = ground_truth_edits(canvas, f"{tag}_", f"ground truth, {canvas[0]}x{canvas[1]}")
         for m, (before, instruction, after) in enumerate(ns_samples):
             edits.append({"before": before, "instruction": instruction, "after": before, "note": "no change"})
             other = ns_samples[(m + 3) % len(ns_samples)][2]

@@ -91,5 +91,5 @@ save)
     ls -la "$CK"
     ;;
 status) python3 curve.py "$RUNS" --last ;;
-*) sed -n '2,16p' "$0"; exit 2 ;;
+*) sed -n '2,16p' "$HERE/session.sh"; exit 2 ;;
 esac

@@ -97,5 +97,14 @@ fn the_cli_offers_exactly_the_trained_canvases() {
         assert!(stderr.contains("error:") && !stderr.contains("loaded in"), "{bad:?}: refused before the model loads: {stderr}");
         assert!(!path.exists());
     }
+    // ShapeEval on a non-square canvas (the scores of a random model mean nothing; the canvas does).
+    let out = Command::new(env!("CARGO_BIN_EXE_nextflow"))
+        .args(["eval", "shapes", "--model", DIR, "--aspect", "2:1", "--n", "1", "--n-other", "0", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["canvas"], "96x48");
+    assert_eq!(report["correct"].as_array().unwrap().len(), 6);
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -259,6 +259,14 @@ pub struct EvalShapesArgs {
     /// Keep the generated images here (NNNNN.png by prompt index).
     #[arg(long)]
     pub save_images: Option<PathBuf>,
+    /// Short side of the text-to-image canvas (as `generate --size`; understanding and
+    /// editing use the model's native canvas).
+    #[arg(long, long_help = canvas_help("size"))]
+    pub size: Option<usize>,
+    /// Aspect ratio W:H of the text-to-image canvas (as `generate --aspect`), e.g. 2:1 to
+    /// score position relations on a wide canvas.
+    #[arg(long, long_help = canvas_help("aspect"))]
+    pub aspect: Option<String>,
     #[command(flatten)]
     pub sampling: ImageSampling,
     /// Print the scores as JSON.

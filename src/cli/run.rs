@@ -611,9 +611,15 @@ pub fn inspect(args: &ModelArgs) -> Result<()> {
 }
 
 pub fn eval_shapes(args: &EvalShapesArgs, device: &Device) -> Result<()> {
+    let scales = schedule(&config_of(&args.model)?.parts()?.tokenizer, args.size, args.aspect.as_deref())?;
     let model = load_nextflow(&args.model, device)?;
-    let opts = image_options(&model, &args.sampling)?;
-    let size = model.parts().tokenizer.image_size;
+    let mut opts = image_options(&model, &args.sampling)?;
+    let t = &model.parts().tokenizer;
+    let (height, width) = match scales.as_ref().and_then(|s| s.last()) {
+        Some(&[h, w]) => (h * t.patch_size, w * t.patch_size),
+        None => (t.image_size, t.image_size),
+    };
+    opts.scales = scales;
     let prompts = shapeeval::eval_prompts(args.n, args.prompt_seed);
     if let Some(dir) = &args.save_images {
         std::fs::create_dir_all(dir)?;
@@ -637,25 +643,25 @@ pub fn eval_shapes(args: &EvalShapesArgs, device: &Device) -> Result<()> {
         let o = ImageOptions { seed: opts.seed + start as u64, ..opts.clone() };
         let g = model.generate_images(&seqs, &vec![un; seqs.len()], &o, &mut |_, _, _| {})?;
         for (e, rgb) in chunk.iter().zip(to_rgb8(&g.images)?) {
-            let (ok, _) = shapeeval::score_image(&rgb, size, e);
+            let (ok, _) = shapeeval::score_image(&rgb, (height, width), e);
             results.push((e.task.clone(), ok));
             if let Some(dir) = &args.save_images {
-                write_png(&dir.join(format!("{:05}.png", e.index)), &rgb, size, size)?;
+                write_png(&dir.join(format!("{:05}.png", e.index)), &rgb, width, height)?;
             }
         }
         eprint!("\rt2i {}/{} images, {:.1} s", results.len(), prompts.len(), started.elapsed().as_secs_f64());
     }
     eprintln!();
     let t2i = shapeeval::score_t2i(&results);
-    let (understanding, editing) = eval_other(&model, args, &opts)?;
+    let (understanding, editing) = eval_other(&model, args, &ImageOptions { scales: None, ..opts.clone() })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({
-            "n_per_task": args.n, "prompt_seed": args.prompt_seed, "sampler_seed": opts.seed, "cfg": opts.cfg_scale, "top_k": opts.top_k,
+            "n_per_task": args.n, "canvas": format!("{width}x{height}"), "prompt_seed": args.prompt_seed, "sampler_seed": opts.seed, "cfg": opts.cfg_scale, "top_k": opts.top_k,
             "t2i": t2i, "correct": results.iter().map(|(_, ok)| *ok).collect::<Vec<_>>(),
             "understanding": understanding, "editing": editing, "seconds": started.elapsed().as_secs_f64(),
         }))?);
     } else {
-        println!("ShapeEval t2i ({} prompts per task, seed {}):", args.n, args.prompt_seed);
+        println!("ShapeEval t2i ({} prompts per task, seed {}, {width}x{height} px):", args.n, args.prompt_seed);
         for task in shapeeval::TASKS {
             println!("  {task:14} {:.3}", t2i.get(task).unwrap_or(0.0));
         }

@@ -8,7 +8,8 @@ samples that train_transformer.evaluate_understanding / evaluate_editing use fro
 (model/src/eval_set.rs embeds it). Sample choice is theirs exactly: question type k of
 sw.QUESTION_TYPES takes sw.understanding_sample(k * n + i, EVAL_SEED, image_size, kind) and
 edit type k of sw.EDIT_TYPES takes sw.edit_sample(k * n + i, EVAL_SEED, image_size, kind),
-i < n, with image_size the tokenizer.image_size of config.json. (train_transformer's
+i < n, with image_size the tokenizer.image_size of the shipped model (model/assets/nextflow-tiny/config.json;
+rerun after every export). (train_transformer's
 evaluate() calls evaluate_understanding with 2 * n and evaluate_editing with n, n = 10 for its
 small evaluation, 50 for the final one; a file made with --n-per-type m holds the samples of a
 call with n_per_type = m.)
@@ -51,8 +52,11 @@ def png_base64(image: np.ndarray) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+MODEL_CONFIG = Path(__file__).resolve().parents[2] / "model" / "assets" / "nextflow-tiny" / "config.json"
+
+
 def make(n_per_type: int) -> dict:
-    size = Config.load().tokenizer.image_size
+    size = Config.load(MODEL_CONFIG).tokenizer.image_size  # the shipped model's native canvas
     understanding, editing = [], []
     for k, kind in enumerate(sw.QUESTION_TYPES):
         for i in range(n_per_type):

@@ -28,9 +28,8 @@ pub struct NextFlow {
     pub text: Option<TextTokenizer>,
     adapter_in: Linear,
     adapter_out: Linear,
-    /// Per level: adapter_out bias + lvl_embed row + schedule-length sinusoid, so the
-    /// whole visual-row embedding is two matmuls with fused epilogues.
-    /// mm_projector bias + lvl_embed row + scale-length sinusoid, by schedule length K and level.
+    /// By schedule length K, per level: adapter_out bias + lvl_embed row + the sinusoid of K,
+    /// so the whole visual-row embedding is two matmuls with fused epilogues.
     level_bias: std::collections::BTreeMap<usize, Vec<Tensor>>,
 }
 
@@ -209,8 +208,8 @@ impl NextFlow {
         let lvl: Vec<f32> = w.get("model.lvl_embed.weight", &[k_max + 1, d], DType::F32, &cpu)?.to_vec()?;
         let bias: Vec<f32> = w.get("model.mm_projector.2.bias", &[d], DType::F32, &cpu)?.to_vec()?;
         let mut level_bias = std::collections::BTreeMap::new();
-        for (_, scales) in parts.tokenizer.canvases() {
-            let k = scales.len();
+        let lengths: std::collections::BTreeSet<usize> = parts.tokenizer.canvases().iter().map(|(_, s)| s.len()).collect();
+        for k in lengths {
             let pe = if parts.visual.scale_length_embedding { scale_length_embedding(k, d) } else { vec![0.0; d] };
             let rows = (0..=k_max)
                 .map(|l| {

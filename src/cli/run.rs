@@ -137,13 +137,8 @@ fn schedule(t: &VisualTokenizer, size: Option<usize>, aspect: Option<&str>) -> R
     let mut fits: Vec<&((usize, usize), Vec<[usize; 2]>)> =
         canvases.iter().filter(|((h, w), _)| w * ratio.1 == h * ratio.0 && size.is_none_or(|s| *h.min(w) == s)).collect();
     fits.sort_by_key(|((h, w), _)| std::cmp::Reverse(h * w));
-    let what = match (size, aspect) {
-        (Some(s), Some(a)) => format!("--size {s} --aspect {a}"),
-        (Some(s), None) => format!("--size {s}"),
-        (None, Some(a)) => format!("--aspect {a}"),
-        (None, None) => unreachable!(),
-    };
-    let ((_, _), scales) = fits.first().ok_or_else(|| fail(format!("{what}: this model was trained on {}", offered())))?;
+    let what: Vec<String> = [size.map(|s| format!("--size {s}")), aspect.map(|a| format!("--aspect {a}"))].into_iter().flatten().collect();
+    let (_, scales) = fits.first().ok_or_else(|| fail(format!("{}: this model was trained on {}", what.join(" "), offered())))?;
     Ok(Some(scales.clone()))
 }
 

@@ -41,9 +41,10 @@ fn tune_allocator() {
 }
 
 fn main() -> ExitCode {
+    nextflow::cli::files::install_signal_cleanup();
     tune_allocator();
     let cli = Cli::parse();
-    let result = main_impl(&cli);
+    let result = nextflow::ops::pool::threads_from_env().map_err(Into::into).and_then(|_| main_impl(&cli));
     if cli.stats {
         eprintln!("stats: {}", nextflow::compiler::counters());
     }

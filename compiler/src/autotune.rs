@@ -108,8 +108,20 @@ pub fn export(path: &Path) -> Result<usize> {
     Ok(snapshot.entries.len())
 }
 
+/// The cache as the JSON text [`export`] writes, and its entry count (for callers that
+/// write the file themselves, e.g. without replacing an existing one).
+pub fn export_json() -> Result<(String, usize)> {
+    let snapshot = with_cache(|c| c.clone())?;
+    let text = serde_json::to_string_pretty(&snapshot).map_err(|e| cache_err(Path::new("autotune cache"), e))?;
+    Ok((text, snapshot.entries.len()))
+}
+
 /// Merges the entries of `path` into the cache (they win) and saves it.
 pub fn import(path: &Path) -> Result<usize> {
+    // A missing file is an error here (for the user's own cache it means "empty").
+    if let Err(e) = std::fs::metadata(path) {
+        return Err(cache_err(path, e));
+    }
     let other = load(path)?;
     let n = other.entries.len();
     let snapshot = with_cache(|c| {

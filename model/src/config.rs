@@ -26,10 +26,18 @@ pub struct Backbone {
     pub rope_theta: f64,
     #[serde(default)]
     pub tie_word_embeddings: bool,
+    /// Positions the model attends over (prompt and generated tokens together); the KV
+    /// cache is never sized past it. Default 32768 (transformers' Qwen2 default).
+    #[serde(default = "default_context")]
+    pub max_position_embeddings: usize,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn default_context() -> usize {
+    32768
 }
 
 impl Backbone {
@@ -251,6 +259,8 @@ struct HfQwen2 {
     eos_token_id: Option<serde_json::Value>,
     #[serde(default)]
     bos_token_id: Option<u32>,
+    #[serde(default = "default_context")]
+    max_position_embeddings: usize,
 }
 
 fn default_eps() -> f64 {
@@ -288,7 +298,7 @@ fn invalid(field: &str, msg: impl std::fmt::Display) -> Error {
 impl Config {
     /// Reads `<dir>/config.json`.
     pub fn load(dir: &Path) -> Result<Config> {
-        let path = dir.join("config.json");
+        let path = crate::weights::inside(dir, "config.json", dir)?;
         let text = std::fs::read_to_string(&path).map_err(|e| Error::Io { path: path.clone(), source: e })?;
         Config::from_json(&text).map_err(|e| match e {
             Error::Config(msg) => Error::Config(format!("{}: {msg}", path.display())),
@@ -363,6 +373,7 @@ impl Config {
                 qk_norm: false,
                 rope_theta: theta,
                 tie_word_embeddings: hf.tie_word_embeddings,
+                max_position_embeddings: hf.max_position_embeddings,
             },
             eos_token_ids,
             bos_token_id: hf.bos_token_id,
@@ -373,16 +384,22 @@ impl Config {
     /// Cross-field checks; each failure names the field.
     pub fn validate(&self) -> Result<()> {
         let b = &self.backbone;
-        for (field, v) in [
-            ("hidden_size", b.hidden_size),
-            ("num_hidden_layers", b.num_hidden_layers),
-            ("num_attention_heads", b.num_attention_heads),
-            ("num_key_value_heads", b.num_key_value_heads),
-            ("intermediate_size", b.intermediate_size),
-            ("vocab_size", self.vocab_size),
+        // Every size is bounded before anything is derived from it, so no product below
+        // (parameters, cache, activations) can overflow.
+        for (field, v, max) in [
+            ("hidden_size", b.hidden_size, LIMITS.width),
+            ("num_hidden_layers", b.num_hidden_layers, LIMITS.layers),
+            ("num_attention_heads", b.num_attention_heads, LIMITS.heads),
+            ("num_key_value_heads", b.num_key_value_heads, LIMITS.heads),
+            ("intermediate_size", b.intermediate_size, LIMITS.width * 8),
+            ("vocab_size", self.vocab_size, LIMITS.vocab),
+            ("max_position_embeddings", b.max_position_embeddings, LIMITS.context),
         ] {
             if v == 0 {
                 return Err(invalid(field, "must be positive"));
+            }
+            if v > max {
+                return Err(invalid(field, format!("{v} is above the supported {max}")));
             }
         }
         if b.hidden_size % b.num_attention_heads != 0 {
@@ -412,6 +429,29 @@ impl Config {
             if n.vocabulary.id(special).is_none() {
                 return Err(invalid("vocabulary.specials", format!("{special} is missing")));
             }
+        }
+        if t.image_size == 0 || t.image_size > MAX_CANVAS_PX {
+            return Err(invalid("tokenizer.image_size", format!("{} must be within 1..={MAX_CANVAS_PX} px", t.image_size)));
+        }
+        if t.scales.len() > LIMITS.scales || t.schedules.values().any(|s| s.len() > LIMITS.scales) {
+            return Err(invalid("tokenizer.scales", format!("at most {} scales", LIMITS.scales)));
+        }
+        for (field, v, max) in [
+            ("tokenizer.codebook_size", t.codebook_size, LIMITS.vocab),
+            ("tokenizer.semantic_dim", t.semantic_dim, LIMITS.width),
+            ("tokenizer.pixel_dim", t.pixel_dim, LIMITS.width),
+            ("tokenizer.z_channels", t.z_channels, LIMITS.width),
+            ("tokenizer.ch", t.ch, LIMITS.width),
+            ("tokenizer.encoder_res_blocks", t.encoder_res_blocks, LIMITS.layers),
+            ("tokenizer.decoder_res_blocks", t.decoder_res_blocks, LIMITS.layers),
+            ("tokenizer.norm_groups", t.norm_groups, LIMITS.width),
+        ] {
+            if v > max {
+                return Err(invalid(field, format!("{v} is above the supported {max}")));
+            }
+        }
+        if t.ch_mult.len() > 8 || t.ch_mult.iter().chain(&t.teacher_channels).any(|&m| m == 0 || m.saturating_mul(t.ch) > LIMITS.width * 16) {
+            return Err(invalid("tokenizer.ch_mult", "at most 8 levels, each 1.. and ch x mult within the supported width"));
         }
         if t.patch_size == 0 || t.image_size % t.patch_size != 0 {
             return Err(invalid("tokenizer.patch_size", format!("{} must divide image_size {}", t.patch_size, t.image_size)));
@@ -500,6 +540,7 @@ impl Config {
             qk_norm: false,
             rope_theta: 1e6,
             tie_word_embeddings: false,
+            max_position_embeddings: 32768,
         };
         let config = match name {
             "nextflow-tiny" => return Config::from_json(crate::embedded::CONFIG),
@@ -516,6 +557,7 @@ impl Config {
                     qk_norm: false,
                     rope_theta: 1e6,
                     tie_word_embeddings: true,
+                    max_position_embeddings: 32768,
                 },
                 vocab_size: 151936,
                 eos_token_ids: vec![151643],
@@ -581,6 +623,19 @@ impl Config {
 
 /// Canvases larger than this many pixels a side are refused by validation.
 pub const MAX_CANVAS_PX: usize = 4096;
+
+/// Upper bounds validation puts on every size a config names (far above any published
+/// model; they keep every derived product within 64 bits and every allocation checkable).
+pub struct Limits {
+    pub width: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub vocab: usize,
+    pub context: usize,
+    pub scales: usize,
+}
+
+pub const LIMITS: Limits = Limits { width: 65536, layers: 1024, heads: 1024, vocab: 1 << 24, context: 1 << 24, scales: 64 };
 
 /// `"HxW"` → `(H, W)`.
 pub fn parse_canvas(key: &str) -> Option<(usize, usize)> {

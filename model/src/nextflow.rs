@@ -162,6 +162,16 @@ pub struct ImageOptions {
     pub scales: Option<Vec<[usize; 2]>>,
 }
 
+impl ImageOptions {
+    /// The sampling values every entry point checks the same way (CLI, server, library).
+    pub fn validate(&self) -> Result<()> {
+        if !(self.cfg_scale.is_finite() && self.cfg_scale >= 0.0) {
+            return Err(Error::Input(format!("cfg must be a finite number >= 0 (1 = off), got {}", self.cfg_scale)));
+        }
+        text::check_sampling(self.temperature, self.top_p)
+    }
+}
+
 /// Time spent per stage of an image generation.
 #[derive(Clone, Debug, Default)]
 pub struct Timings {
@@ -402,7 +412,8 @@ impl NextFlow {
 
     /// Next-scale generation after `prompts` (each ends just before its `<boi>`, which is
     /// added here), with CFG against `uncond` (one per prompt) when the weight is not 1.
-    /// `on_scale(k, elapsed)` reports progress.
+    /// `on_scale(k, elapsed)` reports progress. Image `i` draws with seed `opts.seed + i`:
+    /// it is the image that seed gives alone, in any batch.
     pub fn generate_images(
         &self,
         prompts: &[Sequence],
@@ -410,9 +421,19 @@ impl NextFlow {
         opts: &ImageOptions,
         on_scale: &mut dyn FnMut(usize, usize, Duration),
     ) -> Result<Generated> {
+        opts.validate()?;
         let n = prompts.len();
+        if n == 0 {
+            return Err(Error::Input("no prompts: nothing to generate".into()));
+        }
         let scales = opts.scales.clone().unwrap_or_else(|| self.parts().tokenizer.scales.clone());
         self.check_scales(&scales)?;
+        let longest = prompts.iter().chain(uncond).map(Sequence::len).max().unwrap_or(0);
+        let needed = longest + 1 + scales.iter().skip(1).map(|[h, w]| h * w).sum::<usize>();
+        let context = self.config.backbone.max_position_embeddings;
+        if needed > context {
+            return Err(Error::Input(format!("the prompt and image need {needed} positions; the model's context is {context} (max_position_embeddings)")));
+        }
         let guided = opts.cfg_scale != 1.0;
         let mut rows: Vec<Sequence> = prompts.to_vec();
         if guided {
@@ -468,10 +489,15 @@ impl NextFlow {
                 CfgSchedule::Linear => 1.0 + (opts.cfg_scale - 1.0) * (k as f32 / (k_total.max(2) - 1) as f32),
             };
             let config = SamplerConfig { cfg_scale: weight - 1.0, temperature: opts.temperature, top_k: opts.top_k, top_p: opts.top_p, id_range: None };
-            let idx = if guided {
-                sample(&logits.narrow(0, 0, n)?, Some(&logits.narrow(0, n, n)?), &config, opts.seed, k as u32)?
+            let draw = |i: usize| -> Result<Tensor> {
+                let uncond = if guided { Some(logits.narrow(0, n + i, 1)?) } else { None };
+                Ok(sample(&logits.narrow(0, i, 1)?, uncond.as_ref(), &config, opts.seed.wrapping_add(i as u64), k as u32)?)
+            };
+            let idx = if n == 1 {
+                draw(0)?
             } else {
-                sample(&logits, None, &config, opts.seed, k as u32)?
+                let per_image = (0..n).map(draw).collect::<Result<Vec<_>>>()?;
+                ops::concat(&per_image.iter().collect::<Vec<_>>(), 0)?
             }; // [n, h·w]
             indices.push(idx.clone());
             if k + 1 < k_total {
@@ -625,14 +651,19 @@ impl NextFlow {
     /// sequence as a context image (maps, `<eoi>`) and text continues — until `<eos>`, the
     /// token budget, or `max_images`. Each switch re-prefills the whole sequence: simple,
     /// and cheap next to the image itself.
+    /// Text is sampled with `text`'s settings (its stop tokens and vocabulary limit are
+    /// set here; text segment `j` draws with seed `text.seed + j`).
     pub fn interleaved(
         &self,
         prompt: &str,
-        max_new_tokens: usize,
+        text: &TextOptions,
         max_images: usize,
         opts: &ImageOptions,
         on_piece: &mut dyn FnMut(&Piece),
     ) -> Result<Vec<Piece>> {
+        text.validate()?;
+        opts.validate()?;
+        let max_new_tokens = text.max_new_tokens;
         let (bos, boi, eos) = (self.id("<bos>"), self.id("<boi>"), self.id("<eos>"));
         let mut seq = Sequence::new();
         seq.text(&[bos]).text(&self.encode_words(prompt)?);
@@ -644,7 +675,9 @@ impl NextFlow {
                 max_new_tokens: budget,
                 stop_tokens: if images < max_images { vec![eos, boi] } else { vec![eos] },
                 vocab_limit: Some(self.parts().vocabulary.code_start()),
-                ..Default::default()
+                keep_logits: false,
+                seed: text.seed.wrapping_add(pieces.len() as u64),
+                ..text.clone()
             };
             let prefill = Prefill {
                 x: self.embed(&seq)?,

@@ -1,11 +1,15 @@
 //! Minimal `.npy` (format 1.0) writer and reader for f32 arrays, so scripts can compare our
 //! logits with other implementations.
 
-use std::io::Write;
 use std::path::Path;
 
-/// Writes a little-endian f32 array of `shape`.
+/// Writes a little-endian f32 array of `shape` (replacing any file at `path`).
 pub fn write_f32(path: &Path, data: &[f32], shape: &[usize]) -> std::io::Result<()> {
+    std::fs::write(path, encode_f32(data, shape))
+}
+
+/// The bytes of a `.npy` file holding a little-endian f32 array of `shape`.
+pub fn encode_f32(data: &[f32], shape: &[usize]) -> Vec<u8> {
     assert_eq!(data.len(), shape.iter().product::<usize>(), "data does not fill the shape");
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let shape_str = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
@@ -14,12 +18,14 @@ pub fn write_f32(path: &Path, data: &[f32], shape: &[usize]) -> std::io::Result<
     let total = 10 + header.len() + 1;
     header.push_str(&" ".repeat(total.next_multiple_of(64) - total));
     header.push('\n');
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    f.write_all(b"\x93NUMPY\x01\x00")?;
-    f.write_all(&(header.len() as u16).to_le_bytes())?;
-    f.write_all(header.as_bytes())?;
-    f.write_all(bytemuck::cast_slice(data))?;
-    f.flush()
+    let mut f = Vec::with_capacity(header.len() + 10 + data.len() * 4);
+    f.extend_from_slice(b"\x93NUMPY\x01\x00");
+    f.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    f.extend_from_slice(header.as_bytes());
+    for x in data {
+        f.extend_from_slice(&x.to_le_bytes());
+    }
+    f
 }
 
 /// Reads an array written by [`write_f32`] (or numpy, `<f4`, C order): `(data, shape)`.

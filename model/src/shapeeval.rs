@@ -1149,11 +1149,20 @@ pub fn load_png_canvas(path: impl AsRef<Path>) -> Result<(Vec<u8>, Canvas), Stri
     decode_png_canvas(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Largest input image (pixels): 8192 x 8192.
+pub const MAX_IMAGE_PIXELS: u64 = 8192 * 8192;
+
 /// [`load_png_canvas`] from the bytes of a PNG file.
 pub fn decode_png_canvas(bytes: &[u8]) -> Result<(Vec<u8>, Canvas), String> {
-    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    // The decoder's own allocations (metadata chunks) are capped, and the image is checked
+    // against MAX_IMAGE_PIXELS from its header, before the pixel buffer is allocated.
+    let mut decoder = png::Decoder::new_with_limits(std::io::Cursor::new(bytes), png::Limits { bytes: 16 << 20 });
     decoder.set_transformations(png::Transformations::normalize_to_color8());
     let mut reader = decoder.read_info().map_err(|e| e.to_string())?;
+    let (w, h) = (reader.info().width as u64, reader.info().height as u64);
+    if w * h > MAX_IMAGE_PIXELS {
+        return Err(format!("{w}x{h} is above the {MAX_IMAGE_PIXELS} pixels an input image may have"));
+    }
     let mut buf = vec![0; reader.output_buffer_size()];
     let info = reader.next_frame(&mut buf).map_err(|e| e.to_string())?;
     let (w, h) = (info.width as usize, info.height as usize);

@@ -35,6 +35,28 @@ impl Default for TextOptions {
     }
 }
 
+impl TextOptions {
+    /// The sampling values every entry point checks the same way (CLI, server, library).
+    pub fn validate(&self) -> Result<()> {
+        check_sampling(self.temperature, self.top_p)?;
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return Err(Error::Input(format!("repetition penalty must be a finite number > 0 (1 = off), got {}", self.repetition_penalty)));
+        }
+        Ok(())
+    }
+}
+
+/// Temperature and top-p, as text and image sampling share them.
+pub fn check_sampling(temperature: f32, top_p: f32) -> Result<()> {
+    if !(temperature.is_finite() && temperature >= 0.0) {
+        return Err(Error::Input(format!("temperature must be a finite number >= 0 (0 = greedy), got {temperature}")));
+    }
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(Error::Input(format!("top-p must be in (0, 1] (1 = off), got {top_p}")));
+    }
+    Ok(())
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct TextOutput {
     /// Generated ids (the stop token included if one ended generation).
@@ -109,9 +131,16 @@ pub fn generate(model: &Transformer, prompt: &[u32], opts: &TextOptions, on_toke
 
 /// [`generate`] after any prefill (text, images, or both).
 pub fn generate_from(model: &Transformer, prefill: Prefill, opts: &TextOptions, on_token: &mut dyn FnMut(u32) -> ControlFlow<()>) -> Result<TextOutput> {
+    opts.validate()?;
     let device = model.device.clone();
     let len = prefill.x.shape()[1];
-    let mut cache = Cache::new(model, 1, len + opts.max_new_tokens)?;
+    let context = model.cfg.max_position_embeddings;
+    if len >= context {
+        return Err(Error::Input(format!("the prompt is {len} tokens; the model's context is {context} (max_position_embeddings), which leaves no room for an answer")));
+    }
+    // The cache holds what can be generated, never more than the context.
+    let max_new_tokens = opts.max_new_tokens.min(context - len);
+    let mut cache = Cache::new(model, 1, len + max_new_tokens)?;
     let vocab = model.vocab_size;
     let limit = opts.vocab_limit.unwrap_or(vocab).min(vocab);
     let config = SamplerConfig { temperature: opts.temperature, top_k: opts.top_k, top_p: opts.top_p, ..Default::default() };
@@ -123,7 +152,7 @@ pub fn generate_from(model: &Transformer, prefill: Prefill, opts: &TextOptions, 
     let hidden = model.forward(&prefill.x, &prefill.positions, &prefill.segments, &mut cache)?;
     let mut last = hidden.narrow(1, len - 1, 1)?;
     let mut decode_start = None;
-    for step in 0..opts.max_new_tokens {
+    for step in 0..max_new_tokens {
         let logits = model.logits(&last, 0..limit)?; // [1, 1, limit]
         let id = if host_side {
             let mut row: Vec<f32> = nextflow_ops::cast(&logits, DType::F32)?.to_vec()?;
@@ -148,7 +177,7 @@ pub fn generate_from(model: &Transformer, prefill: Prefill, opts: &TextOptions, 
         if stop {
             out.stopped_by = Some(id);
         }
-        if on_token(id).is_break() || stop || step + 1 == opts.max_new_tokens {
+        if on_token(id).is_break() || stop || step + 1 == max_new_tokens {
             break;
         }
         let pos = prefill.next_position + step;

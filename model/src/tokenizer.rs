@@ -6,6 +6,11 @@ use crate::{Error, Result};
 use serde::Serialize;
 use std::path::Path;
 
+/// Template steps a chat template may take (a long conversation needs a few thousand).
+pub const CHAT_TEMPLATE_FUEL: u64 = 2_000_000;
+/// Largest rendered prompt (bytes).
+pub const CHAT_TEMPLATE_MAX_BYTES: usize = 64 << 20;
+
 /// One chat message.
 #[derive(Clone, Debug, Serialize)]
 pub struct Message {
@@ -36,9 +41,10 @@ fn token_string(v: Option<&serde_json::Value>) -> Option<String> {
 impl TextTokenizer {
     /// `<dir>/tokenizer.json`, and `<dir>/tokenizer_config.json` if present.
     pub fn load(dir: &Path) -> Result<TextTokenizer> {
-        let path = dir.join("tokenizer.json");
+        let path = crate::weights::inside(dir, "tokenizer.json", dir)?;
         let bytes = std::fs::read(&path).map_err(|e| Error::Io { path: path.clone(), source: e })?;
-        TextTokenizer::from_bytes(&bytes, std::fs::read_to_string(dir.join("tokenizer_config.json")).ok().as_deref())
+        let config_path = crate::weights::inside(dir, "tokenizer_config.json", dir)?;
+        TextTokenizer::from_bytes(&bytes, std::fs::read_to_string(config_path).ok().as_deref())
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))
     }
 
@@ -96,6 +102,10 @@ impl TextTokenizer {
     pub fn apply_chat_template(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let template = self.chat_template.as_deref().ok_or_else(|| Error::Tokenizer("tokenizer_config.json has no chat_template".into()))?;
         let mut env = minijinja::Environment::new();
+        // A template is input from the model directory: bounded in steps and depth, so a
+        // runaway loop or recursion is an error, never a hang.
+        env.set_fuel(Some(CHAT_TEMPLATE_FUEL));
+        env.set_recursion_limit(64);
         env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
             Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
         });
@@ -106,7 +116,22 @@ impl TextTokenizer {
             bos_token => self.bos_token.clone().unwrap_or_default(),
             eos_token => self.eos_token.clone().unwrap_or_default(),
         };
-        env.get_template("chat").and_then(|t| t.render(ctx)).map_err(|e| Error::Tokenizer(format!("chat_template: {e}")))
+        let rendered = env.get_template("chat").and_then(|t| t.render(ctx)).map_err(|e| match e.kind() {
+            minijinja::ErrorKind::OutOfFuel => Error::Tokenizer(format!("chat_template: stopped after {CHAT_TEMPLATE_FUEL} steps (a runaway loop?)")),
+            _ => Error::Tokenizer(format!("chat_template: {e}")),
+        })?;
+        if rendered.len() > CHAT_TEMPLATE_MAX_BYTES {
+            return Err(Error::Tokenizer(format!("chat_template: rendered {} bytes, above the {CHAT_TEMPLATE_MAX_BYTES} a prompt may have", rendered.len())));
+        }
+        Ok(rendered)
+    }
+
+    /// The first control token (an added special token such as `<|im_end|>`) that `text`
+    /// contains. Typed text may not carry them: the template's own markers would be forged.
+    pub fn control_token_in(&self, text: &str) -> Option<String> {
+        let mut specials: Vec<String> = self.inner.get_added_tokens_decoder().into_values().filter(|t| t.special && !t.content.is_empty()).map(|t| t.content).collect();
+        specials.sort();
+        specials.into_iter().find(|t| text.contains(t.as_str()))
     }
 }
 

@@ -131,7 +131,10 @@ fn read_header(path: &Path, bytes: &[u8], file: usize) -> Result<BTreeMap<String
             .filter(|v: &Vec<usize>| v.len() == 2)
             .ok_or_else(|| bad(path, format!("tensor `{name}`: data_offsets must be [begin, end]")))?;
         let (begin, end) = (offsets[0], offsets[1]);
-        let want = shape.iter().product::<usize>() * dtype.size();
+        let want = shape
+            .iter()
+            .try_fold(dtype.size(), |n, &d| n.checked_mul(d))
+            .ok_or_else(|| bad(path, format!("tensor `{name}`: shape {shape:?} holds more elements than any file can")))?;
         if end < begin || end - begin != want {
             return Err(bad(path, format!("tensor `{name}`: data_offsets [{begin}, {end}] hold {} bytes but {:?} {} needs {want}", end.saturating_sub(begin), shape, dtype.name())));
         }
@@ -143,12 +146,35 @@ fn read_header(path: &Path, bytes: &[u8], file: usize) -> Result<BTreeMap<String
     Ok(out)
 }
 
+/// `name` (from a file the model directory holds) as a path that stays inside `dir`: no
+/// absolute path, no `..`, and no symlink that leads out of it. The one exception is the
+/// Hugging Face cache layout, whose `snapshots/REV/` files link into the repository's
+/// `blobs/` folder.
+pub fn inside(dir: &Path, name: &str, named_in: &Path) -> Result<PathBuf> {
+    let rel = Path::new(name);
+    let plain = !name.is_empty() && rel.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !plain {
+        return Err(bad(named_in, format!("`{name}` is not a file name inside the model directory (absolute paths and `..` are refused)")));
+    }
+    let path = dir.join(rel);
+    let (Ok(real), Ok(root)) = (path.canonicalize(), dir.canonicalize()) else {
+        return Ok(path); // missing: opening it reports the path
+    };
+    let hub_blobs = root.parent().filter(|p| p.file_name().is_some_and(|n| n == "snapshots")).and_then(Path::parent).map(|repo| repo.join("blobs"));
+    if real.starts_with(&root) || hub_blobs.is_some_and(|b| real.starts_with(b)) {
+        Ok(path)
+    } else {
+        Err(bad(named_in, format!("`{name}` leads outside the model directory (to {}); refused", real.display())))
+    }
+}
+
 impl Weights {
     /// Opens `model.safetensors`, or the shards named by `model.safetensors.index.json`.
     pub fn open(dir: &Path) -> Result<Weights> {
         let index = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
         let names: Vec<PathBuf> = if index.exists() {
+            let index = inside(dir, "model.safetensors.index.json", dir)?;
             let text = std::fs::read_to_string(&index).map_err(|e| Error::Io { path: index.clone(), source: e })?;
             let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(&index, format!("not valid JSON: {e}")))?;
             let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad(&index, "no `weight_map` object"))?;
@@ -156,9 +182,9 @@ impl Weights {
             if files.is_empty() {
                 return Err(bad(&index, "`weight_map` names no files"));
             }
-            files.into_iter().map(|f| dir.join(f)).collect()
+            files.into_iter().map(|f| inside(dir, f, &index)).collect::<Result<_>>()?
         } else if single.exists() {
-            vec![single]
+            vec![inside(dir, "model.safetensors", dir)?]
         } else {
             return Err(Error::Checkpoint { file: dir.to_path_buf(), msg: "no model.safetensors or model.safetensors.index.json here".into() });
         };

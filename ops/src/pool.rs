@@ -54,13 +54,29 @@ thread_local! {
     static IN_TASK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// Most CPU threads `NEXTFLOW_THREADS` may ask for.
+pub const MAX_THREADS: usize = 256;
+
+/// The thread count `NEXTFLOW_THREADS` (else `RAYON_NUM_THREADS`) asks for: `Ok(None)` when
+/// neither is set, an error naming the variable for 0, a non-number or more than
+/// [`MAX_THREADS`]. Front ends call this first so a bad value is refused before any work.
+pub fn threads_from_env() -> Result<Option<usize>, String> {
+    for var in ["NEXTFLOW_THREADS", "RAYON_NUM_THREADS"] {
+        let Some(value) = std::env::var_os(var) else { continue };
+        let text = value.to_string_lossy();
+        return match text.trim().parse::<usize>() {
+            Ok(n) if (1..=MAX_THREADS).contains(&n) => Ok(Some(n)),
+            _ => Err(format!("{var}={text}: expected a whole number of CPU threads from 1 to {MAX_THREADS}")),
+        };
+    }
+    Ok(None)
+}
+
 fn threads() -> usize {
-    std::env::var("NEXTFLOW_THREADS")
+    threads_from_env()
         .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .or_else(|| std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()))
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .flatten()
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS))
 }
 
 fn pool() -> &'static Pool {

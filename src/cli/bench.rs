@@ -65,6 +65,9 @@ pub struct BenchArgs {
     /// Merge this cache file into the user's cache before the run.
     #[arg(long)]
     pub import: Option<PathBuf>,
+    /// Let --export replace an existing file.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -248,6 +251,9 @@ pub fn run(args: &BenchArgs, device: &Device) -> BoxResult<()> {
         return image(args, device);
     }
     let s = shapes(&args.config)?;
+    if let Some(path) = &args.export {
+        super::files::check_new(path, args.force)?;
+    }
     if let Some(path) = &args.import {
         let n = autotune::import(path)?;
         eprintln!("imported {n} autotune entries from {}", path.display());
@@ -368,7 +374,8 @@ pub fn run(args: &BenchArgs, device: &Device) -> BoxResult<()> {
         );
     }
     if let Some(path) = &args.export {
-        let n = autotune::export(path)?;
+        let (text, n) = autotune::export_json()?;
+        super::files::write_new(path, text.as_bytes(), args.force)?;
         eprintln!("exported {n} autotune entries to {}", path.display());
     }
     Ok(())
@@ -384,7 +391,7 @@ fn image(args: &BenchArgs, device: &Device) -> BoxResult<()> {
         (None, "7b" | "nextflow-7b") => Some("nextflow-7b".to_string()),
         (None, other) => return Err(format!("unknown --config '{other}' (expected tiny or 7b)").into()),
     };
-    let model_args = ModelArgs { model: args.model.clone(), config, random_weights: args.random_weights, dtype: DTypeArg::Auto };
+    let model_args = ModelArgs { model: args.model.clone(), config, random_weights: args.random_weights, dtype: DTypeArg::Auto, force: args.force };
     let model = super::run::load_nextflow(&model_args, device)?;
     let opts = model.default_image_options();
     let runs = args.reps.max(1);

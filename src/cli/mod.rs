@@ -2,6 +2,8 @@
 
 pub mod bench;
 pub mod devices;
+pub mod files;
+pub mod memory;
 pub mod run;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -101,6 +103,10 @@ pub struct ModelArgs {
     /// Compute dtype; weights are converted on load.
     #[arg(long, value_enum, default_value_t = DTypeArg::Auto)]
     pub dtype: DTypeArg,
+    /// Overwrite existing output files, and run even where the memory check (weights, KV
+    /// cache and activations against the memory this process may use) says it will not fit.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Sampler settings of the next-scale generation (defaults: the model's config).
@@ -131,9 +137,6 @@ pub struct Output {
     /// of nextflow-2.png, nextflow-3.png, ... that does not exist.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Overwrite existing files.
-    #[arg(long)]
-    pub force: bool,
     /// Print a JSON report (timings per stage, paths) on stdout instead of text.
     #[arg(long)]
     pub json: bool,
@@ -154,8 +157,13 @@ pub struct GenerateArgs {
     /// Aspect ratio W:H of the image, one the model was trained on (default 1:1).
     #[arg(long, long_help = canvas_help("aspect"))]
     pub aspect: Option<String>,
+    /// Images to paint; image i uses seed --seed + i (reproducible alone).
     #[arg(long, default_value_t = 1)]
     pub num_images: usize,
+    /// Images per forward batch (default: as many as memory allows, at most 32); more
+    /// images run in several batches with identical results.
+    #[arg(long)]
+    pub max_batch: Option<usize>,
     #[command(flatten)]
     pub sampling: ImageSampling,
     #[command(flatten)]
@@ -172,6 +180,7 @@ pub struct UnderstandArgs {
     /// The question, e.g. "what color is the circle?".
     #[arg(long)]
     pub prompt: String,
+    /// Most tokens of the answer (never more than the model's context leaves).
     #[arg(long, default_value_t = 16)]
     pub max_new_tokens: usize,
     /// Print a JSON report on stdout.
@@ -212,16 +221,22 @@ pub struct ChatArgs {
     /// Greedy decoding (the default when no sampling option is given).
     #[arg(long)]
     pub greedy: bool,
+    /// Most tokens to generate (never more than the model's context leaves).
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
+    /// Sampling temperature (0 or absent = greedy).
     #[arg(long)]
     pub temperature: Option<f32>,
+    /// With --temperature: keep the k most likely tokens (0 = all).
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
+    /// With --temperature: keep the smallest set of tokens whose probability reaches p.
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f32,
+    /// Divide a seen token's logit by this (HF's rule; 1 = off).
     #[arg(long, default_value_t = 1.0)]
     pub repetition_penalty: f32,
+    /// Seed of the sampler.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Print the generated ids and text as JSON.
@@ -250,13 +265,15 @@ pub struct EvalShapesArgs {
     /// Understanding and editing cases per type (at most the shipped set's 20).
     #[arg(long, default_value_t = 20)]
     pub n_other: usize,
-    /// Images generated per forward (a larger batch is faster, up to memory).
+    /// Images generated per forward (a larger batch is faster, up to memory; image i
+    /// uses seed --seed + i in any batch).
     #[arg(long, default_value_t = 25)]
     pub batch: usize,
     /// Fail (exit 1) if the overall t2i score is below this.
     #[arg(long)]
     pub min_overall: Option<f64>,
-    /// Keep the generated images here (NNNNN.png by prompt index).
+    /// Keep the generated images here (NNNNN.png by prompt index; existing files are
+    /// refused before the run unless --force).
     #[arg(long)]
     pub save_images: Option<PathBuf>,
     /// Short side of the text-to-image canvas (as `generate --size`; understanding and

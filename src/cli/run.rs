@@ -1,5 +1,7 @@
 //! What each subcommand does.
 
+use super::files::{check_new, png_bytes, write_free, write_new};
+use super::memory;
 use super::*;
 use nextflow_model::nextflow::{Generated, NextFlow, Sequence};
 use nextflow_model::shapeeval;
@@ -85,7 +87,41 @@ fn require_weights(args: &ModelArgs) -> Result<(Weights, Option<TextTokenizer>)>
     })
 }
 
+/// Parameters of a model: the checkpoint's tensor sizes, or (random weights) its config's.
+fn parameters(config: &Config, weights: Option<&Weights>) -> u64 {
+    if let Some(w) = weights.filter(|w| !w.is_random()) {
+        return w.names().filter_map(|n| w.info(n)).map(|i| i.shape.iter().product::<usize>() as u64).sum();
+    }
+    let b = &config.backbone;
+    let mut params = config.transformer_parameters() as u64;
+    if let Some(p) = &config.nextflow {
+        let t = &p.tokenizer;
+        params += (b.hidden_size * (t.code_dim() + 1) + b.hidden_size * (b.hidden_size + 1) + (t.max_scales() + 1) * b.hidden_size) as u64;
+        // The decoder: about 9 ch_out x ch_in per 3x3 conv, two per res block, per level.
+        let chans: Vec<u64> = t.ch_mult.iter().map(|&m| (m * t.ch) as u64).collect();
+        params += chans.iter().map(|c| 18 * c * c * (t.decoder_res_blocks as u64 + 1)).sum::<u64>();
+    }
+    params
+}
+
+/// Rows, positions and images of an image generation of `batch` images on `config`.
+fn image_run(config: &Config, parameters: u64, batch: usize, scales: Option<&[[usize; 2]]>) -> memory::Run {
+    let t = config.nextflow.as_ref().map(|p| &p.tokenizer);
+    let tokens = match (scales, t) {
+        (Some(s), _) => s.iter().map(|[h, w]| h * w).sum(),
+        (None, Some(t)) => t.tokens(),
+        (None, None) => 0,
+    };
+    // Prompts of up to 64 tokens, twice the image for editing's context image.
+    memory::Run { parameters, rows: 2 * batch as u64, positions: (2 * tokens + 64) as u64, images: batch as u64 }
+}
+
 pub fn load_nextflow(args: &ModelArgs, device: &Device) -> Result<NextFlow> {
+    load_nextflow_for(args, device, 1, None)
+}
+
+/// [`load_nextflow`] for runs of `batch` images per forward on `scales` (the memory check).
+fn load_nextflow_for(args: &ModelArgs, device: &Device, batch: usize, scales: Option<&[[usize; 2]]>) -> Result<NextFlow> {
     let dtype = dtype_for(args.dtype, device)?;
     let t = Instant::now();
     let config = config_of(args)?;
@@ -96,6 +132,8 @@ pub fn load_nextflow(args: &ModelArgs, device: &Device) -> Result<NextFlow> {
     if text.is_none() && !weights.is_random() {
         return Err(fail(format!("{}: no tokenizer.json, which a NextFlow model needs for its prompts", weights.dir().display())));
     }
+    let run = image_run(&config, parameters(&config, Some(&weights)), batch, scales);
+    memory::check(&config, run, dtype, device, args.force).map_err(fail)?;
     let model = NextFlow::from_parts(config, &weights, text, dtype, device)?;
     eprintln!("model: {} on {device} ({dtype:?}), loaded in {:.2} s", describe(args), t.elapsed().as_secs_f64());
     Ok(model)
@@ -108,9 +146,7 @@ fn image_options(model: &NextFlow, s: &ImageSampling) -> Result<ImageOptions> {
     o.top_p = s.top_p.unwrap_or(o.top_p);
     o.temperature = s.temperature.unwrap_or(o.temperature);
     o.seed = s.seed;
-    if !(o.cfg_scale >= 0.0) || !(o.top_p > 0.0 && o.top_p <= 1.0) || !(o.temperature >= 0.0) {
-        return Err(fail("--cfg must be >= 0, --top-p in (0, 1], --temperature >= 0"));
-    }
+    o.validate()?;
     Ok(o)
 }
 
@@ -193,66 +229,43 @@ fn image_path(out: &Path, i: usize, n: usize) -> PathBuf {
     out.with_file_name(format!("{stem}-{}{ext}", i + 1))
 }
 
-/// The paths of `n` images: `--out`, or fresh `nextflow[-N].png` names.
-fn output_paths(out: &Option<PathBuf>, n: usize) -> Vec<PathBuf> {
-    if let Some(out) = out {
-        return (0..n).map(|i| image_path(out, i, n)).collect();
-    }
-    let mut paths = Vec::new();
-    let mut k = 1;
-    while paths.len() < n {
-        let p = PathBuf::from(if k == 1 { "nextflow.png".to_string() } else { format!("nextflow-{k}.png") });
-        if !p.exists() {
-            paths.push(p);
-        }
-        k += 1;
-    }
-    paths
+/// The paths of `n` images when `--out` is given (default names are picked as each image is
+/// written: the first free one of nextflow.png, nextflow-2.png, ...).
+fn output_paths(out: &Path, n: usize) -> Vec<PathBuf> {
+    (0..n).map(|i| image_path(out, i, n)).collect()
 }
 
-/// Checks every output path before any work: no silent overwrite, the folder exists.
+/// Default image names, in order.
+fn default_names() -> impl Iterator<Item = PathBuf> {
+    (1..).map(|k| PathBuf::from(if k == 1 { "nextflow.png".to_string() } else { format!("nextflow-{k}.png") }))
+}
+
+/// Checks every output path before any work: no silent overwrite, the folder exists. The
+/// write itself refuses again if a file appeared meanwhile.
 fn check_outputs(paths: &[PathBuf], force: bool) -> Result<()> {
     for p in paths {
         if p.extension().is_none_or(|e| !e.eq_ignore_ascii_case("png")) {
             return Err(fail(format!("{}: images are written as PNG; give a .png path", p.display())));
         }
-        if p.exists() && !force {
-            return Err(fail(format!("{} exists; pass --force to overwrite it", p.display())));
-        }
-        let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        if !dir.is_dir() {
-            return Err(fail(format!("{}: the folder {} does not exist", p.display(), dir.display())));
-        }
+        check_new(p, force)?;
     }
     Ok(())
 }
 
-/// Writes a PNG atomically: a temporary file in the same folder, then a rename.
-fn write_png(path: &Path, rgb: &[u8], width: usize, height: usize) -> Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let write = || -> Result<()> {
-        let file = std::fs::File::create(&tmp)?;
-        let mut enc = png::Encoder::new(std::io::BufWriter::new(file), width as u32, height as u32);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut w = enc.write_header()?;
-        w.write_image_data(rgb)?;
-        w.finish()?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
-    };
-    write().inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+/// Writes image `rgb` as a PNG at `path` (None: the first free default name); returns the path.
+fn write_png(path: Option<&Path>, rgb: &[u8], width: usize, height: usize, force: bool) -> Result<PathBuf> {
+    let bytes = png_bytes(rgb, width, height)?;
+    match path {
+        Some(p) => write_new(p, &bytes, force).map(|()| p.to_path_buf()),
+        None => write_free(default_names(), &bytes),
+    }
 }
 
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e4).round() / 10.0
 }
 
-fn report_images(g: &Generated, paths: &[PathBuf], json: bool, extra: serde_json::Value) -> Result<()> {
-    let t = &g.timings;
+fn report_images(t: &nextflow_model::nextflow::Timings, paths: &[PathBuf], json: bool, extra: serde_json::Value) -> Result<()> {
     if json {
         let mut v = serde_json::json!({
             "images": paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
@@ -283,53 +296,100 @@ fn report_images(g: &Generated, paths: &[PathBuf], json: bool, extra: serde_json
     Ok(())
 }
 
-fn save_images(g: &Generated, paths: &[PathBuf]) -> Result<()> {
+/// Writes each image of `g` (image `i` to `paths[i]`, or a free default name); returns the paths.
+fn save_images(g: &Generated, paths: Option<&[PathBuf]>, force: bool) -> Result<Vec<PathBuf>> {
     let (h, w) = (g.images.shape()[2], g.images.shape()[3]);
-    for (rgb, path) in to_rgb8(&g.images)?.iter().zip(paths) {
-        write_png(path, rgb, w, h)?;
-    }
-    Ok(())
+    to_rgb8(&g.images)?.iter().enumerate().map(|(i, rgb)| write_png(paths.map(|p| p[i].as_path()), rgb, w, h, force)).collect()
+}
+
+/// The configuration's sampling values checked before any weight is read.
+fn check_image_sampling(config: &Config, s: &ImageSampling) -> Result<()> {
+    let p = config.parts()?;
+    let o = ImageOptions {
+        cfg_scale: s.cfg.unwrap_or(p.sampler.cfg_scale),
+        cfg_schedule: p.sampler.cfg_schedule,
+        top_k: s.top_k.unwrap_or(p.sampler.top_k),
+        top_p: s.top_p.unwrap_or(p.sampler.top_p),
+        temperature: s.temperature.unwrap_or(p.sampler.temperature),
+        seed: s.seed,
+        scales: None,
+    };
+    Ok(o.validate()?)
 }
 
 pub fn generate(args: &GenerateArgs, device: &Device) -> Result<()> {
     if args.num_images == 0 {
         return Err(fail("--num-images must be at least 1"));
     }
-    let paths = output_paths(&args.output.out, args.num_images);
-    check_outputs(&paths, args.output.force)?;
-    // The canvas is checked against the config before any weight is read.
-    let scales = schedule(&config_of(&args.model)?.parts()?.tokenizer, args.size, args.aspect.as_deref())?;
-    let model = load_nextflow(&args.model, device)?;
+    if args.max_batch == Some(0) {
+        return Err(fail("--max-batch must be at least 1"));
+    }
+    let force = args.model.force;
+    let paths = args.output.out.as_deref().map(|out| output_paths(out, args.num_images));
+    if let Some(paths) = &paths {
+        check_outputs(paths, force)?;
+    }
+    // The canvas and the sampler are checked against the config before any weight is read.
+    let config = config_of(&args.model)?;
+    let scales = schedule(&config.parts()?.tokenizer, args.size, args.aspect.as_deref())?;
+    check_image_sampling(&config, &args.sampling)?;
+    let dtype = dtype_for(args.model.dtype, device)?;
+    let all_scales = scales.clone().unwrap_or_else(|| config.parts().map(|p| p.tokenizer.scales.clone()).unwrap_or_default());
+    let positions = image_run(&config, 0, 1, Some(&all_scales)).positions;
+    let batch = match args.max_batch {
+        Some(b) => b,
+        None => memory::default_batch(&config, parameters(&config, None), positions, dtype, device),
+    }
+    .min(args.num_images);
+    let model = load_nextflow_for(&args.model, device, batch, Some(&all_scales))?;
     let mut opts = image_options(&model, &args.sampling)?;
     opts.scales = scales;
-    let scales = opts.scales.clone().unwrap_or_else(|| model.parts().tokenizer.scales.clone());
-    let progress = Progress::new("generate");
-    let g = model.text_to_image(&args.prompt, args.negative_prompt.as_deref(), args.num_images, &opts, &mut |k, n, d| progress.scale(k, n, d, &scales))?;
-    save_images(&g, &paths)?;
-    report_images(&g, &paths, args.output.json, serde_json::json!({"prompt": args.prompt, "seed": opts.seed, "cfg": opts.cfg_scale, "top_k": opts.top_k, "top_p": opts.top_p, "temperature": opts.temperature, "scales": scales}))
+    let chunks = args.num_images.div_ceil(batch);
+    let mut written = Vec::new();
+    let mut timings = nextflow_model::nextflow::Timings::default();
+    for c in 0..chunks {
+        let (start, n) = (c * batch, batch.min(args.num_images - c * batch));
+        let label = if chunks > 1 { format!("generate {}-{}/{}", start + 1, start + n, args.num_images) } else { "generate".into() };
+        let progress = Progress::new(&label);
+        let o = ImageOptions { seed: opts.seed.wrapping_add(start as u64), ..opts.clone() };
+        let g = model.text_to_image(&args.prompt, args.negative_prompt.as_deref(), n, &o, &mut |k, total, d| progress.scale(k, total, d, &all_scales))?;
+        written.extend(save_images(&g, paths.as_ref().map(|p| &p[start..start + n]), force)?);
+        timings.prefill += g.timings.prefill;
+        timings.decode += g.timings.decode;
+        if timings.scales.is_empty() {
+            timings.scales = g.timings.scales.clone();
+        } else {
+            timings.scales.iter_mut().zip(&g.timings.scales).for_each(|(a, b)| *a += *b);
+        }
+    }
+    let seeds: Vec<u64> = (0..args.num_images as u64).map(|i| opts.seed.wrapping_add(i)).collect();
+    report_images(&timings, &written, args.output.json, serde_json::json!({"prompt": args.prompt, "seed": opts.seed, "seeds": seeds, "batch": batch, "cfg": opts.cfg_scale, "top_k": opts.top_k, "top_p": opts.top_p, "temperature": opts.temperature, "scales": all_scales}))
 }
 
-/// Reads a PNG as the model's square RGB input (nearest resize if the size differs).
-fn read_image(model: &NextFlow, path: &Path) -> Result<nextflow_runtime::Tensor> {
-    let size = model.parts().tokenizer.image_size;
-    let (rgb, side) = shapeeval::load_png_rgb(path).map_err(fail)?;
-    let rgb = if side == size {
-        rgb
-    } else {
-        eprintln!("note: {} is {side}x{side}; resized to {size}x{size}", path.display());
-        (0..size * size).flat_map(|p| {
-            let (y, x) = ((p / size) * side / size, (p % size) * side / size);
-            let at = (y * side + x) * 3;
+/// Reads an image file as RGB8 at `size` x `size` (nearest resize of any canvas, with a
+/// note), before any model is loaded; the decoder's limits refuse oversized images.
+fn read_image(path: &Path, size: usize) -> Result<Vec<u8>> {
+    let (rgb, canvas) = shapeeval::load_png_canvas(path).map_err(fail)?;
+    let (h, w) = (canvas.height, canvas.width);
+    if (h, w) == (size, size) {
+        return Ok(rgb);
+    }
+    eprintln!("note: {} is {w}x{h}; resized to the model's {size}x{size}", path.display());
+    Ok((0..size * size)
+        .flat_map(|p| {
+            let (y, x) = ((p / size) * h / size, (p % size) * w / size);
+            let at = (y * w + x) * 3;
             [rgb[at], rgb[at + 1], rgb[at + 2]]
-        }).collect()
-    };
-    Ok(from_rgb8(&rgb, size, model.dtype(), model.device())?)
+        })
+        .collect())
 }
 
 pub fn understand(args: &UnderstandArgs, device: &Device) -> Result<()> {
+    let size = config_of(&args.model)?.parts()?.tokenizer.image_size;
+    let rgb = read_image(&args.image, size)?;
     let model = load_nextflow(&args.model, device)?;
     let t = Instant::now();
-    let indices = model.encode_image(&read_image(&model, &args.image)?)?;
+    let indices = model.encode_image(&from_rgb8(&rgb, size, model.dtype(), model.device())?)?;
     let encode = t.elapsed();
     let tok = model.text.as_ref().ok_or_else(|| fail("random weights have no tokenizer to print text with"))?;
     let mut stream = StreamDecoder::new(tok, true);
@@ -358,18 +418,25 @@ pub fn understand(args: &UnderstandArgs, device: &Device) -> Result<()> {
 }
 
 pub fn edit(args: &EditArgs, device: &Device) -> Result<()> {
-    let paths = output_paths(&args.output.out, 1);
-    check_outputs(&paths, args.output.force)?;
+    let force = args.model.force;
+    let paths = args.output.out.as_deref().map(|out| output_paths(out, 1));
+    if let Some(paths) = &paths {
+        check_outputs(paths, force)?;
+    }
+    let config = config_of(&args.model)?;
+    check_image_sampling(&config, &args.sampling)?;
+    let size = config.parts()?.tokenizer.image_size;
+    let rgb = read_image(&args.image, size)?;
     let model = load_nextflow(&args.model, device)?;
     let opts = image_options(&model, &args.sampling)?;
     let t = Instant::now();
-    let indices = model.encode_image(&read_image(&model, &args.image)?)?;
+    let indices = model.encode_image(&from_rgb8(&rgb, size, model.dtype(), model.device())?)?;
     let encode = t.elapsed();
     let scales = model.parts().tokenizer.scales.clone();
     let progress = Progress::new("edit");
     let g = model.edit(&indices, &args.prompt, &opts, &mut |k, n, d| progress.scale(k, n, d, &scales))?;
-    save_images(&g, &paths)?;
-    report_images(&g, &paths, args.output.json, serde_json::json!({"instruction": args.prompt, "encode_ms": ms(encode), "seed": opts.seed}))
+    let written = save_images(&g, paths.as_deref(), force)?;
+    report_images(&g.timings, &written, args.output.json, serde_json::json!({"instruction": args.prompt, "encode_ms": ms(encode), "seed": opts.seed}))
 }
 
 /// Text model for `chat`: any checkpoint's backbone (NextFlow's included).
@@ -379,12 +446,15 @@ struct TextModel {
     tokenizer: Option<TextTokenizer>,
 }
 
-fn load_text(args: &ModelArgs, device: &Device) -> Result<TextModel> {
+/// The text backbone for a run of up to `positions` positions (prompt and answer).
+fn load_text(args: &ModelArgs, device: &Device, positions: usize) -> Result<TextModel> {
     let dtype = dtype_for(args.dtype, device)?;
     let config = config_of(args)?;
     let sections = |c: &Config| c.nextflow.as_ref().map_or(vec![c.backbone.head_dim() / 2], |p| p.visual.mrope_section.clone());
     let t = Instant::now();
     let (weights, tokenizer) = require_weights(args)?;
+    let run = memory::Run { parameters: parameters(&config, Some(&weights)), rows: 1, positions: positions as u64, images: 0 };
+    memory::check(&config, run, dtype, device, args.force).map_err(fail)?;
     let transformer = Transformer::load(&weights, &config.backbone, config.vocab_size, &sections(&config), dtype, device)?;
     let unused = weights.unused();
     if config.model_type == ModelType::Qwen2 && !weights.is_random() && !unused.is_empty() {
@@ -395,13 +465,24 @@ fn load_text(args: &ModelArgs, device: &Device) -> Result<TextModel> {
 }
 
 /// NextFlow models in `chat`: text, and an image wherever the model writes `<boi>`.
-fn chat_interleaved(args: &ChatArgs, device: &Device, prompt: &str) -> Result<()> {
+fn chat_interleaved(args: &ChatArgs, device: &Device, prompt: &str, text_opts: TextOptions) -> Result<()> {
+    if args.system.is_some() {
+        return Err(fail("--system needs a chat template, and this NextFlow model has none; put the instruction in --prompt"));
+    }
+    if args.logits_out.is_some() {
+        return Err(fail("--logits-out records text-only generation: with a NextFlow model give the prompt as --prompt-ids"));
+    }
+    let force = args.model.force;
+    if let Some(pattern) = &args.images_out {
+        check_outputs(&[image_path(pattern, 0, 2)], force)?;
+    }
     let model = load_nextflow(&args.model, device)?;
     let tok = model.text.as_ref().ok_or_else(|| fail("random weights have no tokenizer"))?;
     let opts = ImageOptions { seed: args.seed, ..model.default_image_options() };
     let mut saved = Vec::new();
     let mut text_all = String::new();
-    let pieces = model.interleaved(prompt, args.max_new_tokens, 4, &opts, &mut |_| {})?;
+    let mut failed: Option<Box<dyn std::error::Error>> = None;
+    let pieces = model.interleaved(prompt, &text_opts, 4, &opts, &mut |_| {})?;
     for piece in &pieces {
         match piece {
             nextflow_model::Piece::Text(ids) => {
@@ -413,13 +494,19 @@ fn chat_interleaved(args: &ChatArgs, device: &Device, prompt: &str) -> Result<()
                 text_all.push(' ');
             }
             nextflow_model::Piece::Image(g) => {
-                let path = output_paths(&args.images_out.clone().map(|p| image_path(&p, saved.len(), 2)), 1).remove(0);
-                check_outputs(std::slice::from_ref(&path), true)?;
-                save_images(g, std::slice::from_ref(&path))?;
-                if !args.json {
-                    print!("[image: {}] ", path.display());
+                let path = args.images_out.as_ref().map(|p| image_path(p, saved.len(), 2));
+                match save_images(g, path.as_ref().map(std::slice::from_ref), force) {
+                    Ok(mut p) => {
+                        let p = p.remove(0);
+                        if !args.json {
+                            print!("[image: {}] ", p.display());
+                        }
+                        saved.push(p.display().to_string());
+                    }
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
                 }
-                saved.push(path.display().to_string());
             }
         }
     }
@@ -428,41 +515,75 @@ fn chat_interleaved(args: &ChatArgs, device: &Device, prompt: &str) -> Result<()
     } else {
         println!();
     }
-    Ok(())
+    failed.map_or(Ok(()), Err)
+}
+
+/// `text` may not carry the tokenizer's control tokens (they would forge the template's markers).
+fn refuse_control_tokens(tok: &TextTokenizer, what: &str, text: &str) -> Result<()> {
+    match tok.control_token_in(text) {
+        Some(t) => Err(fail(format!("{what} contains the control token `{t}`, which cannot be typed (it would be taken as the template's own marker)"))),
+        None => Ok(()),
+    }
 }
 
 pub fn chat(args: &ChatArgs, device: &Device) -> Result<()> {
-    if args.prompt_ids.is_none() && !args.model.random_weights && config_of(&args.model)?.model_type == ModelType::NextFlow {
-        if let Some(prompt) = &args.prompt {
-            return chat_interleaved(args, device, prompt);
-        }
-    }
-    let m = load_text(&args.model, device)?;
+    let config = config_of(&args.model)?;
     let sampled = args.temperature.is_some_and(|t| t > 0.0) && !args.greedy;
-    let mut stops = m.config.eos_token_ids.clone();
-    if let Some(tok) = &m.tokenizer {
-        for s in ["<|im_end|>", "<|endoftext|>", "<eos>"] {
-            if let Some(id) = tok.token_to_id(s) {
-                if !stops.contains(&id) {
-                    stops.push(id);
-                }
-            }
-        }
-    }
-    let opts = TextOptions {
+    let mut opts = TextOptions {
         max_new_tokens: args.max_new_tokens,
         temperature: if sampled { args.temperature.unwrap_or(0.0) } else { 0.0 },
         top_k: args.top_k,
         top_p: args.top_p,
         repetition_penalty: args.repetition_penalty,
         seed: args.seed,
-        stop_tokens: stops,
+        stop_tokens: Vec::new(),
         keep_logits: args.logits_out.is_some(),
-        vocab_limit: m.config.nextflow.as_ref().map(|p| p.vocabulary.code_start()),
+        vocab_limit: config.nextflow.as_ref().map(|p| p.vocabulary.code_start()),
     };
+    // Every value is checked as given, whether or not greedy decoding uses it.
+    TextOptions { temperature: args.temperature.unwrap_or(0.0), ..opts.clone() }.validate()?;
+    if let Some(path) = &args.logits_out {
+        check_new(path, args.model.force)?;
+    }
+    if args.prompt_ids.is_none() && !args.model.random_weights && config.model_type == ModelType::NextFlow {
+        if let Some(prompt) = &args.prompt {
+            return chat_interleaved(args, device, prompt, opts);
+        }
+    }
+    let context = config.backbone.max_position_embeddings;
+    let positions = args.prompt_ids.as_ref().map_or(4096, Vec::len).saturating_add(args.max_new_tokens).min(context);
+    let m = load_text(&args.model, device, positions)?;
+    if let Some(tok) = &m.tokenizer {
+        for s in ["<|im_end|>", "<|endoftext|>", "<eos>"] {
+            if let Some(id) = tok.token_to_id(s) {
+                if !opts.stop_tokens.contains(&id) {
+                    opts.stop_tokens.push(id);
+                }
+            }
+        }
+    }
+    for &id in &m.config.eos_token_ids {
+        if !opts.stop_tokens.contains(&id) {
+            opts.stop_tokens.push(id);
+        }
+    }
+    let templated = m.tokenizer.as_ref().is_some_and(|t| t.has_chat_template());
+    if args.system.is_some() && (!templated || args.prompt_ids.is_some()) {
+        return Err(fail(if args.prompt_ids.is_some() {
+            "--system needs a text prompt rendered by the chat template; --prompt-ids are used as given"
+        } else {
+            "--system needs a chat template, and this checkpoint has none (tokenizer_config.json without chat_template)"
+        }));
+    }
+    if let (Some(tok), Some(system)) = (&m.tokenizer, &args.system) {
+        refuse_control_tokens(tok, "--system", system)?;
+    }
     let mut history: Vec<Message> = args.system.iter().map(|s| Message { role: "system".into(), content: s.clone() }).collect();
     let encode = |history: &[Message], m: &TextModel| -> Result<Vec<u32>> {
         let tok = m.tokenizer.as_ref().ok_or_else(|| fail("this checkpoint has no tokenizer.json: give --prompt-ids"))?;
+        if let Some(last) = history.last() {
+            refuse_control_tokens(tok, "the prompt", &last.content)?;
+        }
         if tok.has_chat_template() {
             Ok(tok.encode(&tok.apply_chat_template(history, true)?, false)?)
         } else {
@@ -519,7 +640,7 @@ pub fn chat(args: &ChatArgs, device: &Device) -> Result<()> {
         let (out, text_out) = run_once(prompt.clone(), &m)?;
         if let Some(path) = &args.logits_out {
             let limit = opts.vocab_limit.unwrap_or(m.config.vocab_size).min(m.config.vocab_size);
-            nextflow_model::npy::write_f32(path, &out.logits, &[out.logits.len() / limit, limit])?;
+            write_new(path, &nextflow_model::npy::encode_f32(&out.logits, &[out.logits.len() / limit, limit]), args.model.force)?;
         }
         if args.json {
             println!("{}", serde_json::to_string_pretty(&serde_json::json!({
@@ -606,8 +727,13 @@ pub fn inspect(args: &ModelArgs) -> Result<()> {
 }
 
 pub fn eval_shapes(args: &EvalShapesArgs, device: &Device) -> Result<()> {
-    let scales = schedule(&config_of(&args.model)?.parts()?.tokenizer, args.size, args.aspect.as_deref())?;
-    let model = load_nextflow(&args.model, device)?;
+    let config = config_of(&args.model)?;
+    let scales = schedule(&config.parts()?.tokenizer, args.size, args.aspect.as_deref())?;
+    check_image_sampling(&config, &args.sampling)?;
+    if args.batch == 0 {
+        return Err(fail("--batch must be at least 1"));
+    }
+    let model = load_nextflow_for(&args.model, device, args.batch.min(args.n.max(1) * shapeeval::TASKS.len()), scales.as_deref())?;
     let mut opts = image_options(&model, &args.sampling)?;
     let t = &model.parts().tokenizer;
     let (height, width) = match scales.as_ref().and_then(|s| s.last()) {
@@ -616,8 +742,14 @@ pub fn eval_shapes(args: &EvalShapesArgs, device: &Device) -> Result<()> {
     };
     opts.scales = scales;
     let prompts = shapeeval::eval_prompts(args.n, args.prompt_seed);
+    let image_file = |dir: &Path, index: usize| dir.join(format!("{index:05}.png"));
     if let Some(dir) = &args.save_images {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).map_err(|e| fail(format!("{}: cannot create the folder: {e}", dir.display())))?;
+        if !args.model.force {
+            if let Some(p) = prompts.iter().map(|e| image_file(dir, e.index)).find(|p| p.exists()) {
+                return Err(fail(format!("{} exists; pass --force to overwrite the images in {}", p.display(), dir.display())));
+            }
+        }
     }
     let bos = model.parts().vocabulary.id("<bos>").expect("validated") as u32;
     let started = Instant::now();
@@ -641,7 +773,7 @@ pub fn eval_shapes(args: &EvalShapesArgs, device: &Device) -> Result<()> {
             let (ok, _) = shapeeval::score_image(&rgb, (height, width), e);
             results.push((e.task.clone(), ok));
             if let Some(dir) = &args.save_images {
-                write_png(&dir.join(format!("{:05}.png", e.index)), &rgb, width, height)?;
+                write_png(Some(&image_file(dir, e.index)), &rgb, width, height, args.model.force)?;
             }
         }
         eprint!("\rt2i {}/{} images, {:.1} s", results.len(), prompts.len(), started.elapsed().as_secs_f64());

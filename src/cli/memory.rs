@@ -39,28 +39,33 @@ fn size_of(dtype: DType) -> u64 {
 /// An estimate on the high side: weights at `dtype`; K and V for every layer, row and
 /// position; and the largest live activations (a prefill or last-scale block of hidden,
 /// MLP and logits rows in f32, one head of attention scores, and the decoder's
-/// full-resolution feature maps).
+/// full-resolution feature maps). Editing's context image is counted by the caller in
+/// `positions`.
 pub fn need(config: &Config, run: Run, dtype: DType) -> Need {
     let b = &config.backbone;
     let d = size_of(dtype);
     let m = |x: u64, y: u64| x.saturating_mul(y);
     let kv = m(m(m(2, b.num_hidden_layers as u64), m(b.num_key_value_heads as u64, b.head_dim() as u64)), m(m(run.rows, run.positions), d));
-    let (block, width) = match &config.nextflow {
+    // (rows of the largest forward block, rows that get logits, logit width)
+    let (block, logit_rows, width) = match &config.nextflow {
         Some(p) => {
             let [h, w] = p.tokenizer.scales.last().copied().unwrap_or([1, 1]);
             let cells = (h * w).max(1) as u64;
-            (cells.max(64), p.vocabulary.codebook_size.max(p.vocabulary.code_start()) as u64)
+            (cells.max(64), cells, p.vocabulary.codebook_size as u64)
         }
-        None => (run.positions.min(4096), config.vocab_size as u64),
+        None => (run.positions.min(4096), 1, config.vocab_size as u64),
     };
-    let per_row = 6 * b.hidden_size as u64 + 3 * b.intermediate_size as u64 + width;
+    // At the MLP: the block's input and output rows, gate and up; and the logits.
+    let per_row = 2 * b.hidden_size as u64 + 2 * b.intermediate_size as u64;
     let mut act = m(m(run.rows, block), m(per_row, 4));
+    act = act.saturating_add(m(m(run.rows, logit_rows), m(width, 4)));
     act = act.saturating_add(m(m(run.rows, block), m(run.positions, 4)));
     if let Some(p) = &config.nextflow {
         let t = &p.tokenizer;
         let px = (t.image_size * t.image_size) as u64;
         let ch = (t.ch * t.ch_mult.first().copied().unwrap_or(1)) as u64;
-        act = act.saturating_add(m(m(run.images, px), m(4 * ch.max(8), 4)));
+        // Three full-resolution feature maps live at once in a decoder res block.
+        act = act.saturating_add(m(m(run.images, px), m(3 * ch.max(8), 4)));
     }
     Need { weights: m(run.parameters, d), kv_cache: kv, activations: act }
 }

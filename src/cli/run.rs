@@ -104,24 +104,26 @@ fn parameters(config: &Config, weights: Option<&Weights>) -> u64 {
     params
 }
 
-/// Rows, positions and images of an image generation of `batch` images on `config`.
-fn image_run(config: &Config, parameters: u64, batch: usize, scales: Option<&[[usize; 2]]>) -> memory::Run {
+/// Rows, positions and images of an image generation of `batch` images on `config`
+/// (`context_image`: an edit, whose sequence holds the input image too).
+fn image_run(config: &Config, parameters: u64, batch: usize, scales: Option<&[[usize; 2]]>, context_image: bool) -> memory::Run {
     let t = config.nextflow.as_ref().map(|p| &p.tokenizer);
     let tokens = match (scales, t) {
         (Some(s), _) => s.iter().map(|[h, w]| h * w).sum(),
         (None, Some(t)) => t.tokens(),
         (None, None) => 0,
     };
-    // Prompts of up to 64 tokens, twice the image for editing's context image.
-    memory::Run { parameters, rows: 2 * batch as u64, positions: (2 * tokens + 64) as u64, images: batch as u64 }
+    // Prompts of up to 64 tokens; an edit's sequence holds the input image as well.
+    let positions = if context_image { 2 * tokens + 64 } else { tokens + 64 };
+    memory::Run { parameters, rows: 2 * batch as u64, positions: positions as u64, images: batch as u64 }
 }
 
 pub fn load_nextflow(args: &ModelArgs, device: &Device) -> Result<NextFlow> {
-    load_nextflow_for(args, device, 1, None)
+    load_nextflow_for(args, device, 1, None, true)
 }
 
 /// [`load_nextflow`] for runs of `batch` images per forward on `scales` (the memory check).
-fn load_nextflow_for(args: &ModelArgs, device: &Device, batch: usize, scales: Option<&[[usize; 2]]>) -> Result<NextFlow> {
+fn load_nextflow_for(args: &ModelArgs, device: &Device, batch: usize, scales: Option<&[[usize; 2]]>, context_image: bool) -> Result<NextFlow> {
     let dtype = dtype_for(args.dtype, device)?;
     let t = Instant::now();
     let config = config_of(args)?;
@@ -132,7 +134,7 @@ fn load_nextflow_for(args: &ModelArgs, device: &Device, batch: usize, scales: Op
     if text.is_none() && !weights.is_random() {
         return Err(fail(format!("{}: no tokenizer.json, which a NextFlow model needs for its prompts", weights.dir().display())));
     }
-    let run = image_run(&config, parameters(&config, Some(&weights)), batch, scales);
+    let run = image_run(&config, parameters(&config, Some(&weights)), batch, scales, context_image);
     memory::check(&config, run, dtype, device, args.force).map_err(fail)?;
     let model = NextFlow::from_parts(config, &weights, text, dtype, device)?;
     eprintln!("model: {} on {device} ({dtype:?}), loaded in {:.2} s", describe(args), t.elapsed().as_secs_f64());
@@ -335,13 +337,13 @@ pub fn generate(args: &GenerateArgs, device: &Device) -> Result<()> {
     check_image_sampling(&config, &args.sampling)?;
     let dtype = dtype_for(args.model.dtype, device)?;
     let all_scales = scales.clone().unwrap_or_else(|| config.parts().map(|p| p.tokenizer.scales.clone()).unwrap_or_default());
-    let positions = image_run(&config, 0, 1, Some(&all_scales)).positions;
+    let positions = image_run(&config, 0, 1, Some(&all_scales), false).positions;
     let batch = match args.max_batch {
         Some(b) => b,
         None => memory::default_batch(&config, parameters(&config, None), positions, dtype, device),
     }
     .min(args.num_images);
-    let model = load_nextflow_for(&args.model, device, batch, Some(&all_scales))?;
+    let model = load_nextflow_for(&args.model, device, batch, Some(&all_scales), false)?;
     let mut opts = image_options(&model, &args.sampling)?;
     opts.scales = scales;
     let chunks = args.num_images.div_ceil(batch);
@@ -733,7 +735,7 @@ pub fn eval_shapes(args: &EvalShapesArgs, device: &Device) -> Result<()> {
     if args.batch == 0 {
         return Err(fail("--batch must be at least 1"));
     }
-    let model = load_nextflow_for(&args.model, device, args.batch.min(args.n.max(1) * shapeeval::TASKS.len()), scales.as_deref())?;
+    let model = load_nextflow_for(&args.model, device, args.batch.min(args.n.max(1) * shapeeval::TASKS.len()), scales.as_deref(), true)?;
     let mut opts = image_options(&model, &args.sampling)?;
     let t = &model.parts().tokenizer;
     let (height, width) = match scales.as_ref().and_then(|s| s.last()) {

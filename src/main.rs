@@ -44,7 +44,7 @@ fn main() -> ExitCode {
     nextflow::cli::files::install_signal_cleanup();
     tune_allocator();
     let cli = Cli::parse();
-    let result = nextflow::ops::pool::threads_from_env().map_err(Into::into).and_then(|_| main_impl(&cli));
+    let result = run::preflight(&cli).and_then(|()| main_impl(&cli));
     if cli.stats {
         eprintln!("stats: {}", nextflow::compiler::counters());
     }

@@ -2,9 +2,9 @@
 //! of the CLI: no abort (limits before allocation), no hang, no file lost or replaced, nothing
 //! read outside the model directory, and every refusal one clear line.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The binary under test; `NEXTFLOW_TEST_BIN` points the same checks at another build (e.g.
@@ -586,6 +586,99 @@ fn unit_write_new_refuses_an_existing_file_in_the_final_step() {
     let b = write_free(names, b"b").unwrap();
     assert_ne!(a, b);
     assert!(tmp_files(&dir).is_empty());
-    let mut f = std::fs::File::create(dir.join("keep")).unwrap();
-    f.write_all(b"k").unwrap();
+}
+
+// ---- Any command, any flag value, under `ulimit -v 4000000` ----------------------------------
+
+/// Runs under `ulimit -v`; a run still going after `limit` is stopped (it neither aborted nor
+/// refused: a long, legitimate job such as 10^19 images) and reported as None.
+fn run_limited_for(args: &[String], limit: Duration) -> Option<Output> {
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg(format!("ulimit -v {ULIMIT_KB} && exec \"$0\" \"$@\""))
+        .arg(bin())
+        .args(args)
+        .current_dir(std::env::temp_dir())
+        .env("NEXTFLOW_DEVICE", "cpu")
+        .env("NEXTFLOW_THREADS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if child.try_wait().unwrap().is_some() {
+            return Some(child.wait_with_output().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[test]
+fn no_command_aborts_under_ulimit_with_any_flag_value() {
+    let dir = scratch("flag-space");
+    let img = dir.join("in.png");
+    assert_ok(&run(&["generate", "--prompt", "a red circle", "--out", s(&img)]));
+    let out = |name: &str| s(&dir.join(name)).to_string();
+    let values = ["0", "-1", "NaN", "inf", "1e40", "18446744073709551615", "18446744073709551616", "", "x"];
+    // (base command, flags whose values are varied one at a time)
+    let commands: Vec<(Vec<String>, Vec<&str>)> = vec![
+        (
+            vec!["generate".into(), "--prompt".into(), "a red circle".into()],
+            vec!["--num-images", "--max-batch", "--cfg", "--top-k", "--top-p", "--temperature", "--seed", "--size", "--aspect", "--negative-prompt", "--dtype", "--config"],
+        ),
+        (vec!["understand".into(), "--image".into(), s(&img).into(), "--prompt".into(), "what color is the circle?".into()], vec!["--max-new-tokens", "--dtype", "--prompt"]),
+        (vec!["edit".into(), "--image".into(), s(&img).into(), "--prompt".into(), "make the circle green".into()], vec!["--cfg", "--top-k", "--top-p", "--temperature", "--seed", "--image"]),
+        (vec!["chat".into(), "--model".into(), QWEN.into(), "--prompt".into(), "hello".into()], vec!["--max-new-tokens", "--temperature", "--top-k", "--top-p", "--repetition-penalty", "--seed", "--prompt-ids"]),
+        (vec!["chat".into(), "--prompt".into(), "a red circle".into()], vec!["--max-new-tokens", "--temperature", "--seed", "--images-out"]),
+        (vec!["eval".into(), "shapes".into(), "--n".into(), "1".into(), "--n-other".into(), "1".into()], vec!["--n", "--n-other", "--batch", "--cfg", "--prompt-seed", "--size", "--aspect"]),
+        (vec!["inspect".into()], vec!["--config", "--model", "--dtype"]),
+        (vec!["bench".into(), "image".into(), "--reps".into(), "1".into(), "--warmup".into(), "0".into()], vec!["--reps", "--warmup", "--config", "--prompt"]),
+        (vec!["devices".into()], vec!["--device"]),
+    ];
+    let mut cases: Vec<Vec<String>> = Vec::new();
+    for (base, flags) in &commands {
+        for flag in flags {
+            for v in values {
+                let mut argv = base.clone();
+                argv.push(format!("{flag}={v}"));
+                if matches!(base[0].as_str(), "generate" | "edit") {
+                    argv.push("--out".into());
+                    argv.push(out(&format!("o-{}.png", cases.len())));
+                }
+                cases.push(argv);
+            }
+        }
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failures = Mutex::new(Vec::new());
+    let stopped = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..3 {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(argv) = cases.get(i) else { break };
+                let Some(o) = run_limited_for(argv, Duration::from_secs(20)) else {
+                    stopped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                };
+                let stderr = text(&o.stderr);
+                let errors = stderr.lines().filter(|l| l.starts_with("error:")).count();
+                let clean = match o.status.code() {
+                    Some(0) => errors == 0,
+                    Some(1) | Some(2) => errors == 1,
+                    _ => false,
+                };
+                if !clean || stderr.contains("panicked") || stderr.contains("memory allocation") {
+                    failures.lock().unwrap().push(format!("{argv:?}: {:?}\n{stderr}", o.status));
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    println!("{} runs under ulimit -v {ULIMIT_KB}: {} stopped after 20 s while running, {} bad", cases.len(), stopped.into_inner(), failures.len());
+    assert!(failures.is_empty(), "{} runs aborted or did not refuse in one line:\n{}", failures.len(), failures.join("\n"));
 }

@@ -74,6 +74,8 @@ enum Backing {
     Map(Mmap),
     /// Compiled into the binary (the embedded default model).
     Static(&'static [u8]),
+    /// Read into memory (tests, fuzzing, checkpoints handed over as bytes).
+    Owned(Vec<u8>),
 }
 
 impl std::ops::Deref for Backing {
@@ -82,6 +84,7 @@ impl std::ops::Deref for Backing {
         match self {
             Backing::Map(m) => m,
             Backing::Static(s) => s,
+            Backing::Owned(v) => v,
         }
     }
 }
@@ -219,6 +222,13 @@ impl Weights {
         let path = PathBuf::from(name);
         let tensors = read_header(&path, bytes, 0)?;
         Ok(Weights { dir: path.clone(), files: vec![(path, Backing::Static(bytes))], random: None, tensors, used: Mutex::new(BTreeSet::new()) })
+    }
+
+    /// A safetensors file held in memory; `name` labels errors.
+    pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Result<Weights> {
+        let path = PathBuf::from(name);
+        let tensors = read_header(&path, &bytes, 0)?;
+        Ok(Weights { dir: path.clone(), files: vec![(path, Backing::Owned(bytes))], random: None, tensors, used: Mutex::new(BTreeSet::new()) })
     }
 
     /// Random weights for speed measurements where no checkpoint exists: any tensor asked

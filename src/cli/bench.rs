@@ -226,12 +226,19 @@ fn cases(s: ModelShapes, device: &Device, max_weight_mb: usize, skipped: &mut Ve
     Ok(out)
 }
 
+/// A bar redrawn in place on a terminal; one line per step when stderr is a file or pipe
+/// (so logs read cleanly and an error never lands mid-line).
 fn progress(done: usize, total: usize, what: &str, json: bool) {
+    use std::io::IsTerminal;
     let width = 30;
     let filled = if total == 0 { width } else { done * width / total };
-    let line = format!("\r[{}{}] {done}/{total} {what}", "#".repeat(filled), "-".repeat(width - filled));
+    let bar = format!("[{}{}] {done}/{total} {what}", "#".repeat(filled), "-".repeat(width - filled));
     let mut err = std::io::stderr();
-    let _ = write!(err, "{line:<100}");
+    if !err.is_terminal() {
+        let _ = writeln!(err, "{bar}");
+        return;
+    }
+    let _ = write!(err, "\r{bar:<100}");
     if done == total && !json {
         let _ = writeln!(err);
     }

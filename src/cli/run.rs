@@ -242,6 +242,34 @@ fn default_names() -> impl Iterator<Item = PathBuf> {
     (1..).map(|k| PathBuf::from(if k == 1 { "nextflow.png".to_string() } else { format!("nextflow-{k}.png") }))
 }
 
+/// Most images one `generate` writes.
+pub const MAX_IMAGES: usize = 100_000;
+
+fn check_num_images(n: usize) -> Result<()> {
+    if (1..=MAX_IMAGES).contains(&n) {
+        Ok(())
+    } else {
+        Err(fail(format!("--num-images must be from 1 to {MAX_IMAGES} (got {n})")))
+    }
+}
+
+/// A status line: redrawn in place on a terminal, one line each when stderr is a file or
+/// pipe (logs stay readable, and an error never lands mid-line).
+fn status(line: std::fmt::Arguments) {
+    if std::io::stderr().is_terminal() {
+        eprint!("\r{line}");
+    } else {
+        eprintln!("{line}");
+    }
+}
+
+/// Ends a run of [`status`] lines.
+fn end_status() {
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+}
+
 /// Checks every output path before any work: no silent overwrite, the folder exists. The
 /// write itself refuses again if a file appeared meanwhile.
 fn check_outputs(paths: &[PathBuf], force: bool) -> Result<()> {
@@ -320,9 +348,7 @@ fn check_image_sampling(config: &Config, s: &ImageSampling) -> Result<()> {
 }
 
 pub fn generate(args: &GenerateArgs, device: &Device) -> Result<()> {
-    if args.num_images == 0 {
-        return Err(fail("--num-images must be at least 1"));
-    }
+    check_num_images(args.num_images)?;
     if args.max_batch == Some(0) {
         return Err(fail("--max-batch must be at least 1"));
     }
@@ -366,6 +392,57 @@ pub fn generate(args: &GenerateArgs, device: &Device) -> Result<()> {
     }
     let seeds: Vec<u64> = (0..args.num_images as u64).map(|i| opts.seed.wrapping_add(i)).collect();
     report_images(&timings, &written, args.output.json, serde_json::json!({"prompt": args.prompt, "seed": opts.seed, "seeds": seeds, "batch": batch, "cfg": opts.cfg_scale, "top_k": opts.top_k, "top_p": opts.top_p, "temperature": opts.temperature, "scales": all_scales}))
+}
+
+/// Every check a command makes before it loads a model, for the parsed command line: the
+/// config and its bounds, the canvas, sampling values, output paths (nothing is written) and
+/// input images. `main` runs it first; the fuzz tests drive it with random flag values.
+pub fn preflight(cli: &Cli) -> Result<()> {
+    nextflow_ops::pool::threads_from_env().map_err(fail)?;
+    let text_options = |a: &ChatArgs| TextOptions {
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature.unwrap_or(0.0),
+        top_k: a.top_k,
+        top_p: a.top_p,
+        repetition_penalty: a.repetition_penalty,
+        seed: a.seed,
+        ..Default::default()
+    };
+    match &cli.command {
+        Command::Devices | Command::Bench(_) => Ok(()),
+        Command::Inspect(m) => config_of(m).map(|_| ()),
+        Command::Generate(a) => {
+            check_num_images(a.num_images)?;
+            if let Some(out) = &a.output.out {
+                check_outputs(&output_paths(out, a.num_images), a.model.force)?;
+            }
+            let config = config_of(&a.model)?;
+            schedule(&config.parts()?.tokenizer, a.size, a.aspect.as_deref())?;
+            check_image_sampling(&config, &a.sampling)
+        }
+        Command::Understand(a) => {
+            let config = config_of(&a.model)?;
+            read_image(&a.image, config.parts()?.tokenizer.image_size).map(|_| ())
+        }
+        Command::Edit(a) => {
+            if let Some(out) = &a.output.out {
+                check_outputs(&output_paths(out, 1), a.model.force)?;
+            }
+            let config = config_of(&a.model)?;
+            check_image_sampling(&config, &a.sampling)?;
+            read_image(&a.image, config.parts()?.tokenizer.image_size).map(|_| ())
+        }
+        Command::Chat(a) => {
+            config_of(&a.model)?;
+            text_options(a).validate()?;
+            a.logits_out.as_deref().map_or(Ok(()), |p| check_new(p, a.model.force))
+        }
+        Command::Eval(EvalCommand::Shapes(a)) => {
+            let config = config_of(&a.model)?;
+            schedule(&config.parts()?.tokenizer, a.size, a.aspect.as_deref())?;
+            check_image_sampling(&config, &a.sampling)
+        }
+    }
 }
 
 /// Reads an image file as RGB8 at `size` x `size` (nearest resize of any canvas, with a
@@ -778,9 +855,9 @@ pub fn eval_shapes(args: &EvalShapesArgs, device: &Device) -> Result<()> {
                 write_png(Some(&image_file(dir, e.index)), &rgb, width, height, args.model.force)?;
             }
         }
-        eprint!("\rt2i {}/{} images, {:.1} s", results.len(), prompts.len(), started.elapsed().as_secs_f64());
+        status(format_args!("t2i {}/{} images, {:.1} s", results.len(), prompts.len(), started.elapsed().as_secs_f64()));
     }
-    eprintln!();
+    end_status();
     let t2i = shapeeval::score_t2i(&results);
     let (understanding, editing) = eval_other(&model, args, &ImageOptions { scales: None, ..opts.clone() })?;
     if args.json {
@@ -837,9 +914,9 @@ fn eval_other(model: &NextFlow, args: &EvalShapesArgs, opts: &ImageOptions) -> R
         let word = model.answer_word(&indices, &case.question)?;
         let answer = tok.decode(&[word], true)?;
         u.push((case.kind.as_str(), answer.trim() == case.answer));
-        eprint!("\runderstanding {}/{}", u.len(), understanding.len().min(4 * args.n_other));
+        status(format_args!("understanding {}/{}", u.len(), understanding.len().min(4 * args.n_other)));
     }
-    eprintln!();
+    end_status();
     seen.clear();
     let mut e = Vec::new();
     for (n, case) in editing.iter().enumerate() {
@@ -854,8 +931,8 @@ fn eval_other(model: &NextFlow, args: &EvalShapesArgs, opts: &ImageOptions) -> R
         let after = to_rgb8(&g.images)?.remove(0);
         let ok = shapeeval::edit_success(&case.rgb, &case.instruction, &after, case.size).map_err(fail)?;
         e.push((case.kind.as_str(), ok));
-        eprint!("\rediting {}/{}", e.len(), editing.len().min(4 * args.n_other));
+        status(format_args!("editing {}/{}", e.len(), editing.len().min(4 * args.n_other)));
     }
-    eprintln!();
+    end_status();
     Ok((per_type(u), per_type(e)))
 }

@@ -250,7 +250,7 @@ fn interrupted_runs_leave_no_temporary_files() {
 }
 
 #[test]
-fn the_memory_check_refuses_what_cannot_fit_unless_forced() {
+fn the_memory_check_refuses_what_cannot_fit_in_one_line() {
     let out = run_limited(&["generate", "--config", "nextflow-7b", "--random-weights", "--prompt", "a red circle", "--out", "/tmp/never-written.png"]);
     assert_refused(&out, &["needs about", "available", "--force"]);
     let out = run_limited(&["chat", "--config", "qwen2-0.5b", "--random-weights", "--prompt-ids", "1,2,3", "--max-new-tokens", "2"]);
@@ -258,13 +258,17 @@ fn the_memory_check_refuses_what_cannot_fit_unless_forced() {
     if !out.status.success() {
         assert_refused(&out, &["needs about", "available"]);
     }
-    // The line names the dtype that would fit where one does: a budget between the bf16 and
-    // the f32 need of the 7B shapes exists on this kind of machine only, so compute it here.
-    let out = run(&["generate", "--config", "nextflow-7b", "--random-weights", "--dtype", "f32", "--prompt", "a red circle", "--out", "/tmp/never-written.png"]);
-    if !out.status.success() {
-        let line = assert_refused(&out, &["needs about", "F32", "available"]);
-        assert!(line.contains("--dtype bf16 would need") || line.contains("no smaller dtype fits"), "{line}");
-    }
+    // The line names the dtype that would fit where one does: 0.5B in f32 is 1.8 GiB, in
+    // bf16 0.9 GiB; 2.4 GB of address space holds the second only.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg("ulimit -v 2400000 && exec \"$0\" \"$@\"")
+        .arg(bin())
+        .args(["chat", "--config", "qwen2-0.5b", "--random-weights", "--dtype", "f32", "--prompt-ids", "1,2,3", "--max-new-tokens", "2"])
+        .env("NEXTFLOW_DEVICE", "cpu")
+        .output()
+        .unwrap();
+    assert_refused(&out, &["needs about", "F32", "available", "--dtype bf16 would need", "--force"]);
 }
 
 #[test]
@@ -543,8 +547,8 @@ fn sampling_values_are_validated_in_every_command() {
     }
     for value in ["NaN", "-1", "0", "inf"] {
         let flag = format!("--repetition-penalty={value}");
-        assert_refused(&run(&["chat", "--model", QWEN, "--prompt", "hi", &flag]), &["repetition penalty"]);
-        assert_refused(&run(&["chat", "--prompt", "a red circle", &flag]), &["repetition penalty"]);
+        assert_refused(&run(&["chat", "--model", QWEN, "--prompt", "hi", &flag]), &["--repetition-penalty"]);
+        assert_refused(&run(&["chat", "--prompt", "a red circle", &flag]), &["--repetition-penalty"]);
     }
     assert!(!dir.join("o.png").exists());
 }
@@ -553,6 +557,22 @@ fn sampling_values_are_validated_in_every_command() {
 fn chat_on_the_embedded_model_honours_or_refuses_every_flag() {
     assert_refused(&run(&["chat", "--prompt", "a red circle", "--system", "be brief"]), &["--system"]);
     assert_refused(&run(&["chat", "--prompt", "a red circle", "--logits-out", "/tmp/never.npy"]), &["--logits-out"]);
+    // Sampling options greedy decoding would ignore, and flags of other model kinds.
+    for model in [None, Some(QWEN)] {
+        let with = |extra: &[&str]| {
+            let mut args = vec!["chat", "--prompt", "a red circle", "--max-new-tokens", "2"];
+            if let Some(m) = model {
+                args.extend(["--model", m]);
+            }
+            args.extend_from_slice(extra);
+            run(&args)
+        };
+        assert_refused(&with(&["--top-k", "40"]), &["--top-k", "--temperature"]);
+        assert_refused(&with(&["--top-p", "0.5", "--temperature", "0.7", "--greedy"]), &["--top-p"]);
+        if model.is_some() {
+            assert_refused(&with(&["--images-out", "/tmp/never-{i}.png"]), &["--images-out"]);
+        }
+    }
     // --temperature, --top-k and --seed reach the sampler: greedy is one answer, hot sampling
     // with different seeds gives different ones.
     let answer = |extra: &[&str]| {

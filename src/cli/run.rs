@@ -148,7 +148,7 @@ fn image_options(model: &NextFlow, s: &ImageSampling) -> Result<ImageOptions> {
     o.top_p = s.top_p.unwrap_or(o.top_p);
     o.temperature = s.temperature.unwrap_or(o.temperature);
     o.seed = s.seed;
-    o.validate()?;
+    o.validate().map_err(as_flags)?;
     Ok(o)
 }
 
@@ -332,6 +332,17 @@ fn save_images(g: &Generated, paths: Option<&[PathBuf]>, force: bool) -> Result<
     to_rgb8(&g.images)?.iter().enumerate().map(|(i, rgb)| write_png(paths.map(|p| p[i].as_path()), rgb, w, h, force)).collect()
 }
 
+/// A sampling error of the library, worded with the flag that sets the value.
+fn as_flags(e: nextflow_model::Error) -> Box<dyn std::error::Error> {
+    let msg = e.to_string();
+    for (name, flag) in [("cfg ", "--cfg "), ("temperature ", "--temperature "), ("top-p ", "--top-p "), ("repetition penalty ", "--repetition-penalty ")] {
+        if let Some(pos) = msg.find(name) {
+            return fail(format!("{}{flag}{}", &msg[..pos], &msg[pos + name.len()..]));
+        }
+    }
+    e.into()
+}
+
 /// The configuration's sampling values checked before any weight is read.
 fn check_image_sampling(config: &Config, s: &ImageSampling) -> Result<()> {
     let p = config.parts()?;
@@ -344,7 +355,7 @@ fn check_image_sampling(config: &Config, s: &ImageSampling) -> Result<()> {
         seed: s.seed,
         scales: None,
     };
-    Ok(o.validate()?)
+    o.validate().map_err(as_flags)
 }
 
 pub fn generate(args: &GenerateArgs, device: &Device) -> Result<()> {
@@ -434,7 +445,7 @@ pub fn preflight(cli: &Cli) -> Result<()> {
         }
         Command::Chat(a) => {
             config_of(&a.model)?;
-            text_options(a).validate()?;
+            text_options(a).validate().map_err(as_flags)?;
             a.logits_out.as_deref().map_or(Ok(()), |p| check_new(p, a.model.force))
         }
         Command::Eval(EvalCommand::Shapes(a)) => {
@@ -619,8 +630,15 @@ pub fn chat(args: &ChatArgs, device: &Device) -> Result<()> {
         keep_logits: args.logits_out.is_some(),
         vocab_limit: config.nextflow.as_ref().map(|p| p.vocabulary.code_start()),
     };
-    // Every value is checked as given, whether or not greedy decoding uses it.
-    TextOptions { temperature: args.temperature.unwrap_or(0.0), ..opts.clone() }.validate()?;
+    // Every value is checked as given, whether or not greedy decoding uses it; a sampling
+    // option that greedy decoding would ignore is refused rather than dropped.
+    TextOptions { temperature: args.temperature.unwrap_or(0.0), ..opts.clone() }.validate().map_err(as_flags)?;
+    if !sampled && (args.top_k != 0 || args.top_p != 1.0) {
+        return Err(fail("--top-k and --top-p shape sampling, and this run decodes greedily: add --temperature T (T > 0, without --greedy), or drop them"));
+    }
+    if args.images_out.is_some() && (config.model_type != ModelType::NextFlow || args.prompt_ids.is_some() || args.prompt.is_none()) {
+        return Err(fail("--images-out is for NextFlow models answering a --prompt (their answers may contain images)"));
+    }
     if let Some(path) = &args.logits_out {
         check_new(path, args.model.force)?;
     }

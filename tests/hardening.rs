@@ -460,11 +460,18 @@ fn a_runaway_chat_template_is_stopped() {
     for template in [
         "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
         "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+        // Found by the fuzzer: cheap steps that each do much work, and output without bound.
+        "{% for i in range(100000) %}{{ messages | tojson }}{% set x = range(100000) | list %}{% endfor %}",
+        "{% for i in range(9000) %}{% for j in range(9000) %}{% set x = range(9000) | list %}{% endfor %}{% endfor %}",
+        "{% for i in range(10000) %}{% set x = 'x' * 99999999 %}{% endfor %}",
+        "{% for i in range(10000) %}{{ 'x' * 99999999 }}{% endfor %}",
     ] {
         edit_json(&model.join("tokenizer_config.json"), |v| v["chat_template"] = template.into());
         let t = Instant::now();
         let out = run_limited(&["chat", "--model", s(&model), "--prompt", "hello", "--max-new-tokens", "2"]);
-        assert_refused(&out, &["chat_template"]);
+        // A limit of the template (steps, depth, range, output, time), or, for a template
+        // that renders nothing, the empty prompt: one clear line either way.
+        assert_refused(&out, &[]);
         assert!(t.elapsed() < Duration::from_secs(30), "took {:?}", t.elapsed());
     }
 }

@@ -7,9 +7,68 @@ use serde::Serialize;
 use std::path::Path;
 
 /// Template steps a chat template may take (a long conversation needs a few thousand).
-pub const CHAT_TEMPLATE_FUEL: u64 = 2_000_000;
+pub const CHAT_TEMPLATE_FUEL: u64 = 1_000_000;
 /// Largest rendered prompt (bytes).
 pub const CHAT_TEMPLATE_MAX_BYTES: usize = 64 << 20;
+/// Longest a chat template may render.
+pub const CHAT_TEMPLATE_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+/// Most items a template's `range` may produce (minijinja's own limit is 100000).
+pub const CHAT_TEMPLATE_MAX_RANGE: i128 = 10_000;
+
+/// Collects rendered text, refusing to grow past [`CHAT_TEMPLATE_MAX_BYTES`].
+struct Limited(Vec<u8>);
+
+impl std::io::Write for Limited {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > CHAT_TEMPLATE_MAX_BYTES {
+            return Err(std::io::Error::other("output limit"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn render_chat_template(template: &str, messages: &[Message], add_generation_prompt: bool, bos: &str, eos: &str) -> Result<String> {
+    let mut env = minijinja::Environment::new();
+    env.set_fuel(Some(CHAT_TEMPLATE_FUEL));
+    env.set_recursion_limit(64);
+    env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+    });
+    env.add_function("range", |lower: isize, upper: Option<isize>, step: Option<isize>| {
+        let (lo, hi) = match upper {
+            Some(u) => (lower as i128, u as i128),
+            None => (0, lower as i128),
+        };
+        let st = step.unwrap_or(1) as i128;
+        let n = match st {
+            0 => 0,
+            s if s > 0 => (hi - lo + s - 1).div_euclid(s).max(0),
+            s => (lo - hi - s - 1).div_euclid(-s).max(0),
+        };
+        if n > CHAT_TEMPLATE_MAX_RANGE {
+            return Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, format!("range of {n} items; at most {CHAT_TEMPLATE_MAX_RANGE}")));
+        }
+        minijinja::functions::range(lower, upper, step)
+    });
+    env.add_template("chat", template).map_err(|e| Error::Tokenizer(format!("chat_template: {e}")))?;
+    let ctx = minijinja::context! {
+        messages => messages,
+        add_generation_prompt => add_generation_prompt,
+        bos_token => bos,
+        eos_token => eos,
+    };
+    let mut out = Limited(Vec::new());
+    env.get_template("chat").and_then(|t| t.render_captured_to(ctx, &mut out).map(|_| ())).map_err(|e| match e.kind() {
+        minijinja::ErrorKind::OutOfFuel => Error::Tokenizer(format!("chat_template: stopped after {CHAT_TEMPLATE_FUEL} steps (a runaway loop?)")),
+        minijinja::ErrorKind::WriteFailure => Error::Tokenizer(format!("chat_template: output above the {CHAT_TEMPLATE_MAX_BYTES} bytes a prompt may have")),
+        _ => Error::Tokenizer(format!("chat_template: {e}")),
+    })?;
+    String::from_utf8(out.0).map_err(|_| Error::Tokenizer("chat_template: output is not UTF-8".into()))
+}
 
 /// One chat message.
 #[derive(Clone, Debug, Serialize)]
@@ -98,32 +157,28 @@ impl TextTokenizer {
         self.chat_template.is_some()
     }
 
-    /// Renders the chat template over `messages`.
+    /// Renders the chat template over `messages`. The template is input from the model
+    /// directory, so it runs inside limits: steps (fuel), recursion depth, `range` size,
+    /// output size, and wall-clock time (it renders on its own thread; past the deadline the
+    /// caller gets an error while the thread runs out its fuel). Any limit is a clear error.
     pub fn apply_chat_template(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let template = self.chat_template.as_deref().ok_or_else(|| Error::Tokenizer("tokenizer_config.json has no chat_template".into()))?;
-        let mut env = minijinja::Environment::new();
-        // A template is input from the model directory: bounded in steps and depth, so a
-        // runaway loop or recursion is an error, never a hang.
-        env.set_fuel(Some(CHAT_TEMPLATE_FUEL));
-        env.set_recursion_limit(64);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
-        env.add_template("chat", template).map_err(|e| Error::Tokenizer(format!("chat_template: {e}")))?;
-        let ctx = minijinja::context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos_token.clone().unwrap_or_default(),
-            eos_token => self.eos_token.clone().unwrap_or_default(),
-        };
-        let rendered = env.get_template("chat").and_then(|t| t.render(ctx)).map_err(|e| match e.kind() {
-            minijinja::ErrorKind::OutOfFuel => Error::Tokenizer(format!("chat_template: stopped after {CHAT_TEMPLATE_FUEL} steps (a runaway loop?)")),
-            _ => Error::Tokenizer(format!("chat_template: {e}")),
-        })?;
-        if rendered.len() > CHAT_TEMPLATE_MAX_BYTES {
-            return Err(Error::Tokenizer(format!("chat_template: rendered {} bytes, above the {CHAT_TEMPLATE_MAX_BYTES} a prompt may have", rendered.len())));
+        let template = self.chat_template.clone().ok_or_else(|| Error::Tokenizer("tokenizer_config.json has no chat_template".into()))?;
+        let (messages, bos, eos) = (messages.to_vec(), self.bos_token.clone().unwrap_or_default(), self.eos_token.clone().unwrap_or_default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("chat-template".into())
+            .stack_size(16 << 20)
+            .spawn(move || {
+                let _ = tx.send(render_chat_template(&template, &messages, add_generation_prompt, &bos, &eos));
+            })
+            .map_err(|e| Error::Tokenizer(format!("chat_template: cannot start the renderer: {e}")))?;
+        match rx.recv_timeout(CHAT_TEMPLATE_TIME) {
+            Ok(rendered) => rendered,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                Err(Error::Tokenizer(format!("chat_template: still rendering after {} s (a runaway template?); stopped", CHAT_TEMPLATE_TIME.as_secs())))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(Error::Tokenizer("chat_template: the renderer failed".into())),
         }
-        Ok(rendered)
     }
 
     /// The first control token (an added special token such as `<|im_end|>`) that `text`

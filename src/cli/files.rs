@@ -112,9 +112,7 @@ pub fn write_free(candidates: impl IntoIterator<Item = PathBuf>, bytes: &[u8]) -
         }
         match write_new(&path, bytes, false) {
             Ok(()) => return Ok(path),
-            Err(e) if path.exists() => {
-                let _ = e; // taken in the meantime: try the next name
-            }
+            Err(_) if path.exists() => {} // taken in the meantime: try the next name
             Err(e) => return Err(e),
         }
     }

@@ -21,11 +21,16 @@ fn run(args: &[&str]) -> Output {
     Command::new(bin()).args(args).env("NEXTFLOW_DEVICE", "cpu").output().expect("the binary runs")
 }
 
+/// The binary on the CPU under `ulimit -v kb` (add its arguments).
+fn limited(kb: u64) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c").arg(format!("ulimit -v {kb} && exec \"$0\" \"$@\"")).arg(bin()).env("NEXTFLOW_DEVICE", "cpu");
+    cmd
+}
+
 /// Runs under `ulimit -v ULIMIT_KB`.
 fn run_limited(args: &[&str]) -> Output {
-    let mut cmd = Command::new("bash");
-    cmd.arg("-c").arg(format!("ulimit -v {ULIMIT_KB} && exec \"$0\" \"$@\"")).arg(bin()).args(args).env("NEXTFLOW_DEVICE", "cpu");
-    cmd.output().expect("bash runs")
+    limited(ULIMIT_KB).args(args).output().expect("bash runs")
 }
 
 fn text(b: &[u8]) -> String {
@@ -75,6 +80,14 @@ fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     f(&mut v);
     std::fs::write(path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+/// A copy of the tiny Qwen2 checkpoint whose context is `positions`.
+fn qwen_with_context(dir: &Path, positions: u64) -> PathBuf {
+    let model = dir.join("qwen");
+    copy_dir(QWEN, &model);
+    edit_json(&model.join("config.json"), |v| v["max_position_embeddings"] = positions.into());
+    model
 }
 
 fn png_chunk(kind: &[u8], data: &[u8]) -> Vec<u8> {
@@ -140,9 +153,7 @@ fn a_png_declaring_100000_squared_is_refused_before_allocation() {
 #[test]
 fn max_new_tokens_is_bounded_by_the_context() {
     let dir = scratch("context");
-    let model = dir.join("qwen");
-    copy_dir(QWEN, &model);
-    edit_json(&model.join("config.json"), |v| v["max_position_embeddings"] = 16.into());
+    let model = qwen_with_context(&dir, 16);
     // A 10-token prompt leaves 6 positions, whatever the flag asks for.
     for max in ["1000000000", "18446744073709551615"] {
         let out = run_limited(&["chat", "--model", s(&model), "--prompt-ids", "1,2,3,4,5,6,7,8,9,10", "--max-new-tokens", max, "--json"]);
@@ -162,9 +173,7 @@ fn max_new_tokens_is_bounded_by_the_context() {
 #[test]
 fn prompts_longer_than_the_context_are_refused_with_both_numbers() {
     let dir = scratch("long-prompt");
-    let model = dir.join("qwen");
-    copy_dir(QWEN, &model);
-    edit_json(&model.join("config.json"), |v| v["max_position_embeddings"] = 16.into());
+    let model = qwen_with_context(&dir, 16);
     let ids: Vec<String> = (1..=20).map(|i| i.to_string()).collect();
     let out = run(&["chat", "--model", s(&model), "--prompt-ids", &ids.join(","), "--max-new-tokens", "4"]);
     assert_refused(&out, &["20 tokens", "context is 16"]);
@@ -195,12 +204,8 @@ fn many_images_run_in_batches_with_the_same_pixels() {
 #[test]
 fn num_images_100000_runs_within_memory_and_stops_cleanly_on_sigint() {
     let dir = scratch("many");
-    let mut cmd = Command::new("bash");
-    cmd.arg("-c")
-        .arg(format!("ulimit -v {ULIMIT_KB} && exec \"$0\" \"$@\""))
-        .arg(bin())
-        .args(["generate", "--prompt", "a blue square", "--num-images", "100000", "--max-batch", "4", "--out", s(&dir.join("m-{i}.png"))])
-        .env("NEXTFLOW_DEVICE", "cpu")
+    let mut cmd = limited(ULIMIT_KB);
+    cmd.args(["generate", "--prompt", "a blue square", "--num-images", "100000", "--max-batch", "4", "--out", s(&dir.join("m-{i}.png"))])
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
@@ -260,12 +265,8 @@ fn the_memory_check_refuses_what_cannot_fit_in_one_line() {
     }
     // The line names the dtype that would fit where one does: 0.5B in f32 is 1.8 GiB, in
     // bf16 0.9 GiB; 2.4 GB of address space holds the second only.
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg("ulimit -v 2400000 && exec \"$0\" \"$@\"")
-        .arg(bin())
+    let out = limited(2_400_000)
         .args(["chat", "--config", "qwen2-0.5b", "--random-weights", "--dtype", "f32", "--prompt-ids", "1,2,3", "--max-new-tokens", "2"])
-        .env("NEXTFLOW_DEVICE", "cpu")
         .output()
         .unwrap();
     assert_refused(&out, &["needs about", "F32", "available", "--dtype bf16 would need", "--force"]);
@@ -620,13 +621,9 @@ fn unit_write_new_refuses_an_existing_file_in_the_final_step() {
 /// Runs under `ulimit -v`; a run still going after `limit` is stopped (it neither aborted nor
 /// refused: a long, legitimate job such as 10^19 images) and reported as None.
 fn run_limited_for(args: &[String], limit: Duration) -> Option<Output> {
-    let mut child = Command::new("bash")
-        .arg("-c")
-        .arg(format!("ulimit -v {ULIMIT_KB} && exec \"$0\" \"$@\""))
-        .arg(bin())
+    let mut child = limited(ULIMIT_KB)
         .args(args)
         .current_dir(std::env::temp_dir())
-        .env("NEXTFLOW_DEVICE", "cpu")
         .env("NEXTFLOW_THREADS", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -5,16 +5,25 @@ use std::process::ExitCode;
 
 fn main_impl(cli: &Cli) -> run::Result<()> {
     match &cli.command {
-        Command::Devices => {
+        Command::Devices(args) => {
             // Open an explicit choice first, so a bad one fails with its reason alone.
             let chosen = match cli.device.as_str() {
                 "auto" => None,
                 spec => Some(Device::open(spec)?),
             };
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&devices::report(discover()))?);
+                return Ok(());
+            }
             print!("{}", devices::render(discover()));
             if let Some(device) = chosen {
                 println!("\n--device {} opens {device}", cli.device);
             }
+            Ok(())
+        }
+        Command::Completions(args) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(args.shell, &mut cmd, "nextflow", &mut std::io::stdout());
             Ok(())
         }
         Command::Bench(args) => bench::run(args, &run::open_device(&cli.device)?),
@@ -44,6 +53,7 @@ fn main() -> ExitCode {
     nextflow::cli::files::install_signal_cleanup();
     tune_allocator();
     let cli = Cli::parse();
+    nextflow::cli::ui::set_quiet(cli.quiet);
     let result = run::preflight(&cli).and_then(|()| main_impl(&cli));
     if cli.stats {
         eprintln!("stats: {}", nextflow::compiler::counters());

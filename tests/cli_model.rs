@@ -28,7 +28,11 @@ fn generate_writes_a_png_and_never_overwrites_silently() {
     let (code, stdout, stderr) = nextflow(&["generate", "--prompt", "a red circle above a blue square", "--out", out_s, "--json"]);
     assert_eq!(code, 0, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(report["images"][0], out_s);
+    assert_eq!(report["images"][0]["path"], out_s);
+    assert_eq!(report["images"][0]["seed"], 0);
+    for key in ["nextflow", "model", "device", "dtype", "prompt", "size", "sampler", "seed", "batch"] {
+        assert!(report.get(key).is_some(), "no `{key}` in {report}");
+    }
     assert_eq!(report["timings_ms"]["scales"].as_array().unwrap().len(), 7, "{report}");
     assert!(stderr.contains("scale 7/7"), "progress per scale: {stderr}");
     let (rgb, size) = nextflow::model::shapeeval::load_png_rgb(&out).unwrap();
@@ -50,7 +54,8 @@ fn generate_writes_a_png_and_never_overwrites_silently() {
     let pattern = dir.join("many-{i}.png");
     let (code, _, stderr) = nextflow(&["generate", "--prompt", "two stars", "--num-images", "2", "--out", pattern.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(dir.join("many-0.png").exists() && dir.join("many-1.png").exists());
+    assert!(dir.join("many-1.png").exists() && dir.join("many-2.png").exists(), "`{{i}}` counts from 1, as the -N suffix does");
+    assert!(!dir.join("many-0.png").exists());
 }
 
 #[test]

@@ -191,13 +191,14 @@ fn many_images_run_in_batches_with_the_same_pixels() {
     let out = run(&["generate", "--prompt", "two stars", "--num-images", "3", "--max-batch", "2", "--seed", "5", "--out", s(&dir.join("b-{i}.png")), "--json"]);
     assert_ok(&out);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["seeds"], serde_json::json!([5, 6, 7]));
+    let seeds: Vec<u64> = report["images"].as_array().unwrap().iter().map(|i| i["seed"].as_u64().unwrap()).collect();
+    assert_eq!(seeds, [5, 6, 7]);
     assert_eq!(report["batch"], 2);
     // Image i is the image of seed 5 + i alone, whatever the batch.
     for i in 0..3 {
         let alone = dir.join(format!("alone-{i}.png"));
         assert_ok(&run(&["generate", "--prompt", "two stars", "--seed", &(5 + i).to_string(), "--out", s(&alone)]));
-        assert_eq!(std::fs::read(dir.join(format!("b-{i}.png"))).unwrap(), std::fs::read(&alone).unwrap(), "image {i} differs from seed {} alone", 5 + i);
+        assert_eq!(std::fs::read(dir.join(format!("b-{}.png", i + 1))).unwrap(), std::fs::read(&alone).unwrap(), "image {i} differs from seed {} alone", 5 + i);
     }
 }
 
@@ -575,8 +576,8 @@ fn chat_on_the_embedded_model_honours_or_refuses_every_flag() {
             args.extend_from_slice(extra);
             run(&args)
         };
-        assert_refused(&with(&["--top-k", "40"]), &["--top-k", "--temperature"]);
-        assert_refused(&with(&["--top-p", "0.5", "--temperature", "0.7", "--greedy"]), &["--top-p"]);
+        assert_refused(&with(&["--top-k", "40", "--temperature", "0"]), &["--top-k", "--temperature"]);
+        assert_refused(&with(&["--top-p", "0.5", "--greedy"]), &["--top-p", "--greedy"]);
         if model.is_some() {
             assert_refused(&with(&["--images-out", "/tmp/never-{i}.png"]), &["--images-out"]);
         }
@@ -590,6 +591,17 @@ fn chat_on_the_embedded_model_honours_or_refuses_every_flag() {
         assert_ok(&out);
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["text"].as_str().unwrap().to_string()
     };
+    let decoding = |extra: &[&str]| {
+        let mut args = vec!["chat", "--prompt", "what color is the circle?", "--max-new-tokens", "2", "--json"];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        assert_ok(&out);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["decoding"].as_str().unwrap().to_string()
+    };
+    assert_eq!(decoding(&[]), "greedy");
+    assert_eq!(decoding(&["--top-k", "40"]), "sample", "a sampling flag alone turns sampling on");
+    assert_eq!(decoding(&["--top-p", "0.9"]), "sample");
+    assert_eq!(decoding(&["--temperature", "0"]), "greedy");
     let greedy = answer(&[]);
     assert_eq!(greedy, answer(&["--seed", "7"]), "greedy decoding ignores the seed");
     let hot: std::collections::BTreeSet<String> = (0..6).map(|seed| answer(&["--temperature", "20", "--seed", &seed.to_string()])).collect();

@@ -190,45 +190,45 @@ impl TextTokenizer {
     }
 }
 
-/// Turns a stream of ids into text pieces, holding back bytes of an incomplete UTF-8
-/// character (byte-level BPE splits them across tokens) until a later token completes it.
-/// Each step decodes a short window that starts one emitted token back, so joining spaces
-/// and context-dependent decoders come out as a full decode would give them.
+/// Turns a stream of ids into text pieces: `tokenizers`' own [`tokenizers::DecodeStream`]
+/// (it holds back the bytes of an incomplete UTF-8 character until a later token completes
+/// it, and decodes with enough context that joining spaces come out as a full decode gives
+/// them), plus [`StreamDecoder::finish`] for what is still held back when the stream ends.
 pub struct StreamDecoder<'a> {
     tokenizer: &'a TextTokenizer,
+    stream: tokenizers::DecodeStream<
+        'a,
+        tokenizers::models::ModelWrapper,
+        tokenizers::normalizers::NormalizerWrapper,
+        tokenizers::pre_tokenizers::PreTokenizerWrapper,
+        tokenizers::processors::PostProcessorWrapper,
+        tokenizers::decoders::DecoderWrapper,
+    >,
     ids: Vec<u32>,
-    /// The window starts at `prev`; ids before `cur` have been emitted.
-    prev: usize,
-    cur: usize,
+    /// Bytes of the full decode emitted so far.
+    emitted: usize,
     skip_special: bool,
 }
 
 impl<'a> StreamDecoder<'a> {
     pub fn new(tokenizer: &'a TextTokenizer, skip_special: bool) -> StreamDecoder<'a> {
-        StreamDecoder { tokenizer, ids: Vec::new(), prev: 0, cur: 0, skip_special }
+        StreamDecoder { tokenizer, stream: tokenizer.inner.decode_stream(skip_special), ids: Vec::new(), emitted: 0, skip_special }
     }
 
     /// Adds one id; returns the text it completes (possibly empty).
     pub fn push(&mut self, id: u32) -> Result<String> {
-        let before = self.tokenizer.decode(&self.ids[self.prev..self.cur], self.skip_special)?;
         self.ids.push(id);
-        let text = self.tokenizer.decode(&self.ids[self.prev..], self.skip_special)?;
-        if text.len() <= before.len() || text.ends_with('\u{FFFD}') {
-            return Ok(String::new()); // nothing new yet, or an incomplete character
-        }
-        let Some(new) = text.get(before.len()..) else { return Ok(String::new()) };
-        let new = new.to_string();
-        self.prev = self.cur;
-        self.cur = self.ids.len();
-        Ok(new)
+        let piece = self.stream.step(id).map_err(tok_err)?.unwrap_or_default();
+        self.emitted += piece.len();
+        Ok(piece)
     }
 
-    /// Whatever is still held back at the end of the stream.
+    /// Whatever is still held back at the end of the stream (an incomplete character comes
+    /// out as U+FFFD, as a full decode gives it).
     pub fn finish(&mut self) -> Result<String> {
-        let before = self.tokenizer.decode(&self.ids[self.prev..self.cur], self.skip_special)?;
-        let text = self.tokenizer.decode(&self.ids[self.prev..], self.skip_special)?;
-        self.prev = self.ids.len();
-        self.cur = self.ids.len();
-        Ok(text.get(before.len()..).unwrap_or("").to_string())
+        let text = self.tokenizer.decode(&self.ids, self.skip_special)?;
+        let rest = text.get(self.emitted..).unwrap_or("").to_string();
+        self.emitted = text.len().max(self.emitted);
+        Ok(rest)
     }
 }

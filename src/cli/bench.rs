@@ -46,7 +46,8 @@ pub struct BenchArgs {
     /// `image`: the prompt.
     #[arg(long, default_value = "a red circle above a blue square")]
     pub prompt: String,
-    /// `image`: a checkpoint directory instead of the embedded model or --config.
+    /// `image`: a checkpoint directory instead of the embedded model or --config [default:
+    /// none].
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// `image`: random weights of the --config shapes (needed for 7b, which ships none).
@@ -59,10 +60,10 @@ pub struct BenchArgs {
     /// their output columns, which keeps software devices and the CPU within minutes.
     #[arg(long, default_value_t = 300)]
     pub max_weight_mb: usize,
-    /// Write the cache to this file after the run (ship a warm cache).
+    /// Write the cache to this file after the run (ship a warm cache) [default: not written].
     #[arg(long)]
     pub export: Option<PathBuf>,
-    /// Merge this cache file into the user's cache before the run.
+    /// Merge this cache file into the user's cache before the run [default: none].
     #[arg(long)]
     pub import: Option<PathBuf>,
     /// Let --export replace an existing file.
@@ -399,7 +400,7 @@ fn image(args: &BenchArgs, device: &Device) -> BoxResult<()> {
         (None, other) => return Err(format!("unknown --config '{other}' (expected tiny or 7b)").into()),
     };
     let model_args = ModelArgs { model: args.model.clone(), config, random_weights: args.random_weights, dtype: DTypeArg::Auto, force: args.force };
-    let model = super::run::load_nextflow(&model_args, device)?;
+    let (model, _) = super::run::load_nextflow(&model_args, device)?;
     let opts = model.default_image_options();
     let runs = args.reps.max(1);
     let total = args.warmup + runs;

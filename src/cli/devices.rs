@@ -17,6 +17,30 @@ fn yes(flag: bool) -> &'static str {
     }
 }
 
+/// What `nextflow devices --json` prints.
+pub fn report(discovery: &Discovery) -> super::report::DevicesReport {
+    let auto = discovery.auto();
+    super::report::DevicesReport {
+        nextflow: env!("CARGO_PKG_VERSION"),
+        devices: discovery
+            .devices
+            .iter()
+            .map(|d| super::report::DeviceEntry {
+                spec: d.spec(),
+                backend: d.backend.name().into(),
+                kind: d.kind.name().into(),
+                name: d.name.clone(),
+                memory_bytes: d.memory_bytes,
+                f16: d.f16,
+                bf16: d.bf16,
+                planes: d.planes,
+            })
+            .collect(),
+        auto: auto.spec(),
+        unavailable: discovery.unavailable.iter().map(|u| super::report::Unavailable { backend: u.backend.to_string(), reason: u.reason.clone() }).collect(),
+    }
+}
+
 /// The table `nextflow devices` prints: one row per device, `*` on the one auto picks,
 /// then each backend that could not be used and why.
 pub fn render(discovery: &Discovery) -> String {

@@ -1,6 +1,9 @@
 //! What each subcommand does.
 
-use super::files::{check_new, png_bytes, write_free, write_new};
+use super::files::{check_new, write_free, write_new};
+use super::images::{self, Parameters};
+use super::report::{self, ms, Meta};
+use super::ui::{self, end_status, status};
 use super::memory;
 use super::*;
 use nextflow_model::nextflow::{Generated, NextFlow, Sequence};
@@ -10,7 +13,7 @@ use nextflow_model::visual::{from_rgb8, to_rgb8};
 use nextflow_model::config::VisualTokenizer;
 use nextflow_model::{Config, ImageOptions, Message, ModelType, StreamDecoder, TextTokenizer, Transformer, Weights};
 use nextflow_runtime::{Backend, DType, Device};
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -118,12 +121,12 @@ fn image_run(config: &Config, parameters: u64, batch: usize, scales: Option<&[[u
     memory::Run { parameters, rows: 2 * batch as u64, positions: positions as u64, images: batch as u64 }
 }
 
-pub fn load_nextflow(args: &ModelArgs, device: &Device) -> Result<NextFlow> {
+pub fn load_nextflow(args: &ModelArgs, device: &Device) -> Result<(NextFlow, LoadInfo)> {
     load_nextflow_for(args, device, 1, None, true)
 }
 
 /// [`load_nextflow`] for runs of `batch` images per forward on `scales` (the memory check).
-fn load_nextflow_for(args: &ModelArgs, device: &Device, batch: usize, scales: Option<&[[usize; 2]]>, context_image: bool) -> Result<NextFlow> {
+fn load_nextflow_for(args: &ModelArgs, device: &Device, batch: usize, scales: Option<&[[usize; 2]]>, context_image: bool) -> Result<(NextFlow, LoadInfo)> {
     let dtype = dtype_for(args.dtype, device)?;
     let t = Instant::now();
     let config = config_of(args)?;
@@ -136,9 +139,40 @@ fn load_nextflow_for(args: &ModelArgs, device: &Device, batch: usize, scales: Op
     }
     let run = image_run(&config, parameters(&config, Some(&weights)), batch, scales, context_image);
     memory::check(&config, run, dtype, device, args.force).map_err(fail)?;
+    let spinner = loading(args, &weights, device, dtype);
     let model = NextFlow::from_parts(config, &weights, text, dtype, device)?;
-    eprintln!("model: {} on {device} ({dtype:?}), loaded in {:.2} s", describe(args), t.elapsed().as_secs_f64());
-    Ok(model)
+    let info = loaded(args, &weights, device, dtype, spinner, t);
+    Ok((model, info))
+}
+
+/// What a loaded model is, for reports and PNG metadata.
+#[derive(Clone, Debug)]
+pub struct LoadInfo {
+    pub meta: Meta,
+    pub load: Duration,
+    /// [`Weights::fingerprint`].
+    pub hash: String,
+}
+
+/// The loading spinner: which files, how many bytes, to which device.
+fn loading(args: &ModelArgs, weights: &Weights, device: &Device, dtype: DType) -> ui::Spinner {
+    let files = weights.files();
+    let total: u64 = files.iter().map(|(_, n)| n).sum();
+    let names: Vec<String> = files.iter().map(|(p, _)| p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())).collect();
+    let what = match files.len() {
+        0 => "random weights".to_string(),
+        1..=3 => format!("{} ({})", names.join(", "), ui::bytes(total)),
+        n => format!("{n} files, {} ({} ... {})", ui::bytes(total), names[0], names[n - 1]),
+    };
+    ui::Spinner::start(format!("loading {}: {what} to {device} as {dtype:?}", describe(args)))
+}
+
+fn loaded(args: &ModelArgs, weights: &Weights, device: &Device, dtype: DType, spinner: ui::Spinner, started: Instant) -> LoadInfo {
+    let total: u64 = weights.files().iter().map(|(_, n)| n).sum();
+    let secs = spinner.elapsed().as_secs_f64().max(1e-9);
+    let rate = if total > 0 { format!(", {}/s", ui::bytes((total as f64 / secs) as u64)) } else { String::new() };
+    spinner.done(format!("model: {} on {device} ({dtype:?}), loaded in {secs:.2} s{rate}", describe(args)));
+    LoadInfo { meta: Meta::new(describe(args), device, dtype), load: started.elapsed(), hash: weights.fingerprint() }
 }
 
 fn image_options(model: &NextFlow, s: &ImageSampling) -> Result<ImageOptions> {
@@ -192,36 +226,21 @@ fn aspect_of(w: usize, h: usize) -> String {
     format!("{}:{}", w / g, h / g)
 }
 
-/// Per-scale progress on stderr: a bar when it is a terminal, a line per scale otherwise.
-struct Progress {
-    tty: bool,
-    label: String,
-}
-
-impl Progress {
-    fn new(label: &str) -> Progress {
-        Progress { tty: std::io::stderr().is_terminal(), label: label.into() }
-    }
-    fn scale(&self, k: usize, total: usize, took: Duration, scales: &[[usize; 2]]) {
+/// Per-scale progress of an image batch.
+fn scale_steps(label: &str, scales: &[[usize; 2]]) -> impl FnMut(usize, usize, Duration) {
+    let steps = ui::Steps::new(label, scales.len(), "scales");
+    let scales = scales.to_vec();
+    move |k, total, took| {
         let [h, w] = scales.get(k).copied().unwrap_or([0, 0]);
-        let done = (k + 1) * 20 / total.max(1);
-        let bar = format!("[{}{}]", "#".repeat(done), " ".repeat(20 - done));
-        if self.tty {
-            eprint!("\r{} {bar} scale {}/{total} ({h}x{w}) {:.1} ms   ", self.label, k + 1, took.as_secs_f64() * 1e3);
-            if k + 1 == total {
-                eprintln!();
-            }
-        } else {
-            eprintln!("{} scale {}/{total} ({h}x{w}) {:.1} ms", self.label, k + 1, took.as_secs_f64() * 1e3);
-        }
+        steps.step(k, total, &format!("({h}x{w}) {:.1} ms", took.as_secs_f64() * 1e3));
     }
 }
 
-/// Path of image `i` of `n`.
+/// Path of image `i` (from 0) of `n`: `{i}` and the `-N` suffix both number from 1.
 fn image_path(out: &Path, i: usize, n: usize) -> PathBuf {
     let s = out.to_string_lossy();
     if s.contains("{i}") {
-        return PathBuf::from(s.replace("{i}", &i.to_string()));
+        return PathBuf::from(s.replace("{i}", &(i + 1).to_string()));
     }
     if n == 1 {
         return out.to_path_buf();
@@ -253,23 +272,6 @@ fn check_num_images(n: usize) -> Result<()> {
     }
 }
 
-/// A status line: redrawn in place on a terminal, one line each when stderr is a file or
-/// pipe (logs stay readable, and an error never lands mid-line).
-fn status(line: std::fmt::Arguments) {
-    if std::io::stderr().is_terminal() {
-        eprint!("\r{line}");
-    } else {
-        eprintln!("{line}");
-    }
-}
-
-/// Ends a run of [`status`] lines.
-fn end_status() {
-    if std::io::stderr().is_terminal() {
-        eprintln!();
-    }
-}
-
 /// Checks every output path before any work: no silent overwrite, the folder exists. The
 /// write itself refuses again if a file appeared meanwhile.
 fn check_outputs(paths: &[PathBuf], force: bool) -> Result<()> {
@@ -282,54 +284,50 @@ fn check_outputs(paths: &[PathBuf], force: bool) -> Result<()> {
     Ok(())
 }
 
-/// Writes image `rgb` as a PNG at `path` (None: the first free default name); returns the path.
-fn write_png(path: Option<&Path>, rgb: &[u8], width: usize, height: usize, force: bool) -> Result<PathBuf> {
-    let bytes = png_bytes(rgb, width, height)?;
+/// Writes image `rgb` as a PNG at `path` (None: the first free default name), with its
+/// `parameters` text when given; returns the path.
+fn write_png(path: Option<&Path>, rgb: &[u8], width: usize, height: usize, parameters: Option<&str>, force: bool) -> Result<PathBuf> {
+    let bytes = match parameters {
+        Some(p) => images::png_with_parameters(rgb, width, height, p)?,
+        None => super::files::png_bytes(rgb, width, height)?,
+    };
     match path {
         Some(p) => write_new(p, &bytes, force).map(|()| p.to_path_buf()),
         None => write_free(default_names(), &bytes),
     }
 }
 
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e4).round() / 10.0
+/// Stage times of image batches on stderr.
+fn print_image_times(t: &nextflow_model::nextflow::Timings) {
+    let scales: Vec<String> = t.scales.iter().map(|d| format!("{:.1}", ms(*d))).collect();
+    ui::note(format_args!("time: prefill {:.1} ms, scales [{}] ms, decoder {:.1} ms, total {:.1} ms", ms(t.prefill), scales.join(", "), ms(t.decode), ms(t.total())));
 }
 
-fn report_images(t: &nextflow_model::nextflow::Timings, paths: &[PathBuf], json: bool, extra: serde_json::Value) -> Result<()> {
-    if json {
-        let mut v = serde_json::json!({
-            "images": paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-            "timings_ms": {
-                "prefill": ms(t.prefill),
-                "scales": t.scales.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
-                "decoder": ms(t.decode),
-                "total": ms(t.total()),
-            },
-        });
-        if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
-            o.extend(e);
-        }
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        let scales: Vec<String> = t.scales.iter().map(|d| format!("{:.1}", ms(*d))).collect();
-        eprintln!(
-            "time: prefill {:.1} ms, scales [{}] ms, decoder {:.1} ms, total {:.1} ms",
-            ms(t.prefill),
-            scales.join(", "),
-            ms(t.decode),
-            ms(t.total())
-        );
-        for p in paths {
-            println!("{}", p.display());
-        }
+fn image_timings(t: &nextflow_model::nextflow::Timings, load: Duration, encode: Option<Duration>) -> report::ImageTimings {
+    report::ImageTimings {
+        load: ms(load),
+        encode: encode.map(ms),
+        prefill: ms(t.prefill),
+        scales: t.scales.iter().map(|d| ms(*d)).collect(),
+        decoder: ms(t.decode),
+        total: ms(t.total() + encode.unwrap_or_default()),
     }
+}
+
+fn sampler_of(o: &ImageOptions) -> report::Sampler {
+    report::Sampler { cfg: o.cfg_scale, top_k: o.top_k, top_p: o.top_p, temperature: o.temperature }
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
-/// Writes each image of `g` (image `i` to `paths[i]`, or a free default name); returns the paths.
-fn save_images(g: &Generated, paths: Option<&[PathBuf]>, force: bool) -> Result<Vec<PathBuf>> {
+/// Writes each image of `g` (image `i` to `paths[i]`, or a free default name, with the
+/// `parameters` text `meta(i)` gives); returns the paths.
+fn save_images(g: &Generated, paths: Option<&[PathBuf]>, meta: &dyn Fn(usize) -> Option<String>, force: bool) -> Result<Vec<PathBuf>> {
     let (h, w) = (g.images.shape()[2], g.images.shape()[3]);
-    to_rgb8(&g.images)?.iter().enumerate().map(|(i, rgb)| write_png(paths.map(|p| p[i].as_path()), rgb, w, h, force)).collect()
+    to_rgb8(&g.images)?.iter().enumerate().map(|(i, rgb)| write_png(paths.map(|p| p[i].as_path()), rgb, w, h, meta(i).as_deref(), force)).collect()
 }
 
 /// A sampling error of the library, worded with the flag that sets the value.
@@ -358,11 +356,48 @@ fn check_image_sampling(config: &Config, s: &ImageSampling) -> Result<()> {
     o.validate().map_err(as_flags)
 }
 
+/// What `generate` paints: from its flags, or from the `parameters` of `--from-png`.
+struct GenerateInputs {
+    prompt: String,
+    negative_prompt: Option<String>,
+    sampling: ImageSampling,
+    size: Option<usize>,
+    aspect: Option<String>,
+    /// `--from-png`: the model (name, hash) that painted it.
+    painted_by: Option<(String, String)>,
+}
+
+fn generate_inputs(args: &GenerateArgs) -> Result<GenerateInputs> {
+    let Some(png) = &args.from_png else {
+        return Ok(GenerateInputs {
+            prompt: args.prompt.clone().unwrap_or_default(),
+            negative_prompt: args.negative_prompt.clone(),
+            sampling: args.sampling.clone(),
+            size: args.size,
+            aspect: args.aspect.clone(),
+            painted_by: None,
+        });
+    };
+    let p = Parameters::parse(&images::read_parameters(png)?).map_err(|e| fail(format!("{}: parameters: {e}", png.display())))?;
+    if let Some(source) = &p.edit_of {
+        return Err(fail(format!("{} is an edit of {source}, not a text-to-image generation: `nextflow edit` paints it again", png.display())));
+    }
+    Ok(GenerateInputs {
+        prompt: p.prompt,
+        negative_prompt: p.negative_prompt,
+        sampling: ImageSampling { cfg: Some(p.cfg), top_k: Some(p.top_k), top_p: Some(p.top_p), temperature: Some(p.temperature), seed: p.seed },
+        size: Some(p.width.min(p.height)),
+        aspect: Some(aspect_of(p.width, p.height)),
+        painted_by: Some((p.model, p.model_hash)),
+    })
+}
+
 pub fn generate(args: &GenerateArgs, device: &Device) -> Result<()> {
     check_num_images(args.num_images)?;
     if args.max_batch == Some(0) {
         return Err(fail("--max-batch must be at least 1"));
     }
+    let input = generate_inputs(args)?;
     let force = args.model.force;
     let paths = args.output.out.as_deref().map(|out| output_paths(out, args.num_images));
     if let Some(paths) = &paths {
@@ -370,8 +405,8 @@ pub fn generate(args: &GenerateArgs, device: &Device) -> Result<()> {
     }
     // The canvas and the sampler are checked against the config before any weight is read.
     let config = config_of(&args.model)?;
-    let scales = schedule(&config.parts()?.tokenizer, args.size, args.aspect.as_deref())?;
-    check_image_sampling(&config, &args.sampling)?;
+    let scales = schedule(&config.parts()?.tokenizer, input.size, input.aspect.as_deref())?;
+    check_image_sampling(&config, &input.sampling)?;
     let dtype = dtype_for(args.model.dtype, device)?;
     let all_scales = scales.clone().unwrap_or_else(|| config.parts().map(|p| p.tokenizer.scales.clone()).unwrap_or_default());
     let positions = image_run(&config, 0, 1, Some(&all_scales), false).positions;
@@ -380,19 +415,48 @@ pub fn generate(args: &GenerateArgs, device: &Device) -> Result<()> {
         None => memory::default_batch(&config, parameters(&config, None), positions, dtype, device),
     }
     .min(args.num_images);
-    let model = load_nextflow_for(&args.model, device, batch, Some(&all_scales), false)?;
-    let mut opts = image_options(&model, &args.sampling)?;
+    let (model, info) = load_nextflow_for(&args.model, device, batch, Some(&all_scales), false)?;
+    if let Some((name, hash)) = &input.painted_by {
+        if *hash != info.hash && !force {
+            return Err(fail(format!(
+                "{} was painted by {name} (weights {hash}); this is {} (weights {}): give that model with -m/--config, or --force to paint it with this one",
+                args.from_png.as_ref().map_or(String::new(), |p| p.display().to_string()),
+                info.meta.model,
+                info.hash
+            )));
+        }
+    }
+    let mut opts = image_options(&model, &input.sampling)?;
     opts.scales = scales;
+    let t = &model.parts().tokenizer;
+    let [gh, gw] = *all_scales.last().unwrap_or(&[0, 0]);
+    let (height, width) = (gh * t.patch_size, gw * t.patch_size);
+    let parameters = |seed: u64| Parameters {
+        prompt: input.prompt.clone(),
+        negative_prompt: input.negative_prompt.clone(),
+        steps: all_scales.len(),
+        cfg: opts.cfg_scale,
+        seed,
+        width,
+        height,
+        top_k: opts.top_k,
+        top_p: opts.top_p,
+        temperature: opts.temperature,
+        model: info.meta.model.clone(),
+        model_hash: info.hash.clone(),
+        version: format!("nextflow {}", env!("CARGO_PKG_VERSION")),
+        edit_of: None,
+    };
     let chunks = args.num_images.div_ceil(batch);
     let mut written = Vec::new();
     let mut timings = nextflow_model::nextflow::Timings::default();
     for c in 0..chunks {
         let (start, n) = (c * batch, batch.min(args.num_images - c * batch));
-        let label = if chunks > 1 { format!("generate {}-{}/{}", start + 1, start + n, args.num_images) } else { "generate".into() };
-        let progress = Progress::new(&label);
+        let label = if chunks > 1 { format!("images {}-{}/{}", start + 1, start + n, args.num_images) } else { "scale".into() };
         let o = ImageOptions { seed: opts.seed.wrapping_add(start as u64), ..opts.clone() };
-        let g = model.text_to_image(&args.prompt, args.negative_prompt.as_deref(), n, &o, &mut |k, total, d| progress.scale(k, total, d, &all_scales))?;
-        written.extend(save_images(&g, paths.as_ref().map(|p| &p[start..start + n]), force)?);
+        let g = model.text_to_image(&input.prompt, input.negative_prompt.as_deref(), n, &o, &mut scale_steps(&label, &all_scales))?;
+        let meta = |i: usize| Some(parameters(o.seed.wrapping_add(i as u64)).to_text());
+        written.extend(save_images(&g, paths.as_ref().map(|p| &p[start..start + n]), &meta, force)?);
         timings.prefill += g.timings.prefill;
         timings.decode += g.timings.decode;
         if timings.scales.is_empty() {
@@ -401,8 +465,26 @@ pub fn generate(args: &GenerateArgs, device: &Device) -> Result<()> {
             timings.scales.iter_mut().zip(&g.timings.scales).for_each(|(a, b)| *a += *b);
         }
     }
-    let seeds: Vec<u64> = (0..args.num_images as u64).map(|i| opts.seed.wrapping_add(i)).collect();
-    report_images(&timings, &written, args.output.json, serde_json::json!({"prompt": args.prompt, "seed": opts.seed, "seeds": seeds, "batch": batch, "cfg": opts.cfg_scale, "top_k": opts.top_k, "top_p": opts.top_p, "temperature": opts.temperature, "scales": all_scales}))
+    if !args.output.json {
+        print_image_times(&timings);
+        for p in &written {
+            println!("{}", p.display());
+        }
+        return Ok(());
+    }
+    print_json(&report::ImageReport {
+        meta: info.meta.clone(),
+        prompt: input.prompt.clone(),
+        negative_prompt: input.negative_prompt.clone(),
+        image: None,
+        size: format!("{width}x{height}"),
+        scales: all_scales.clone(),
+        sampler: sampler_of(&opts),
+        seed: opts.seed,
+        batch,
+        images: written.iter().enumerate().map(|(i, p)| report::Image { path: p.display().to_string(), seed: opts.seed.wrapping_add(i as u64) }).collect(),
+        timings_ms: image_timings(&timings, info.load, None),
+    })
 }
 
 /// Every check a command makes before it loads a model, for the parsed command line: the
@@ -413,27 +495,28 @@ pub fn preflight(cli: &Cli) -> Result<()> {
     let text_options = |a: &ChatArgs| TextOptions {
         max_new_tokens: a.max_new_tokens,
         temperature: a.temperature.unwrap_or(0.0),
-        top_k: a.top_k,
-        top_p: a.top_p,
+        top_k: a.top_k.unwrap_or(0),
+        top_p: a.top_p.unwrap_or(1.0),
         repetition_penalty: a.repetition_penalty,
         seed: a.seed,
         ..Default::default()
     };
     match &cli.command {
-        Command::Devices | Command::Bench(_) => Ok(()),
-        Command::Inspect(m) => config_of(m).map(|_| ()),
+        Command::Devices(_) | Command::Bench(_) | Command::Completions(_) => Ok(()),
+        Command::Inspect(a) => config_of(&a.model).map(|_| ()),
         Command::Generate(a) => {
             check_num_images(a.num_images)?;
+            let input = generate_inputs(a)?;
             if let Some(out) = &a.output.out {
                 check_outputs(&output_paths(out, a.num_images), a.model.force)?;
             }
             let config = config_of(&a.model)?;
-            schedule(&config.parts()?.tokenizer, a.size, a.aspect.as_deref())?;
-            check_image_sampling(&config, &a.sampling)
+            schedule(&config.parts()?.tokenizer, input.size, input.aspect.as_deref())?;
+            check_image_sampling(&config, &input.sampling)
         }
         Command::Understand(a) => {
             let config = config_of(&a.model)?;
-            read_image(&a.image, config.parts()?.tokenizer.image_size).map(|_| ())
+            read_image(&a.input, config.parts()?.tokenizer.image_size).map(|_| ())
         }
         Command::Edit(a) => {
             if let Some(out) = &a.output.out {
@@ -441,11 +524,12 @@ pub fn preflight(cli: &Cli) -> Result<()> {
             }
             let config = config_of(&a.model)?;
             check_image_sampling(&config, &a.sampling)?;
-            read_image(&a.image, config.parts()?.tokenizer.image_size).map(|_| ())
+            read_image(&a.input, config.parts()?.tokenizer.image_size).map(|_| ())
         }
         Command::Chat(a) => {
             config_of(&a.model)?;
             text_options(a).validate().map_err(as_flags)?;
+            chat_samples(a)?;
             a.logits_out.as_deref().map_or(Ok(()), |p| check_new(p, a.model.force))
         }
         Command::Eval(EvalCommand::Shapes(a)) => {
@@ -456,35 +540,35 @@ pub fn preflight(cli: &Cli) -> Result<()> {
     }
 }
 
-/// Reads an image file as RGB8 at `size` x `size` (nearest resize of any canvas, with a
-/// note), before any model is loaded; the decoder's limits refuse oversized images.
-fn read_image(path: &Path, size: usize) -> Result<Vec<u8>> {
-    let (rgb, canvas) = shapeeval::load_png_canvas(path).map_err(fail)?;
-    let (h, w) = (canvas.height, canvas.width);
-    if (h, w) == (size, size) {
-        return Ok(rgb);
+/// Reads the input image (PNG, JPEG or WebP, any size) as RGB8 of the model's `size` x
+/// `size` canvas (centre crop, or `--pad`), with a note when it was fitted, before any model
+/// is loaded.
+fn read_image(input: &ImageInput, size: usize) -> Result<Vec<u8>> {
+    let (rgb, (w, h)) = images::read_input(&input.image, size, input.pad)?;
+    if (w, h) != (size as u32, size as u32) {
+        let how = if input.pad { "scaled to fit and padded" } else { "scaled and centre-cropped" };
+        ui::note(format_args!("note: {} is {w}x{h}; {how} to the model's {size}x{size}", input.image.display()));
     }
-    eprintln!("note: {} is {w}x{h}; resized to the model's {size}x{size}", path.display());
-    Ok((0..size * size)
-        .flat_map(|p| {
-            let (y, x) = ((p / size) * h / size, (p % size) * w / size);
-            let at = (y * w + x) * 3;
-            [rgb[at], rgb[at + 1], rgb[at + 2]]
-        })
-        .collect())
+    Ok(rgb)
 }
 
 pub fn understand(args: &UnderstandArgs, device: &Device) -> Result<()> {
     let size = config_of(&args.model)?.parts()?.tokenizer.image_size;
-    let rgb = read_image(&args.image, size)?;
-    let model = load_nextflow(&args.model, device)?;
+    let rgb = read_image(&args.input, size)?;
+    let (model, info) = load_nextflow(&args.model, device)?;
     let t = Instant::now();
     let indices = model.encode_image(&from_rgb8(&rgb, size, model.dtype(), model.device())?)?;
     let encode = t.elapsed();
     let tok = model.text.as_ref().ok_or_else(|| fail("random weights have no tokenizer to print text with"))?;
     let mut stream = StreamDecoder::new(tok, true);
     let mut answer = String::new();
+    let steps = if args.json { Some(ui::Steps::new("answer", args.max_new_tokens, "tokens")) } else { None };
+    let mut n = 0;
     let out = model.understand(&indices, &args.prompt, args.max_new_tokens, &mut |id| {
+        if let Some(s) = &steps {
+            s.step(n, args.max_new_tokens, "");
+            n += 1;
+        }
         if let Ok(piece) = stream.push(id) {
             if !args.json {
                 print!("{piece}");
@@ -494,15 +578,20 @@ pub fn understand(args: &UnderstandArgs, device: &Device) -> Result<()> {
         }
         ControlFlow::Continue(())
     })?;
+    drop(steps);
     answer.push_str(&stream.finish()?);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({
-            "answer": answer.trim(), "ids": out.ids,
-            "timings_ms": {"encode": ms(encode), "prefill": ms(out.prefill), "decode": ms(out.decode)},
-        }))?);
+        print_json(&report::UnderstandReport {
+            meta: info.meta,
+            prompt: args.prompt.clone(),
+            image: args.input.image.display().to_string(),
+            answer: answer.trim().to_string(),
+            ids: out.ids.clone(),
+            timings_ms: report::TextTimings { load: ms(info.load), encode: Some(ms(encode)), prefill: ms(out.prefill), decode: ms(out.decode), total: ms(encode + out.prefill + out.decode) },
+        })?;
     } else {
         println!();
-        eprintln!("time: encode {:.1} ms, prefill {:.1} ms, decode {:.1} ms", ms(encode), ms(out.prefill), ms(out.decode));
+        ui::note(format_args!("time: encode {:.1} ms, prefill {:.1} ms, decode {:.1} ms", ms(encode), ms(out.prefill), ms(out.decode)));
     }
     Ok(())
 }
@@ -516,17 +605,57 @@ pub fn edit(args: &EditArgs, device: &Device) -> Result<()> {
     let config = config_of(&args.model)?;
     check_image_sampling(&config, &args.sampling)?;
     let size = config.parts()?.tokenizer.image_size;
-    let rgb = read_image(&args.image, size)?;
-    let model = load_nextflow(&args.model, device)?;
+    let rgb = read_image(&args.input, size)?;
+    let (model, info) = load_nextflow(&args.model, device)?;
     let opts = image_options(&model, &args.sampling)?;
     let t = Instant::now();
     let indices = model.encode_image(&from_rgb8(&rgb, size, model.dtype(), model.device())?)?;
     let encode = t.elapsed();
     let scales = model.parts().tokenizer.scales.clone();
-    let progress = Progress::new("edit");
-    let g = model.edit(&indices, &args.prompt, &opts, &mut |k, n, d| progress.scale(k, n, d, &scales))?;
-    let written = save_images(&g, paths.as_deref(), force)?;
-    report_images(&g.timings, &written, args.output.json, serde_json::json!({"instruction": args.prompt, "encode_ms": ms(encode), "seed": opts.seed}))
+    let g = model.edit(&indices, &args.prompt, &opts, &mut scale_steps("scale", &scales))?;
+    let source = args.input.image.file_name().map_or_else(|| args.input.image.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let meta = |_: usize| {
+        Some(
+            Parameters {
+                prompt: args.prompt.clone(),
+                negative_prompt: None,
+                steps: scales.len(),
+                cfg: opts.cfg_scale,
+                seed: opts.seed,
+                width: size,
+                height: size,
+                top_k: opts.top_k,
+                top_p: opts.top_p,
+                temperature: opts.temperature,
+                model: info.meta.model.clone(),
+                model_hash: info.hash.clone(),
+                version: format!("nextflow {}", env!("CARGO_PKG_VERSION")),
+                edit_of: Some(source.clone()),
+            }
+            .to_text(),
+        )
+    };
+    let written = save_images(&g, paths.as_deref(), &meta, force)?;
+    if !args.output.json {
+        print_image_times(&g.timings);
+        for p in &written {
+            println!("{}", p.display());
+        }
+        return Ok(());
+    }
+    print_json(&report::ImageReport {
+        meta: info.meta.clone(),
+        prompt: args.prompt.clone(),
+        negative_prompt: None,
+        image: Some(args.input.image.display().to_string()),
+        size: format!("{size}x{size}"),
+        scales,
+        sampler: sampler_of(&opts),
+        seed: opts.seed,
+        batch: 1,
+        images: written.iter().map(|p| report::Image { path: p.display().to_string(), seed: opts.seed }).collect(),
+        timings_ms: image_timings(&g.timings, info.load, Some(encode)),
+    })
 }
 
 /// Text model for `chat`: any checkpoint's backbone (NextFlow's included).
@@ -534,6 +663,7 @@ struct TextModel {
     config: Config,
     transformer: Transformer,
     tokenizer: Option<TextTokenizer>,
+    info: LoadInfo,
 }
 
 /// The text backbone for a run of up to `positions` positions (prompt and answer).
@@ -545,13 +675,14 @@ fn load_text(args: &ModelArgs, device: &Device, positions: usize) -> Result<Text
     let (weights, tokenizer) = require_weights(args)?;
     let run = memory::Run { parameters: parameters(&config, Some(&weights)), rows: 1, positions: positions as u64, images: 0 };
     memory::check(&config, run, dtype, device, args.force).map_err(fail)?;
+    let spinner = loading(args, &weights, device, dtype);
     let transformer = Transformer::load(&weights, &config.backbone, config.vocab_size, &sections(&config), dtype, device)?;
+    let info = loaded(args, &weights, device, dtype, spinner, t);
     let unused = weights.unused();
     if config.model_type == ModelType::Qwen2 && !weights.is_random() && !unused.is_empty() {
         eprintln!("warning: {} tensors in the checkpoint are not used: {}", unused.len(), unused.join(", "));
     }
-    eprintln!("model: {} on {device} ({dtype:?}), loaded in {:.2} s", describe(args), t.elapsed().as_secs_f64());
-    Ok(TextModel { config, transformer, tokenizer })
+    Ok(TextModel { config, transformer, tokenizer, info })
 }
 
 /// NextFlow models in `chat`: text, and an image wherever the model writes `<boi>`.
@@ -566,7 +697,8 @@ fn chat_interleaved(args: &ChatArgs, device: &Device, prompt: &str, text_opts: T
     if let Some(pattern) = &args.images_out {
         check_outputs(&[image_path(pattern, 0, 2)], force)?;
     }
-    let model = load_nextflow(&args.model, device)?;
+    let (model, info) = load_nextflow(&args.model, device)?;
+    let started = Instant::now();
     let tok = model.text.as_ref().ok_or_else(|| fail("random weights have no tokenizer"))?;
     let opts = ImageOptions { seed: args.seed, ..model.default_image_options() };
     let mut saved = Vec::new();
@@ -585,13 +717,13 @@ fn chat_interleaved(args: &ChatArgs, device: &Device, prompt: &str, text_opts: T
             }
             nextflow_model::Piece::Image(g) => {
                 let path = args.images_out.as_ref().map(|p| image_path(p, saved.len(), 2));
-                match save_images(g, path.as_ref().map(std::slice::from_ref), force) {
+                match save_images(g, path.as_ref().map(std::slice::from_ref), &|_| None, force) {
                     Ok(mut p) => {
                         let p = p.remove(0);
                         if !args.json {
                             print!("[image: {}] ", p.display());
                         }
-                        saved.push(p.display().to_string());
+                        saved.push(report::Image { path: p.display().to_string(), seed: opts.seed });
                     }
                     Err(e) => {
                         failed.get_or_insert(e);
@@ -601,7 +733,20 @@ fn chat_interleaved(args: &ChatArgs, device: &Device, prompt: &str, text_opts: T
         }
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"text": text_all.trim(), "images": saved}))?);
+        let total = started.elapsed();
+        print_json(&report::ChatReport {
+            meta: info.meta,
+            prompt: Some(prompt.to_string()),
+            prompt_ids: Vec::new(),
+            ids: pieces.iter().filter_map(|p| if let nextflow_model::Piece::Text(ids) = p { Some(ids.clone()) } else { None }).flatten().collect(),
+            text: text_all.trim().to_string(),
+            images: saved,
+            decoding: if text_opts.temperature > 0.0 { "sample" } else { "greedy" },
+            seed: args.seed,
+            stopped_by_stop_token: false,
+            tokens_per_s: report::TokensPerS { prefill: 0.0, decode: 0.0 },
+            timings_ms: report::TextTimings { load: ms(info.load), encode: None, prefill: 0.0, decode: ms(total), total: ms(total) },
+        })?;
     } else {
         println!();
     }
@@ -616,28 +761,36 @@ fn refuse_control_tokens(tok: &TextTokenizer, what: &str, text: &str) -> Result<
     }
 }
 
+/// Whether `chat` samples: any sampling option (--temperature above 0, --top-k, --top-p)
+/// turns sampling on; `--temperature 0` is greedy decoding, which --top-k/--top-p cannot
+/// shape, so that pair is refused rather than one of them silently dropped (clap refuses
+/// --greedy with any of them).
+fn chat_samples(args: &ChatArgs) -> Result<bool> {
+    let shaping = args.top_k.is_some() || args.top_p.is_some();
+    if args.temperature == Some(0.0) && shaping {
+        return Err(fail("--temperature 0 decodes greedily, which --top-k and --top-p cannot shape: drop them, or give a temperature above 0"));
+    }
+    Ok(!args.greedy && (args.temperature.is_some_and(|t| t > 0.0) || (args.temperature.is_none() && shaping)))
+}
+
 pub fn chat(args: &ChatArgs, device: &Device) -> Result<()> {
     let config = config_of(&args.model)?;
-    let sampled = args.temperature.is_some_and(|t| t > 0.0) && !args.greedy;
+    let sampled = chat_samples(args)?;
     let mut opts = TextOptions {
         max_new_tokens: args.max_new_tokens,
-        temperature: if sampled { args.temperature.unwrap_or(0.0) } else { 0.0 },
-        top_k: args.top_k,
-        top_p: args.top_p,
+        temperature: if sampled { args.temperature.unwrap_or(1.0) } else { 0.0 },
+        top_k: args.top_k.unwrap_or(0),
+        top_p: args.top_p.unwrap_or(1.0),
         repetition_penalty: args.repetition_penalty,
         seed: args.seed,
         stop_tokens: Vec::new(),
         keep_logits: args.logits_out.is_some(),
         vocab_limit: config.nextflow.as_ref().map(|p| p.vocabulary.code_start()),
     };
-    // Every value is checked as given, whether or not greedy decoding uses it; a sampling
-    // option that greedy decoding would ignore is refused rather than dropped.
+    // Every value is checked as given, whether or not greedy decoding uses it.
     TextOptions { temperature: args.temperature.unwrap_or(0.0), ..opts.clone() }.validate().map_err(as_flags)?;
-    if !sampled && (args.top_k != 0 || args.top_p != 1.0) {
-        return Err(fail("--top-k and --top-p shape sampling, and this run decodes greedily: add --temperature T (T > 0, without --greedy), or drop them"));
-    }
     if args.images_out.is_some() && (config.model_type != ModelType::NextFlow || args.prompt_ids.is_some() || args.prompt.is_none()) {
-        return Err(fail("--images-out is for NextFlow models answering a --prompt (their answers may contain images)"));
+        return Err(fail("-o/--out (--images-out) is for NextFlow models answering a --prompt (their answers may contain images)"));
     }
     if let Some(path) = &args.logits_out {
         check_new(path, args.model.force)?;
@@ -715,6 +868,9 @@ pub fn chat(args: &ChatArgs, device: &Device) -> Result<()> {
         Ok((out, text_out))
     };
     let report = |out: &text::TextOutput| {
+        if ui::quiet() {
+            return;
+        }
         eprintln!(
             "\n{} prompt tokens, {} generated; prefill {:.1} tok/s, decode {:.1} tok/s{}",
             out.prompt_tokens,
@@ -740,11 +896,20 @@ pub fn chat(args: &ChatArgs, device: &Device) -> Result<()> {
             write_new(path, &nextflow_model::npy::encode_f32(&out.logits, &[out.logits.len() / limit, limit]), args.model.force)?;
         }
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({
-                "prompt_ids": prompt, "ids": out.ids, "text": text_out,
-                "prefill_tokens_per_s": out.prefill_tokens_per_s(), "decode_tokens_per_s": out.decode_tokens_per_s(),
-                "stopped_by_stop_token": out.stopped_by.is_some(),
-            }))?);
+            let r = |x: f64| (x * 10.0).round() / 10.0;
+            print_json(&report::ChatReport {
+                meta: m.info.meta.clone(),
+                prompt: args.prompt.clone(),
+                prompt_ids: prompt,
+                ids: out.ids.clone(),
+                text: text_out,
+                images: Vec::new(),
+                decoding: if opts.temperature > 0.0 { "sample" } else { "greedy" },
+                seed: args.seed,
+                stopped_by_stop_token: out.stopped_by.is_some(),
+                tokens_per_s: report::TokensPerS { prefill: r(out.prefill_tokens_per_s()), decode: r(out.decode_tokens_per_s()) },
+                timings_ms: report::TextTimings { load: ms(m.info.load), encode: None, prefill: ms(out.prefill), decode: ms(out.decode), total: ms(out.prefill + out.decode) },
+            })?;
         } else {
             println!();
             report(&out);
@@ -770,55 +935,134 @@ pub fn chat(args: &ChatArgs, device: &Device) -> Result<()> {
     Ok(())
 }
 
-fn gib(bytes: f64) -> String {
-    if bytes >= (1u64 << 30) as f64 {
-        format!("{:.2} GiB", bytes / (1u64 << 30) as f64)
-    } else {
-        format!("{:.1} MiB", bytes / (1u64 << 20) as f64)
+/// Plain words for the config's switches (`inspect`).
+fn rope_axes_words(a: nextflow_model::config::RopeAxes) -> &'static str {
+    match a {
+        nextflow_model::config::RopeAxes::Srw => "scale, row, column",
+        nextflow_model::config::RopeAxes::Rws => "row, column, scale",
     }
 }
 
-pub fn inspect(args: &ModelArgs) -> Result<()> {
-    let config = config_of(args)?;
+fn input_words(m: nextflow_model::config::InputMode) -> &'static str {
+    match m {
+        nextflow_model::config::InputMode::Residual => "residual (each scale's codes alone)",
+        nextflow_model::config::InputMode::Accumulated => "accumulated (the sum of all scales so far)",
+    }
+}
+
+fn level_words(l: nextflow_model::config::LevelEmbedding) -> &'static str {
+    match l {
+        nextflow_model::config::LevelEmbedding::SourceScale => "by the scale an input map comes from",
+        nextflow_model::config::LevelEmbedding::TargetScale => "by the scale an input map predicts",
+    }
+}
+
+pub fn inspect(args: &InspectArgs) -> Result<()> {
+    let margs = &args.model;
+    let config = config_of(margs)?;
     let b = &config.backbone;
-    let weights = if args.random_weights { None } else { open_weights(args)?.map(|(w, _)| w) };
-    println!("model        {}", describe(args));
-    println!("type         {:?}", config.model_type);
-    println!(
-        "backbone     Qwen2: {} layers, hidden {}, {} heads / {} kv heads (head_dim {}), SwiGLU {}, vocab {}, rope_theta {}, {} head",
-        b.num_hidden_layers, b.hidden_size, b.num_attention_heads, b.num_key_value_heads, b.head_dim(), b.intermediate_size, config.vocab_size, b.rope_theta,
-        if b.tie_word_embeddings { "tied" } else { "untied" }
-    );
-    let mut params = config.transformer_parameters();
-    if let Some(p) = &config.nextflow {
+    let weights = if margs.random_weights { None } else { open_weights(margs)?.map(|(w, _)| w) };
+    let mut params = config.transformer_parameters() as u64;
+    let parts = config.nextflow.as_ref().map(|p| {
         let t = &p.tokenizer;
         let v = &p.visual;
-        println!("vocabulary   {} text ids (specials + words), {} visual codes from id {}", p.vocabulary.code_start(), p.vocabulary.codebook_size, p.vocabulary.code_start());
-        for (i, ((h, w), scales)) in t.canvases().iter().enumerate() {
-            let label = if i == 0 { "image       " } else { "            " };
-            let tokens: usize = scales.iter().map(|[a, b]| a * b).sum();
-            let listed: Vec<String> = scales.iter().map(|[a, b]| if a == b { format!("{a}") } else { format!("{a}x{b}") }).collect();
-            let flags = format!("--size {} --aspect {}", h.min(w), aspect_of(*w, *h));
-            println!("{label} {w}x{h} px ({flags}), {} px/token, {} scales {listed:?} ({tokens} tokens)", t.patch_size, scales.len());
+        params += (b.hidden_size * (t.code_dim() + 1) + b.hidden_size * (b.hidden_size + 1) + (t.scales.len() + 1) * b.hidden_size) as u64;
+        report::Parts {
+            text_ids: p.vocabulary.code_start(),
+            visual_codes: p.vocabulary.codebook_size,
+            canvases: t
+                .canvases()
+                .iter()
+                .map(|((h, w), scales)| report::Canvas { width: *w, height: *h, patch_size: t.patch_size, scales: scales.clone(), tokens: scales.iter().map(|[a, b]| a * b).sum() })
+                .collect(),
+            visual_input: input_words(v.input_mode).into(),
+            rope_sections: v.mrope_section.clone(),
+            rope_axes: rope_axes_words(v.rope_axes).into(),
+            rope_scale_c: v.rope_scale_c,
+            level_embedding: level_words(v.level_embedding).into(),
+            scale_count_embedding: v.scale_length_embedding,
+            codebook: if t.normalize_codes { "dual, L2-normalized halves (TokenFlow)" } else { "plain (VAR)" }.into(),
+            codebook_size: t.codebook_size,
+            semantic_dim: t.semantic_dim,
+            pixel_dim: t.pixel_dim,
+            sampler: report::Sampler { cfg: p.sampler.cfg_scale, top_k: p.sampler.top_k, top_p: p.sampler.top_p, temperature: p.sampler.temperature },
+            cfg_schedule: format!("{:?}", p.sampler.cfg_schedule).to_lowercase(),
         }
-        println!("visual rows  input {:?}, 3D RoPE sections {:?} axes {:?} C={}, level embedding {:?}, K embedding {}", v.input_mode, v.mrope_section, v.rope_axes, v.rope_scale_c, v.level_embedding, v.scale_length_embedding);
-        println!("tokenizer    dual codebook {} x ({} semantic + {} pixel), decoder ch {} x {:?}, {} res blocks/level", t.codebook_size, t.semantic_dim, t.pixel_dim, t.ch, t.ch_mult, t.decoder_res_blocks);
-        println!("sampler      cfg {} ({:?}), top-k {}, top-p {}, temperature {}", p.sampler.cfg_scale, p.sampler.cfg_schedule, p.sampler.top_k, p.sampler.top_p, p.sampler.temperature);
-        params += b.hidden_size * (t.code_dim() + 1) + b.hidden_size * (b.hidden_size + 1) + (t.scales.len() + 1) * b.hidden_size;
+    });
+    let checkpoint = weights.as_ref().map(|w| {
+        params = w.names().filter_map(|n| w.info(n)).map(|i| i.shape.iter().product::<usize>() as u64).sum();
+        report::Checkpoint { tensors: w.names().count(), bytes_by_dtype: w.disk_dtypes().iter().map(|(d, n)| (d.to_string(), *n as u64)).collect() }
+    });
+    let context = b.max_position_embeddings;
+    let kv_per_token = (2 * b.num_hidden_layers * b.num_key_value_heads * b.head_dim()) as u64;
+    let kv_positions = config.nextflow.as_ref().map_or(4096, |p| 2 * (p.tokenizer.tokens() + 64)).min(context);
+    let memory = report::Memory {
+        kv_positions,
+        by_dtype: [("f32", 4u64), ("f16", 2), ("bf16", 2)]
+            .iter()
+            .map(|(n, size)| (n.to_string(), report::MemoryEntry { weights: params * size, kv_cache: kv_per_token * kv_positions as u64 * size }))
+            .collect(),
+    };
+    let r = report::InspectReport {
+        nextflow: env!("CARGO_PKG_VERSION"),
+        model: describe(margs),
+        model_type: format!("{:?}", config.model_type).to_lowercase(),
+        backbone: report::Backbone {
+            layers: b.num_hidden_layers,
+            hidden_size: b.hidden_size,
+            attention_heads: b.num_attention_heads,
+            kv_heads: b.num_key_value_heads,
+            head_dim: b.head_dim(),
+            intermediate_size: b.intermediate_size,
+            vocab_size: config.vocab_size,
+            rope_theta: b.rope_theta,
+            tied_embeddings: b.tie_word_embeddings,
+            context,
+        },
+        nextflow_parts: parts,
+        parameters: params,
+        checkpoint,
+        memory,
+    };
+    if args.json {
+        return print_json(&r);
     }
-    if let Some(w) = &weights {
-        let total: usize = w.names().filter_map(|n| w.info(n)).map(|i| i.shape.iter().product::<usize>()).sum();
-        let dtypes: Vec<String> = w.disk_dtypes().iter().map(|(d, bytes)| format!("{d} {}", gib(*bytes as f64))).collect();
-        println!("checkpoint   {} tensors, {:.2} M parameters, on disk: {}", w.names().count(), total as f64 / 1e6, dtypes.join(", "));
-        params = total;
-    } else {
-        println!("parameters   {:.3} B (computed from the shapes)", params as f64 / 1e9);
+    let bb = &r.backbone;
+    println!("model        {}", r.model);
+    println!("type         {}", if config.model_type == ModelType::NextFlow { "NextFlow (text and images)" } else { "Qwen2 (text)" });
+    println!(
+        "backbone     Qwen2: {} layers, hidden {}, {} heads / {} kv heads (head_dim {}), SwiGLU {}, vocab {}, rope_theta {}, {} output head, context {} positions",
+        bb.layers, bb.hidden_size, bb.attention_heads, bb.kv_heads, bb.head_dim, bb.intermediate_size, bb.vocab_size, bb.rope_theta,
+        if bb.tied_embeddings { "tied" } else { "separate" }, bb.context
+    );
+    if let Some(p) = &r.nextflow_parts {
+        println!("vocabulary   {} text ids (specials + words), {} visual codes from id {}", p.text_ids, p.visual_codes, p.text_ids);
+        for (i, c) in p.canvases.iter().enumerate() {
+            let label = if i == 0 { "image       " } else { "            " };
+            let listed: Vec<String> = c.scales.iter().map(|[a, b]| if a == b { format!("{a}") } else { format!("{a}x{b}") }).collect();
+            let flags = format!("--size {} --aspect {}", c.height.min(c.width), aspect_of(c.width, c.height));
+            println!("{label} {}x{} px ({flags}), {} px/token, {} scales [{}] ({} tokens)", c.width, c.height, c.patch_size, c.scales.len(), listed.join(", "), c.tokens);
+        }
+        println!(
+            "visual rows  input maps {}; 3D RoPE over ({}) with {:?} frequency pairs, C = {}; level embedding {}; scale-count embedding {}",
+            p.visual_input, p.rope_axes, p.rope_sections, p.rope_scale_c, p.level_embedding, if p.scale_count_embedding { "on" } else { "off" }
+        );
+        if let Some(t) = config.nextflow.as_ref().map(|p| &p.tokenizer) {
+            println!("tokenizer    {} codebook, {} codes x ({} semantic + {} pixel dims), decoder {} channels x {:?}, {} res blocks per level", p.codebook, p.codebook_size, p.semantic_dim, p.pixel_dim, t.ch, t.ch_mult, t.decoder_res_blocks);
+        }
+        println!("sampler      cfg {} ({}), top-k {}, top-p {}, temperature {}", p.sampler.cfg, p.cfg_schedule, p.sampler.top_k, p.sampler.top_p, p.sampler.temperature);
     }
-    let kv_per_token = 2 * b.num_hidden_layers * b.num_key_value_heads * b.head_dim();
-    let tokens = config.nextflow.as_ref().map_or(4096, |p| 2 * (p.tokenizer.tokens() + 64));
-    println!("memory       weights + KV cache for {tokens} positions (CFG batch of 2 for images):");
-    for (name, size) in [("f32", 4.0), ("f16", 2.0), ("bf16", 2.0)] {
-        println!("  {name:5} {} + {}", gib(params as f64 * size), gib((kv_per_token * tokens) as f64 * size));
+    match &r.checkpoint {
+        Some(c) => {
+            let dtypes: Vec<String> = c.bytes_by_dtype.iter().map(|(d, n)| format!("{d} {}", ui::bytes(*n))).collect();
+            println!("checkpoint   {} tensors, {:.2} M parameters, on disk: {}", c.tensors, r.parameters as f64 / 1e6, dtypes.join(", "));
+        }
+        None => println!("parameters   {:.3} B (computed from the shapes)", r.parameters as f64 / 1e9),
+    }
+    let what = if config.nextflow.is_some() { "one image with CFG (2 rows)" } else { "4096 text positions" };
+    println!("memory       weights + KV cache for {} positions ({what}, at most the context):", r.memory.kv_positions);
+    for (name, m) in &r.memory.by_dtype {
+        println!("  {name:5} {} + {}", ui::bytes(m.weights), ui::bytes(m.kv_cache));
     }
     Ok(())
 }
@@ -830,7 +1074,7 @@ pub fn eval_shapes(args: &EvalShapesArgs, device: &Device) -> Result<()> {
     if args.batch == 0 {
         return Err(fail("--batch must be at least 1"));
     }
-    let model = load_nextflow_for(&args.model, device, args.batch.min(args.n.max(1) * shapeeval::TASKS.len()), scales.as_deref(), true)?;
+    let (model, info) = load_nextflow_for(&args.model, device, args.batch.min(args.n.max(1) * shapeeval::TASKS.len()), scales.as_deref(), true)?;
     let mut opts = image_options(&model, &args.sampling)?;
     let t = &model.parts().tokenizer;
     let (height, width) = match scales.as_ref().and_then(|s| s.last()) {
@@ -870,7 +1114,7 @@ pub fn eval_shapes(args: &EvalShapesArgs, device: &Device) -> Result<()> {
             let (ok, _) = shapeeval::score_image(&rgb, (height, width), e);
             results.push((e.task.clone(), ok));
             if let Some(dir) = &args.save_images {
-                write_png(Some(&image_file(dir, e.index)), &rgb, width, height, args.model.force)?;
+                write_png(Some(&image_file(dir, e.index)), &rgb, width, height, None, args.model.force)?;
             }
         }
         status(format_args!("t2i {}/{} images, {:.1} s", results.len(), prompts.len(), started.elapsed().as_secs_f64()));
@@ -879,11 +1123,19 @@ pub fn eval_shapes(args: &EvalShapesArgs, device: &Device) -> Result<()> {
     let t2i = shapeeval::score_t2i(&results);
     let (understanding, editing) = eval_other(&model, args, &ImageOptions { scales: None, ..opts.clone() })?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({
-            "n_per_task": args.n, "canvas": format!("{width}x{height}"), "prompt_seed": args.prompt_seed, "sampler_seed": opts.seed, "cfg": opts.cfg_scale, "top_k": opts.top_k,
-            "t2i": t2i, "correct": results.iter().map(|(_, ok)| *ok).collect::<Vec<_>>(),
-            "understanding": understanding, "editing": editing, "seconds": started.elapsed().as_secs_f64(),
-        }))?);
+        print_json(&report::EvalReport {
+            meta: info.meta.clone(),
+            n_per_task: args.n,
+            canvas: format!("{width}x{height}"),
+            prompt_seed: args.prompt_seed,
+            sampler: sampler_of(&opts),
+            seed: opts.seed,
+            t2i: serde_json::to_value(&t2i)?,
+            correct: results.iter().map(|(_, ok)| *ok).collect(),
+            understanding,
+            editing,
+            timings_ms: report::EvalTimings { load: ms(info.load), total: ms(started.elapsed()) },
+        })?;
     } else {
         println!("ShapeEval t2i ({} prompts per task, seed {}, {width}x{height} px):", args.n, args.prompt_seed);
         for task in shapeeval::TASKS {
@@ -896,7 +1148,7 @@ pub fn eval_shapes(args: &EvalShapesArgs, device: &Device) -> Result<()> {
                 println!("  {k:14} {}", v);
             }
         }
-        eprintln!("{:.1} s", started.elapsed().as_secs_f64());
+        ui::note(format_args!("{:.1} s", started.elapsed().as_secs_f64()));
     }
     if let Some(min) = args.min_overall {
         if t2i.overall < min {

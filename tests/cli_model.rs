@@ -123,7 +123,8 @@ fn chat_gives_transformers_ids_and_logits() {
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let got: Vec<u64> = report["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
     assert_eq!(got, want);
-    assert!(report["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(report["tokens_per_s"]["decode"].as_f64().unwrap() > 0.0, "{report}");
+    assert_eq!(report["decoding"], "greedy");
     let (logits, shape) = nextflow::model::npy::read_f32(&npy).unwrap();
     assert_eq!(shape, vec![want.len(), 300]);
     // Row 0 is the logits after the prompt: transformers' last prompt position.

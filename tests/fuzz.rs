@@ -375,7 +375,8 @@ fn fuzz_cli_arguments() {
         "--prompt", "--negative-prompt", "--size", "--aspect", "--num-images", "--max-batch", "--cfg", "--top-k", "--top-p", "--temperature", "--seed", "--out",
         "--force", "--json", "--model", "--config", "--random-weights", "--dtype", "--image", "--max-new-tokens", "--prompt-ids", "--system", "--greedy",
         "--repetition-penalty", "--logits-out", "--images-out", "--n", "--prompt-seed", "--n-other", "--batch", "--min-overall", "--save-images", "--device",
-        "--stats", "--reps", "--warmup", "--import", "--export", "-p", "-o", "--help",
+        "--stats", "--reps", "--warmup", "--import", "--export", "-p", "-o", "--help", "--from-png", "--pad", "--quiet", "-n", "-s", "-m", "-i",
+        "bash", "zsh",
     ];
     let arg = prop_oneof![3 => prop::sample::select(flags.to_vec()).prop_map(str::to_string), 3 => flag_value()];
     let argv = (prop::sample::select(commands.to_vec()), any::<bool>(), prop::collection::vec(arg, 0..10));

@@ -36,10 +36,6 @@ fn yes() -> bool {
     true
 }
 
-fn is_true(b: &bool) -> bool {
-    *b
-}
-
 fn default_context() -> usize {
     32768
 }
@@ -141,11 +137,6 @@ pub struct VisualTokenizer {
     pub semantic_dim: usize,
     pub pixel_dim: usize,
     pub pixel_weight: f32,
-    /// TokenFlow L2-normalizes both halves of every code (the default), so each scale adds a
-    /// code of the same norm. `false`: VAR's plain codebook, raw rows and squared L2 over
-    /// `[semantic | pixel]` (pixel_weight must be 1), where fine scales' residuals shrink.
-    #[serde(default = "yes", skip_serializing_if = "is_true")]
-    pub normalize_codes: bool,
     pub teacher_channels: Vec<usize>,
     pub ch: usize,
     pub ch_mult: Vec<usize>,
@@ -496,9 +487,6 @@ impl Config {
         if t.norm_groups == 0 || t.semantic_dim == 0 || t.pixel_dim == 0 || t.z_channels == 0 || t.ch == 0 {
             return Err(invalid("tokenizer", "norm_groups, semantic_dim, pixel_dim, z_channels and ch must be positive"));
         }
-        if !t.normalize_codes && t.pixel_weight != 1.0 {
-            return Err(invalid("tokenizer.pixel_weight", "must be 1 with normalize_codes false (a plain codebook weighs every dimension alike)"));
-        }
         if !(s.temperature >= 0.0) {
             return Err(invalid("sampler.temperature", "must be >= 0"));
         }
@@ -610,7 +598,6 @@ impl Config {
                             semantic_dim: 32,
                             pixel_dim: 8,
                             pixel_weight: 1.0,
-                            normalize_codes: true,
                             teacher_channels: vec![64, 128, 256, 512],
                             ch: 256,
                             ch_mult: vec![1, 1, 2, 2, 4],

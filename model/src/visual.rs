@@ -249,13 +249,9 @@ impl Tokenizer {
         // Codebook rows are normalized in f32 on the host, then cast (as the reference does).
         let semantic = w.get("quantize.embedding_vqkd.weight", &[n, t.semantic_dim], DType::F32, &Device::cpu())?;
         let pixel = w.get("quantize.embedding_vqgan.weight", &[n, t.pixel_dim], DType::F32, &Device::cpu())?;
-        let codebook = if t.normalize_codes {
-            let codebook = Codebook::dual(&semantic, &pixel, 1.0, t.pixel_weight)?;
-            let table = ops::cast(codebook.table(), dt)?.to_device(dev)?;
-            Codebook::dual(&table.narrow(1, 0, t.semantic_dim)?, &table.narrow(1, t.semantic_dim, t.pixel_dim)?, 1.0, t.pixel_weight)?
-        } else {
-            Codebook::plain(&ops::cast(&ops::concat(&[&semantic, &pixel], 1)?, dt)?.to_device(dev)?)?
-        };
+        let codebook = Codebook::dual(&semantic, &pixel, 1.0, t.pixel_weight)?;
+        let table = ops::cast(codebook.table(), dt)?.to_device(dev)?;
+        let codebook = Codebook::dual(&table.narrow(1, 0, t.semantic_dim)?, &table.narrow(1, t.semantic_dim, t.pixel_dim)?, 1.0, t.pixel_weight)?;
         let encoding = if w.contains("encoder.conv_in.weight") && !w.is_random() {
             let teacher = Teacher::load(w, t, dt, dev)?;
             let ct = teacher.channels;

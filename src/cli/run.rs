@@ -981,7 +981,7 @@ pub fn inspect(args: &InspectArgs) -> Result<()> {
             rope_scale_c: v.rope_scale_c,
             level_embedding: level_words(v.level_embedding).into(),
             scale_count_embedding: v.scale_length_embedding,
-            codebook: if t.normalize_codes { "dual, L2-normalized halves (TokenFlow)" } else { "plain (VAR)" }.into(),
+            codebook: "dual, L2-normalized halves (TokenFlow)".into(),
             codebook_size: t.codebook_size,
             semantic_dim: t.semantic_dim,
             pixel_dim: t.pixel_dim,

@@ -120,6 +120,10 @@ class Tokenizer:
     semantic_dim: int = 16  # embedding_vqkd width
     pixel_dim: int = 8  # embedding_vqgan width; the pixel decoder sees only this part
     pixel_weight: float = 1.0  # d = |zs - es|^2 + w |zp - ep|^2 on L2-normalised halves
+    # TokenFlow L2-normalises both halves of every code, so each scale adds a code of the same
+    # norm and the finest scale weighs as much as the coarsest. false: VAR's plain codebook
+    # (raw rows, squared L2 over [semantic | pixel]), where the residuals of fine scales shrink.
+    normalize_codes: bool = True
     teacher_channels: list = dataclasses.field(default_factory=lambda: [16, 32, 64, 64])
     ch: int = 16
     ch_mult: list = dataclasses.field(default_factory=lambda: [1, 1, 2, 4, 8])
@@ -216,7 +220,10 @@ class Config:
         assert self.sampler.cfg_schedule in ("constant", "linear")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["tokenizer"]["normalize_codes"]:  # the default, and the only form the engine reads
+            del d["tokenizer"]["normalize_codes"]
+        return d
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps({"model_type": MODEL_TYPE, **self.to_dict()}, indent=1) + "\n")
@@ -224,6 +231,21 @@ class Config:
     @classmethod
     def load(cls, path: Path = CONFIG_PATH) -> Config:
         return cls(**json.loads(Path(path).read_text()))
+
+
+def apply_overrides(cfg: "Config", overrides: list) -> None:
+    """--set visual.input_mode=accumulated backbone.hidden_size=256 ... (JSON values or strings)."""
+    for item in overrides:
+        key, _, value = item.partition("=")
+        section, _, field = key.partition(".")
+        target = getattr(cfg, section)
+        assert hasattr(target, field), f"--set {key}: no such field"
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+        setattr(target, field, value)
+    cfg.check()
 
 
 if __name__ == "__main__":

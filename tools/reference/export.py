@@ -78,6 +78,7 @@ def export(tokenizer_path: Path, transformer_path: Path, out: Path) -> dict:
     tok = torch.load(tokenizer_path, weights_only=False)
     cfg, transformer, step = load_transformer(transformer_path, tok["config"])
     assert cfg.to_dict()["tokenizer"] == Config(**tok["config"]).to_dict()["tokenizer"], "tokenizer config differs"
+    assert cfg.tokenizer.normalize_codes, "the engine runs TokenFlow's normalized dual codebook only (normalize_codes false is a trial switch)"
     tensors = {name: t.float().contiguous() for name, t in transformer.items()}
     for name, t in tok["model"].items():
         if not name.startswith(TRAINING_ONLY):

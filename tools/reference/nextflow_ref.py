@@ -184,14 +184,19 @@ class DualCodebook(nn.Module):
         super().__init__()
         self.embedding_vqkd = nn.Embedding(t.codebook_size, t.semantic_dim)
         self.embedding_vqgan = nn.Embedding(t.codebook_size, t.pixel_dim)
-        self.semantic_dim, self.pixel_weight = t.semantic_dim, t.pixel_weight
+        self.semantic_dim, self.pixel_weight, self.normalize = t.semantic_dim, t.pixel_weight, t.normalize_codes
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x.float(), dim=-1) if self.normalize else x.float()
 
     def normalized(self):
-        return F.normalize(self.embedding_vqkd.weight.float(), dim=-1), F.normalize(self.embedding_vqgan.weight.float(), dim=-1)
+        """The rows lookups and decoding use: L2-normalised per branch (TokenFlow) or raw (plain)."""
+        return self._norm(self.embedding_vqkd.weight), self._norm(self.embedding_vqgan.weight)
 
     def lookup(self, z: torch.Tensor) -> torch.Tensor:
-        """z [N, Ds+Dp] -> idx [N], in f32: argmin |zs^ - es^|^2 + w |zp^ - ep^|^2."""
-        zs, zp = F.normalize(z[:, : self.semantic_dim].float(), dim=-1), F.normalize(z[:, self.semantic_dim :].float(), dim=-1)
+        """z [N, Ds+Dp] -> idx [N], in f32: argmin |zs^ - es^|^2 + w |zp^ - ep^|^2 (^: normalised
+        halves, or raw ones with normalize_codes false)."""
+        zs, zp = self._norm(z[:, : self.semantic_dim]), self._norm(z[:, self.semantic_dim :])
         es, ep = self.normalized()
 
         def sq_dist(a, e):
@@ -278,12 +283,17 @@ class VisualTokenizer(nn.Module):
     def decode(self, indices: list, scales: list | None = None) -> torch.Tensor:
         return self.pixels(self.decode_codes(indices, scales).to(self.post_quant_conv.weight.dtype)).clamp(-1, 1)
 
-    def forward(self, image: torch.Tensor, beta: float = 0.25) -> dict:
-        """Training pass: reconstruction, semantic prediction vs teacher, VQ loss."""
+    def forward(self, image: torch.Tensor, beta: float = 0.25, corrupt=None) -> dict:
+        """Training pass: reconstruction, semantic prediction vs teacher, VQ loss. `corrupt`, if
+        given, maps the per-scale indices to the ones the decoder sees (robustness to the
+        transformer's mistakes); the VQ loss still uses the true ones."""
         f = self.features(image)
         residuals = []
         indices, f_hat = self.msrq(f, residuals)
         vq_loss = beta * F.mse_loss(f.float(), f_hat.detach()) + F.mse_loss(f_hat, f.detach().float())
+        if corrupt is not None:
+            scales = self.canvas_schedule(f.shape[-2:])
+            f_hat = self.decode_codes(corrupt(indices), scales).to(f_hat.dtype)
         f_q = f + (f_hat - f).detach()  # straight through
         with torch.no_grad():
             teacher = self.encoder_vqkd(image)

@@ -23,7 +23,7 @@ import nextflow_ref as nf
 import shapeeval as se
 import shapeworld as sw
 import training
-from config import Config
+from config import Config, apply_overrides
 
 TEACHER_LABELS = len(sw.SHAPES) + len(sw.COLORS)
 HELD_OUT_SEED = 1  # training images come from seed 0
@@ -92,9 +92,30 @@ def reseed_unused_codes(tok, usage: torch.Tensor, residuals: torch.Tensor, gener
     return len(unused)
 
 
+def make_corruption(args):
+    """Indices -> indices with a fraction u ~ U(0, --corrupt) of each image's tokens on the last
+    --corrupt-scales scales replaced by tokens of the same scale drawn from the whole batch (the
+    scale's code distribution): the decoder learns to use what the coarse scales imply rather
+    than trust every fine code, as a transformer's samples will get some of them wrong."""
+
+    def corrupt(indices: list) -> list:
+        out = list(indices)
+        for k in range(max(len(indices) - args.corrupt_scales, 0), len(indices)):
+            idx = indices[k]
+            rate = torch.rand(idx.shape[0], 1) * args.corrupt
+            shuffled = idx.flatten()[torch.randperm(idx.numel())].view(idx.shape)
+            out[k] = torch.where(torch.rand(idx.shape) < rate, shuffled, idx)
+        return out
+
+    return corrupt
+
+
 def train_tokenizer(tok, args, state, checkpoints, log):
     t = tok.t
     params = [p for n, p in tok.named_parameters() if not n.startswith("encoder_vqkd.")]
+    if args.decoder_only:  # codes stay as they are, so a transformer trained on them stays valid
+        params = [p for n, p in tok.named_parameters() if n.startswith(("decoder.", "post_quant_conv."))]
+    corrupt = make_corruption(args) if args.corrupt else None
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     if state.get("optimizer"):
         opt.load_state_dict(state["optimizer"])
@@ -110,11 +131,11 @@ def train_tokenizer(tok, args, state, checkpoints, log):
         for group in opt.param_groups:
             group["lr"] = training.learning_rate(step, args.steps, args.lr, 200)
         with training.autocast():
-            out = tok(x)
+            out = tok(x, corrupt=corrupt)
         recon = out["image"].float()
         mse = F.mse_loss(recon, x)
         semantic = 1 - F.cosine_similarity(out["semantic"].float(), out["teacher"].float(), dim=1).mean()
-        loss = mse + F.l1_loss(recon, x) + args.semantic_weight * semantic + out["vq_loss"]
+        loss = mse + F.l1_loss(recon, x) + (0.0 if args.decoder_only else args.semantic_weight * semantic + out["vq_loss"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -122,7 +143,7 @@ def train_tokenizer(tok, args, state, checkpoints, log):
             usage += torch.bincount(idx.flatten(), minlength=t.codebook_size)
         state["step"] = step + 1
         state["cpu_s"] = state.get("cpu_s", 0.0) + time.process_time() - cpu
-        if (step + 1) % args.reseed_every == 0 and step < 0.9 * args.steps:
+        if (step + 1) % args.reseed_every == 0 and step < 0.9 * args.steps and not args.decoder_only:
             generator = torch.Generator().manual_seed(step)
             state["reseeded"] = reseed_unused_codes(tok, usage, out["residuals"], generator)
         if step % 50 == 0 or step + 1 == args.steps:
@@ -183,10 +204,17 @@ def main(argv=None):
     parser.add_argument("--reseed-every", type=int, default=100)
     parser.add_argument("--eval-images", type=int, default=500)
     parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    parser.add_argument("--init", type=Path, default=None, help="start from this tokenizer.pt's weights (its teacher is kept and not retrained)")
+    parser.add_argument("--init-teacher-only", action="store_true", help="with --init: take only its semantic teacher")
+    parser.add_argument("--decoder-only", action="store_true", help="train only the pixel decoder (and post_quant_conv): the codes stay valid")
+    parser.add_argument("--corrupt", type=float, default=0.0, help="max fraction of fine-scale tokens the decoder sees replaced (0: off)")
+    parser.add_argument("--corrupt-scales", type=int, default=3, help="how many of the finest scales --corrupt touches")
+    parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help="config overrides, e.g. tokenizer.normalize_codes=false")
     args = parser.parse_args(argv)
 
     training.set_threads(args.threads)
     cfg = Config.load(args.config) if args.config else Config.load()
+    apply_overrides(cfg, args.set)
     checkpoints = training.Checkpoints(args.out / "checkpoint.pt", args.checkpoint_minutes)
     log = training.Log(args.out / "log.jsonl")
     torch.manual_seed(args.seed)
@@ -197,8 +225,20 @@ def main(argv=None):
         tok.load_state_dict(saved.pop("model"))
         state.update(saved)
         log(event="resume", teacher_step=state["teacher_step"], step=state["step"])
-    elif args.out.joinpath("log.jsonl").exists():
-        args.out.joinpath("log.jsonl").unlink()
+    else:
+        if args.out.joinpath("log.jsonl").exists():
+            args.out.joinpath("log.jsonl").unlink()
+        if args.init:
+            source = torch.load(args.init, weights_only=False)["model"]
+            if args.init_teacher_only:
+                source = {k: v for k, v in source.items() if k.startswith("encoder_vqkd.")}
+            tok.load_state_dict(source, strict=not args.init_teacher_only)
+            with torch.no_grad():  # start from the rows the source tokenizer used
+                q = tok.quantize
+                q.embedding_vqkd.weight.copy_(F.normalize(q.embedding_vqkd.weight, dim=-1))
+                q.embedding_vqgan.weight.copy_(F.normalize(q.embedding_vqgan.weight, dim=-1))
+            state["teacher_step"] = args.teacher_steps
+            log(event="init", source=str(args.init))
     state["teacher_step0"] = state["teacher_step"]
     log(event="start", params=sum(p.numel() for p in tok.parameters()), config=cfg.to_dict()["tokenizer"], threads=args.threads)
     train_teacher(tok, args, state, checkpoints, log)

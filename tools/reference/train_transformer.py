@@ -29,7 +29,7 @@ import nextflow_ref as nf
 import shapeeval as se
 import shapeworld as sw
 import training
-from config import Config
+from config import Config, apply_overrides
 
 DEFAULT_MIX = "t2i:6,understanding:2,edit:2"  # kinds by step % 10
 
@@ -44,19 +44,6 @@ def kinds_of(mix: str) -> list:
     return kinds
 
 
-def apply_overrides(cfg: Config, overrides: list) -> None:
-    """--set visual.input_mode=accumulated backbone.hidden_size=256 ... (JSON values or strings)."""
-    for item in overrides:
-        key, _, value = item.partition("=")
-        section, _, field = key.partition(".")
-        target = getattr(cfg, section)
-        assert hasattr(target, field), f"--set {key}: no such field"
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            pass
-        setattr(target, field, value)
-    cfg.check()
 EVAL_SEED = 7  # understanding and editing test samples; t2i uses the fixed eval prompt set
 
 

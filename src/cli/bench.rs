@@ -11,7 +11,6 @@ use nextflow_compiler::{Graph, Options};
 use nextflow_ops::matmul::matmul_with;
 use nextflow_ops::{AttentionOptions, Epilogue, Mask};
 use nextflow_runtime::{DType, Device, Tensor};
-use std::io::Write;
 use std::path::PathBuf;
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -71,6 +70,49 @@ pub struct BenchArgs {
     pub force: bool,
 }
 
+/// `bench kernels --json`.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct KernelsReport {
+    pub nextflow: &'static str,
+    /// The config whose shapes were timed.
+    pub model: String,
+    pub device: String,
+    /// What `--device` takes for it.
+    pub device_spec: String,
+    /// The autotune cache file.
+    pub cache: String,
+    /// Shapes timed now, and reused from the cache.
+    pub timed: usize,
+    pub reused: usize,
+    pub notes: Vec<String>,
+    pub rows: Vec<Row>,
+}
+
+/// `bench image --json`.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct ImageBenchReport {
+    #[serde(flatten)]
+    pub meta: super::report::Meta,
+    pub prompt: String,
+    pub scales: Vec<[usize; 2]>,
+    pub sampler: super::report::Sampler,
+    pub seed: u64,
+    pub warmup_ms: Vec<RunTimes>,
+    pub runs_ms: Vec<RunTimes>,
+    /// Per stage (prefill, each scale, scales (sum), decoder, total) over the timed runs.
+    pub median_ms: std::collections::BTreeMap<String, f64>,
+    pub min_ms: std::collections::BTreeMap<String, f64>,
+}
+
+/// One generation's stage times in ms.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct RunTimes {
+    pub prefill: f64,
+    pub scales: Vec<f64>,
+    pub decoder: f64,
+    pub total: f64,
+}
+
 #[derive(Clone, Copy)]
 struct ModelShapes {
     hidden: usize,
@@ -102,7 +144,8 @@ struct Case {
     candidates: Vec<(String, Box<dyn Fn() -> BoxResult<()>>)>,
 }
 
-struct Row {
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct Row {
     family: String,
     shape: String,
     candidate: String,
@@ -229,21 +272,26 @@ fn cases(s: ModelShapes, device: &Device, max_weight_mb: usize, skipped: &mut Ve
 
 /// A bar redrawn in place on a terminal; one line per step when stderr is a file or pipe
 /// (so logs read cleanly and an error never lands mid-line).
-fn progress(done: usize, total: usize, what: &str, json: bool) {
-    use std::io::IsTerminal;
-    let width = 30;
-    let filled = if total == 0 { width } else { done * width / total };
-    let bar = format!("[{}{}] {done}/{total} {what}", "#".repeat(filled), "-".repeat(width - filled));
-    let mut err = std::io::stderr();
-    if !err.is_terminal() {
-        let _ = writeln!(err, "{bar}");
-        return;
+/// Benchmark progress: a bar on a terminal, one line per step otherwise, nothing with --quiet.
+fn progress(done: usize, total: usize, what: &str, _json: bool) {
+    thread_local! {
+        static BAR: std::cell::RefCell<Option<(usize, super::ui::Steps)>> = const { std::cell::RefCell::new(None) };
     }
-    let _ = write!(err, "\r{bar:<100}");
-    if done == total && !json {
-        let _ = writeln!(err);
-    }
-    let _ = err.flush();
+    BAR.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.as_ref().is_none_or(|(t, _)| *t != total) {
+            *b = Some((total, super::ui::Steps::new("bench", total.max(1), "steps")));
+        }
+        if let Some((_, bar)) = b.as_ref() {
+            if done == 0 {
+                return;
+            }
+            bar.step(done - 1, total, what);
+        }
+        if done >= total {
+            *b = None;
+        }
+    });
 }
 
 fn rate(row: &Row) -> String {
@@ -322,26 +370,17 @@ pub fn run(args: &BenchArgs, device: &Device) -> BoxResult<()> {
     progress(total, total, "done", args.json);
     let cache = autotune::cache_path();
     if args.json {
-        let rows_json: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|r| {
-                serde_json::json!({
-                    "family": r.family, "shape": r.shape, "candidate": r.candidate, "time_us": r.time_us,
-                    "gflops": r.gflops, "gbps": r.gbps, "chosen": r.chosen, "cached": r.cached,
-                })
-            })
-            .collect();
-        let doc = serde_json::json!({
-            "device": device.info().spec(),
-            "device_name": device.info().name,
-            "config": args.config,
-            "cache": cache.display().to_string(),
-            "timed": timed,
-            "reused": reused,
-            "notes": skipped,
-            "rows": rows_json,
-        });
-        eprintln!();
+        let doc = KernelsReport {
+            nextflow: env!("CARGO_PKG_VERSION"),
+            model: args.config.clone(),
+            device: device.to_string(),
+            device_spec: device.info().spec(),
+            cache: cache.display().to_string(),
+            timed,
+            reused,
+            notes: skipped,
+            rows,
+        };
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         let header = ["FAMILY", "SHAPE", "CANDIDATE", "TIME", "RATE", "CHOSEN"].map(String::from);
@@ -400,7 +439,7 @@ fn image(args: &BenchArgs, device: &Device) -> BoxResult<()> {
         (None, other) => return Err(format!("unknown --config '{other}' (expected tiny or 7b)").into()),
     };
     let model_args = ModelArgs { model: args.model.clone(), config, random_weights: args.random_weights, dtype: DTypeArg::Auto, force: args.force };
-    let (model, _) = super::run::load_nextflow(&model_args, device)?;
+    let (model, info) = super::run::load_nextflow(&model_args, device)?;
     let opts = model.default_image_options();
     let runs = args.reps.max(1);
     let total = args.warmup + runs;
@@ -428,24 +467,25 @@ fn image(args: &BenchArgs, device: &Device) -> BoxResult<()> {
     rows.push(("scales (sum)".into(), stat(&|t| t.scales.iter().map(|d| ms(*d)).sum())));
     rows.push(("decoder".into(), stat(&|t| ms(t.decode))));
     rows.push(("total".into(), stat(&|t| ms(t.total()))));
-    let per_run = |t: &Timings| {
-        serde_json::json!({
-            "prefill": ms(t.prefill), "scales": t.scales.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
-            "decoder": ms(t.decode), "total": ms(t.total()),
-        })
+    let round = |x: f64| (x * 10.0).round() / 10.0;
+    let per_run = |t: &Timings| RunTimes {
+        prefill: round(ms(t.prefill)),
+        scales: t.scales.iter().map(|d| round(ms(*d))).collect(),
+        decoder: round(ms(t.decode)),
+        total: round(ms(t.total())),
     };
     if args.json {
-        let doc = serde_json::json!({
-            "device": device.info().spec(),
-            "prompt": args.prompt,
-            "scales": scales,
-            "cfg": opts.cfg_scale, "top_k": opts.top_k, "top_p": opts.top_p, "temperature": opts.temperature, "seed": opts.seed,
-            "warmup_ms": warm.iter().map(per_run).collect::<Vec<_>>(),
-            "runs_ms": timed.iter().map(per_run).collect::<Vec<_>>(),
-            "median_ms": rows.iter().map(|(n, (m, _))| (n.clone(), serde_json::json!(m))).collect::<serde_json::Map<_, _>>(),
-            "min_ms": rows.iter().map(|(n, (_, m))| (n.clone(), serde_json::json!(m))).collect::<serde_json::Map<_, _>>(),
-        });
-        eprintln!();
+        let doc = ImageBenchReport {
+            meta: info.meta.clone(),
+            prompt: args.prompt.clone(),
+            scales: scales.clone(),
+            sampler: super::report::Sampler { cfg: opts.cfg_scale, top_k: opts.top_k, top_p: opts.top_p, temperature: opts.temperature },
+            seed: opts.seed,
+            warmup_ms: warm.iter().map(per_run).collect(),
+            runs_ms: timed.iter().map(per_run).collect(),
+            median_ms: rows.iter().map(|(n, (m, _))| (n.clone(), round(*m))).collect(),
+            min_ms: rows.iter().map(|(n, (_, m))| (n.clone(), round(*m))).collect(),
+        };
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         println!("text to image on {device}, {runs} timed generations after {} warm-up, prompt {:?}", args.warmup, args.prompt);

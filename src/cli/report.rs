@@ -284,5 +284,7 @@ pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("eval shapes", of(schemars::schema_for!(EvalReport))),
         ("devices", of(schemars::schema_for!(DevicesReport))),
         ("inspect", of(schemars::schema_for!(InspectReport))),
+        ("bench kernels", of(schemars::schema_for!(super::bench::KernelsReport))),
+        ("bench image", of(schemars::schema_for!(super::bench::ImageBenchReport))),
     ]
 }

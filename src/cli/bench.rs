@@ -43,11 +43,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
     /// `image`: the prompt.
-    #[arg(long, default_value = "a red circle above a blue square")]
+    #[arg(short, long, default_value = "a red circle above a blue square")]
     pub prompt: String,
     /// `image`: a checkpoint directory instead of the embedded model or --config [default:
     /// none].
-    #[arg(long)]
+    #[arg(short, long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// `image`: random weights of the --config shapes (needed for 7b, which ships none).
     #[arg(long)]

@@ -102,7 +102,7 @@ impl Steps {
             (None, false)
         } else if terminal() {
             let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
-            let template = format!("{{msg}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{per_sec}} ETA {{eta}}");
+            let template = format!("{{msg}} [{{bar:30}}] {{pos}}/{{len}} {unit}, {{elapsed}} elapsed, ETA {{eta}}");
             bar.set_style(ProgressStyle::with_template(&template).expect("valid template").progress_chars("=> "));
             bar.set_message(label.to_string());
             (Some(bar), false)

@@ -229,9 +229,22 @@ def main(argv=None):
         if args.out.joinpath("log.jsonl").exists():
             args.out.joinpath("log.jsonl").unlink()
         if args.init:
-            source = torch.load(args.init, weights_only=False)["model"]
+            saved = torch.load(args.init, weights_only=False)
+            source = saved["model"]
             if args.init_teacher_only:
                 source = {k: v for k, v in source.items() if k.startswith("encoder_vqkd.")}
+            rows = source.get("quantize.embedding_vqkd.weight")
+            if rows is not None and rows.shape[0] != cfg.tokenizer.codebook_size:
+                # A smaller codebook starts from the source's most used codes.
+                src = nf.VisualTokenizer(Config(**saved["config"]), TEACHER_LABELS)
+                src.load_state_dict(source)
+                with torch.no_grad():
+                    images = [s.image for s in training_images(20_000_000, 256, cfg.tokenizer.image_size)]
+                    used = torch.cat([i.flatten() for i in src.eval().encode(training.to_tensor(images))])
+                keep = torch.bincount(used, minlength=rows.shape[0]).argsort(descending=True)[: cfg.tokenizer.codebook_size]
+                for name in ("quantize.embedding_vqkd.weight", "quantize.embedding_vqgan.weight"):
+                    source[name] = source[name][keep]
+                log(event="init_codebook", kept=cfg.tokenizer.codebook_size, of=int(rows.shape[0]))
             tok.load_state_dict(source, strict=not args.init_teacher_only)
             with torch.no_grad():  # start from the rows the source tokenizer used
                 q = tok.quantize

@@ -4,21 +4,12 @@
 //! dtype, missing tensor, wrong shape), each one clear error and a non-zero exit code.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const QWEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/qwen2-tiny");
 
-fn nextflow(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_nextflow")).args(args).env("NEXTFLOW_DEVICE", "cpu").output().expect("the binary runs");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nextflow-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+#[path = "common/cli.rs"]
+mod cli_common;
+use cli_common::{nextflow, scratch};
 
 #[test]
 fn generate_writes_a_png_and_never_overwrites_silently() {

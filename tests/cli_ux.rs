@@ -4,25 +4,16 @@
 
 use clap::CommandFactory;
 use nextflow::cli::Cli;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-fn nextflow(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_nextflow")).args(args).env("NEXTFLOW_DEVICE", "cpu").output().expect("the binary runs");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
+#[path = "common/cli.rs"]
+mod cli_common;
+use cli_common::{nextflow, scratch};
 
 fn ok(args: &[&str]) -> (String, String) {
     let (code, stdout, stderr) = nextflow(args);
     assert_eq!(code, 0, "nextflow {args:?} failed: {stderr}");
     (stdout, stderr)
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nextflow-ux-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn s(p: &Path) -> &str {

@@ -585,20 +585,16 @@ fn chat_on_the_embedded_model_honours_or_refuses_every_flag() {
     }
     // --temperature, --top-k and --seed reach the sampler: greedy is one answer, hot sampling
     // with different seeds gives different ones.
-    let answer = |extra: &[&str]| {
-        let mut args = vec!["chat", "--prompt", "what color is the circle?", "--max-new-tokens", "12", "--json"];
+    // Field `key` of chat's JSON report for `tokens` new tokens and the extra flags.
+    let report = |key: &str, tokens: &str, extra: &[&str]| {
+        let mut args = vec!["chat", "--prompt", "what color is the circle?", "--max-new-tokens", tokens, "--json"];
         args.extend_from_slice(extra);
         let out = run(&args);
         assert_ok(&out);
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["text"].as_str().unwrap().to_string()
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()[key].as_str().unwrap().to_string()
     };
-    let decoding = |extra: &[&str]| {
-        let mut args = vec!["chat", "--prompt", "what color is the circle?", "--max-new-tokens", "2", "--json"];
-        args.extend_from_slice(extra);
-        let out = run(&args);
-        assert_ok(&out);
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["decoding"].as_str().unwrap().to_string()
-    };
+    let answer = |extra: &[&str]| report("text", "12", extra);
+    let decoding = |extra: &[&str]| report("decoding", "2", extra);
     assert_eq!(decoding(&[]), "greedy");
     assert_eq!(decoding(&["--top-k", "40"]), "sample", "a sampling flag alone turns sampling on");
     assert_eq!(decoding(&["--top-p", "0.9"]), "sample");

@@ -272,26 +272,11 @@ fn cases(s: ModelShapes, device: &Device, max_weight_mb: usize, skipped: &mut Ve
 
 /// A bar redrawn in place on a terminal; one line per step when stderr is a file or pipe
 /// (so logs read cleanly and an error never lands mid-line).
-/// Benchmark progress: a bar on a terminal, one line per step otherwise, nothing with --quiet.
-fn progress(done: usize, total: usize, what: &str, _json: bool) {
-    thread_local! {
-        static BAR: std::cell::RefCell<Option<(usize, super::ui::Steps)>> = const { std::cell::RefCell::new(None) };
+/// Benchmark progress: step `done` of the bar's steps finished (0: none yet).
+fn progress(bar: &super::ui::Steps, done: usize, total: usize, what: &str) {
+    if done > 0 {
+        bar.step(done - 1, total, what);
     }
-    BAR.with(|b| {
-        let mut b = b.borrow_mut();
-        if b.as_ref().is_none_or(|(t, _)| *t != total) {
-            *b = Some((total, super::ui::Steps::new("bench", total.max(1), "steps")));
-        }
-        if let Some((_, bar)) = b.as_ref() {
-            if done == 0 {
-                return;
-            }
-            bar.step(done - 1, total, what);
-        }
-        if done >= total {
-            *b = None;
-        }
-    });
 }
 
 fn rate(row: &Row) -> String {
@@ -317,6 +302,7 @@ pub fn run(args: &BenchArgs, device: &Device) -> BoxResult<()> {
     let mut skipped = Vec::new();
     let cases = cases(s, device, args.max_weight_mb, &mut skipped)?;
     let total: usize = cases.iter().map(|c| c.candidates.len()).sum();
+    let bar = super::ui::Steps::new("bench", total.max(1), "steps");
     let mut done = 0;
     let mut rows: Vec<Row> = Vec::new();
     let (mut timed, mut reused) = (0usize, 0usize);
@@ -325,7 +311,7 @@ pub fn run(args: &BenchArgs, device: &Device) -> BoxResult<()> {
         let entry = match cached {
             Some(e) if case.candidates.iter().all(|(n, _)| e.timings_us.contains_key(n)) => {
                 done += case.candidates.len();
-                progress(done, total, &format!("{} {} (cached)", case.family, case.shape), args.json);
+                progress(&bar, done, total, &format!("{} {} (cached)", case.family, case.shape));
                 reused += 1;
                 (e, true)
             }
@@ -333,7 +319,7 @@ pub fn run(args: &BenchArgs, device: &Device) -> BoxResult<()> {
                 let mut e = TuneEntry::default();
                 let mut best = f64::INFINITY;
                 for (name, f) in &case.candidates {
-                    progress(done, total, &format!("{} {} {name}", case.family, case.shape), args.json);
+                    progress(&bar, done, total, &format!("{} {} {name}", case.family, case.shape));
                     // One warm-up run; slow candidates (software devices) get fewer reps.
                     let start = std::time::Instant::now();
                     f()?;
@@ -367,7 +353,7 @@ pub fn run(args: &BenchArgs, device: &Device) -> BoxResult<()> {
             });
         }
     }
-    progress(total, total, "done", args.json);
+    progress(&bar, total, total, "done");
     let cache = autotune::cache_path();
     if args.json {
         let doc = KernelsReport {
@@ -443,16 +429,17 @@ fn image(args: &BenchArgs, device: &Device) -> BoxResult<()> {
     let opts = model.default_image_options();
     let runs = args.reps.max(1);
     let total = args.warmup + runs;
+    let bar = super::ui::Steps::new("bench", total, "generations");
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let mut warm: Vec<Timings> = Vec::new();
     let mut timed: Vec<Timings> = Vec::new();
     for i in 0..total {
         let what = if i < args.warmup { "warm-up" } else { "timed" };
-        progress(i, total, &format!("generation {}/{total} ({what})", i + 1), args.json);
+        progress(&bar, i, total, &format!("generation {}/{total} ({what})", i + 1));
         let g = model.text_to_image(&args.prompt, None, 1, &opts, &mut |_, _, _| {})?;
         if i < args.warmup { warm.push(g.timings) } else { timed.push(g.timings) }
     }
-    progress(total, total, "done", args.json);
+    progress(&bar, total, total, "done");
     let k = timed[0].scales.len();
     let stat = |f: &dyn Fn(&Timings) -> f64| -> (f64, f64) {
         let mut v: Vec<f64> = timed.iter().map(f).collect();

@@ -122,11 +122,12 @@ fn image_run(config: &Config, parameters: u64, batch: usize, scales: Option<&[[u
 }
 
 pub fn load_nextflow(args: &ModelArgs, device: &Device) -> Result<(NextFlow, LoadInfo)> {
-    load_nextflow_for(args, device, 1, None, true)
+    load_nextflow_for(args, device, 1, None, true, false)
 }
 
-/// [`load_nextflow`] for runs of `batch` images per forward on `scales` (the memory check).
-fn load_nextflow_for(args: &ModelArgs, device: &Device, batch: usize, scales: Option<&[[usize; 2]]>, context_image: bool) -> Result<(NextFlow, LoadInfo)> {
+/// [`load_nextflow`] for runs of `batch` images per forward on `scales` (the memory check);
+/// `fingerprint`: the run writes PNG metadata, which names the weights' [`Weights::fingerprint`].
+fn load_nextflow_for(args: &ModelArgs, device: &Device, batch: usize, scales: Option<&[[usize; 2]]>, context_image: bool, fingerprint: bool) -> Result<(NextFlow, LoadInfo)> {
     let dtype = dtype_for(args.dtype, device)?;
     let t = Instant::now();
     let config = config_of(args)?;
@@ -141,7 +142,7 @@ fn load_nextflow_for(args: &ModelArgs, device: &Device, batch: usize, scales: Op
     memory::check(&config, run, dtype, device, args.force).map_err(fail)?;
     let spinner = loading(args, &weights, device, dtype);
     let model = NextFlow::from_parts(config, &weights, text, dtype, device)?;
-    let info = loaded(args, &weights, device, dtype, spinner, t);
+    let info = loaded(args, &weights, device, dtype, spinner, t, fingerprint);
     Ok((model, info))
 }
 
@@ -150,14 +151,14 @@ fn load_nextflow_for(args: &ModelArgs, device: &Device, batch: usize, scales: Op
 pub struct LoadInfo {
     pub meta: Meta,
     pub load: Duration,
-    /// [`Weights::fingerprint`].
-    pub hash: String,
+    /// [`Weights::fingerprint`], where the run asked for it (it reads up to 256 MiB).
+    pub hash: Option<String>,
 }
 
 /// The loading spinner: which files, how many bytes, to which device.
 fn loading(args: &ModelArgs, weights: &Weights, device: &Device, dtype: DType) -> ui::Spinner {
     let files = weights.files();
-    let total: u64 = files.iter().map(|(_, n)| n).sum();
+    let total = weights_bytes(weights);
     let names: Vec<String> = files.iter().map(|(p, _)| p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())).collect();
     let what = match files.len() {
         0 => "random weights".to_string(),
@@ -167,12 +168,17 @@ fn loading(args: &ModelArgs, weights: &Weights, device: &Device, dtype: DType) -
     ui::Spinner::start(format!("loading {}: {what} to {device} as {dtype:?}", describe(args)))
 }
 
-fn loaded(args: &ModelArgs, weights: &Weights, device: &Device, dtype: DType, spinner: ui::Spinner, started: Instant) -> LoadInfo {
-    let total: u64 = weights.files().iter().map(|(_, n)| n).sum();
+fn weights_bytes(weights: &Weights) -> u64 {
+    weights.files().iter().map(|(_, n)| n).sum()
+}
+
+fn loaded(args: &ModelArgs, weights: &Weights, device: &Device, dtype: DType, spinner: ui::Spinner, started: Instant, fingerprint: bool) -> LoadInfo {
+    let total = weights_bytes(weights);
     let secs = spinner.elapsed().as_secs_f64().max(1e-9);
     let rate = if total > 0 { format!(", {}/s", ui::bytes((total as f64 / secs) as u64)) } else { String::new() };
-    spinner.done(format!("model: {} on {device} ({dtype:?}), loaded in {secs:.2} s{rate}", describe(args)));
-    LoadInfo { meta: Meta::new(describe(args), device, dtype), load: started.elapsed(), hash: weights.fingerprint() }
+    let model = describe(args);
+    spinner.done(format!("model: {model} on {device} ({dtype:?}), loaded in {secs:.2} s{rate}"));
+    LoadInfo { meta: Meta::new(model, device, dtype), load: started.elapsed(), hash: fingerprint.then(|| weights.fingerprint()) }
 }
 
 fn image_options(model: &NextFlow, s: &ImageSampling) -> Result<ImageOptions> {
@@ -314,6 +320,41 @@ fn image_timings(t: &nextflow_model::nextflow::Timings, load: Duration, encode: 
     }
 }
 
+/// The `parameters` of a PNG painted with `opts` and `seed` on a `width` x `height` canvas
+/// of `steps` scales (`edit_of`: an edit's input file name).
+fn painted(prompt: &str, negative_prompt: Option<&str>, steps: usize, (width, height): (usize, usize), opts: &ImageOptions, seed: u64, info: &LoadInfo, edit_of: Option<&str>) -> String {
+    Parameters {
+        prompt: prompt.to_string(),
+        negative_prompt: negative_prompt.map(str::to_string),
+        steps,
+        cfg: opts.cfg_scale,
+        seed,
+        width,
+        height,
+        top_k: opts.top_k,
+        top_p: opts.top_p,
+        temperature: opts.temperature,
+        model: info.meta.model.clone(),
+        model_hash: info.hash.clone().unwrap_or_default(),
+        version: format!("nextflow {}", env!("CARGO_PKG_VERSION")),
+        edit_of: edit_of.map(str::to_string),
+    }
+    .to_text()
+}
+
+/// The end of generate and edit: the report as JSON, or stage times on stderr and the
+/// written paths on stdout.
+fn finish_images(r: &report::ImageReport, t: &nextflow_model::nextflow::Timings, json: bool) -> Result<()> {
+    if json {
+        return print_json(r);
+    }
+    print_image_times(t);
+    for image in &r.images {
+        println!("{}", image.path);
+    }
+    Ok(())
+}
+
 fn sampler_of(o: &ImageOptions) -> report::Sampler {
     report::Sampler { cfg: o.cfg_scale, top_k: o.top_k, top_p: o.top_p, temperature: o.temperature }
 }
@@ -415,14 +456,14 @@ pub fn generate(args: &GenerateArgs, device: &Device) -> Result<()> {
         None => memory::default_batch(&config, parameters(&config, None), positions, dtype, device),
     }
     .min(args.num_images);
-    let (model, info) = load_nextflow_for(&args.model, device, batch, Some(&all_scales), false)?;
+    let (model, info) = load_nextflow_for(&args.model, device, batch, Some(&all_scales), false, true)?;
     if let Some((name, hash)) = &input.painted_by {
-        if *hash != info.hash && !force {
+        if Some(hash) != info.hash.as_ref() && !force {
             return Err(fail(format!(
                 "{} was painted by {name} (weights {hash}); this is {} (weights {}): give that model with -m/--config, or --force to paint it with this one",
                 args.from_png.as_ref().map_or(String::new(), |p| p.display().to_string()),
                 info.meta.model,
-                info.hash
+                info.hash.as_deref().unwrap_or_default()
             )));
         }
     }
@@ -431,22 +472,6 @@ pub fn generate(args: &GenerateArgs, device: &Device) -> Result<()> {
     let t = &model.parts().tokenizer;
     let [gh, gw] = *all_scales.last().unwrap_or(&[0, 0]);
     let (height, width) = (gh * t.patch_size, gw * t.patch_size);
-    let parameters = |seed: u64| Parameters {
-        prompt: input.prompt.clone(),
-        negative_prompt: input.negative_prompt.clone(),
-        steps: all_scales.len(),
-        cfg: opts.cfg_scale,
-        seed,
-        width,
-        height,
-        top_k: opts.top_k,
-        top_p: opts.top_p,
-        temperature: opts.temperature,
-        model: info.meta.model.clone(),
-        model_hash: info.hash.clone(),
-        version: format!("nextflow {}", env!("CARGO_PKG_VERSION")),
-        edit_of: None,
-    };
     let chunks = args.num_images.div_ceil(batch);
     let mut written = Vec::new();
     let mut timings = nextflow_model::nextflow::Timings::default();
@@ -455,7 +480,7 @@ pub fn generate(args: &GenerateArgs, device: &Device) -> Result<()> {
         let label = if chunks > 1 { format!("images {}-{}/{}", start + 1, start + n, args.num_images) } else { "scale".into() };
         let o = ImageOptions { seed: opts.seed.wrapping_add(start as u64), ..opts.clone() };
         let g = model.text_to_image(&input.prompt, input.negative_prompt.as_deref(), n, &o, &mut scale_steps(&label, &all_scales))?;
-        let meta = |i: usize| Some(parameters(o.seed.wrapping_add(i as u64)).to_text());
+        let meta = |i: usize| Some(painted(&input.prompt, input.negative_prompt.as_deref(), all_scales.len(), (width, height), &opts, o.seed.wrapping_add(i as u64), &info, None));
         written.extend(save_images(&g, paths.as_ref().map(|p| &p[start..start + n]), &meta, force)?);
         timings.prefill += g.timings.prefill;
         timings.decode += g.timings.decode;
@@ -465,14 +490,7 @@ pub fn generate(args: &GenerateArgs, device: &Device) -> Result<()> {
             timings.scales.iter_mut().zip(&g.timings.scales).for_each(|(a, b)| *a += *b);
         }
     }
-    if !args.output.json {
-        print_image_times(&timings);
-        for p in &written {
-            println!("{}", p.display());
-        }
-        return Ok(());
-    }
-    print_json(&report::ImageReport {
+    let r = report::ImageReport {
         meta: info.meta.clone(),
         prompt: input.prompt.clone(),
         negative_prompt: input.negative_prompt.clone(),
@@ -484,7 +502,8 @@ pub fn generate(args: &GenerateArgs, device: &Device) -> Result<()> {
         batch,
         images: written.iter().enumerate().map(|(i, p)| report::Image { path: p.display().to_string(), seed: opts.seed.wrapping_add(i as u64) }).collect(),
         timings_ms: image_timings(&timings, info.load, None),
-    })
+    };
+    finish_images(&r, &timings, args.output.json)
 }
 
 /// Every check a command makes before it loads a model, for the parsed command line: the
@@ -606,7 +625,7 @@ pub fn edit(args: &EditArgs, device: &Device) -> Result<()> {
     check_image_sampling(&config, &args.sampling)?;
     let size = config.parts()?.tokenizer.image_size;
     let rgb = read_image(&args.input, size)?;
-    let (model, info) = load_nextflow(&args.model, device)?;
+    let (model, info) = load_nextflow_for(&args.model, device, 1, None, true, true)?;
     let opts = image_options(&model, &args.sampling)?;
     let t = Instant::now();
     let indices = model.encode_image(&from_rgb8(&rgb, size, model.dtype(), model.device())?)?;
@@ -614,36 +633,9 @@ pub fn edit(args: &EditArgs, device: &Device) -> Result<()> {
     let scales = model.parts().tokenizer.scales.clone();
     let g = model.edit(&indices, &args.prompt, &opts, &mut scale_steps("scale", &scales))?;
     let source = args.input.image.file_name().map_or_else(|| args.input.image.display().to_string(), |n| n.to_string_lossy().into_owned());
-    let meta = |_: usize| {
-        Some(
-            Parameters {
-                prompt: args.prompt.clone(),
-                negative_prompt: None,
-                steps: scales.len(),
-                cfg: opts.cfg_scale,
-                seed: opts.seed,
-                width: size,
-                height: size,
-                top_k: opts.top_k,
-                top_p: opts.top_p,
-                temperature: opts.temperature,
-                model: info.meta.model.clone(),
-                model_hash: info.hash.clone(),
-                version: format!("nextflow {}", env!("CARGO_PKG_VERSION")),
-                edit_of: Some(source.clone()),
-            }
-            .to_text(),
-        )
-    };
+    let meta = |_: usize| Some(painted(&args.prompt, None, scales.len(), (size, size), &opts, opts.seed, &info, Some(&source)));
     let written = save_images(&g, paths.as_deref(), &meta, force)?;
-    if !args.output.json {
-        print_image_times(&g.timings);
-        for p in &written {
-            println!("{}", p.display());
-        }
-        return Ok(());
-    }
-    print_json(&report::ImageReport {
+    let r = report::ImageReport {
         meta: info.meta.clone(),
         prompt: args.prompt.clone(),
         negative_prompt: None,
@@ -655,7 +647,8 @@ pub fn edit(args: &EditArgs, device: &Device) -> Result<()> {
         batch: 1,
         images: written.iter().map(|p| report::Image { path: p.display().to_string(), seed: opts.seed }).collect(),
         timings_ms: image_timings(&g.timings, info.load, Some(encode)),
-    })
+    };
+    finish_images(&r, &g.timings, args.output.json)
 }
 
 /// Text model for `chat`: any checkpoint's backbone (NextFlow's included).
@@ -677,7 +670,7 @@ fn load_text(args: &ModelArgs, device: &Device, positions: usize) -> Result<Text
     memory::check(&config, run, dtype, device, args.force).map_err(fail)?;
     let spinner = loading(args, &weights, device, dtype);
     let transformer = Transformer::load(&weights, &config.backbone, config.vocab_size, &sections(&config), dtype, device)?;
-    let info = loaded(args, &weights, device, dtype, spinner, t);
+    let info = loaded(args, &weights, device, dtype, spinner, t, false);
     let unused = weights.unused();
     if config.model_type == ModelType::Qwen2 && !weights.is_random() && !unused.is_empty() {
         eprintln!("warning: {} tensors in the checkpoint are not used: {}", unused.len(), unused.join(", "));
@@ -1074,7 +1067,7 @@ pub fn eval_shapes(args: &EvalShapesArgs, device: &Device) -> Result<()> {
     if args.batch == 0 {
         return Err(fail("--batch must be at least 1"));
     }
-    let (model, info) = load_nextflow_for(&args.model, device, args.batch.min(args.n.max(1) * shapeeval::TASKS.len()), scales.as_deref(), true)?;
+    let (model, info) = load_nextflow_for(&args.model, device, args.batch.min(args.n.max(1) * shapeeval::TASKS.len()), scales.as_deref(), true, false)?;
     let mut opts = image_options(&model, &args.sampling)?;
     let t = &model.parts().tokenizer;
     let (height, width) = match scales.as_ref().and_then(|s| s.last()) {

@@ -79,6 +79,7 @@ pub fn max_buffers(device: &nextflow_runtime::Device) -> usize {
         Client::Wgpu(c) => c.properties().hardware.max_bindings,
         Client::Cuda(c) => c.properties().hardware.max_bindings,
         Client::Hip(c) => c.properties().hardware.max_bindings,
+        Client::Record(c) => c.properties().hardware.max_bindings,
     };
     (bindings as usize).saturating_sub(2).max(2)
 }

@@ -28,6 +28,7 @@ macro_rules! with_client_impl {
             ::nextflow_runtime::Client::Wgpu($c) => $body,
             ::nextflow_runtime::Client::Cuda($c) => $body,
             ::nextflow_runtime::Client::Hip($c) => $body,
+            ::nextflow_runtime::Client::Record($c) => $body,
             ::nextflow_runtime::Client::Cpu => unreachable!("GPU lowering called for the CPU backend"),
         }
     };

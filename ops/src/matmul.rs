@@ -88,6 +88,7 @@ pub fn cmma_available(device: &nextflow_runtime::Device) -> bool {
         nextflow_runtime::Client::Wgpu(c) => c.features().matmul.cmma.contains(&config),
         nextflow_runtime::Client::Cuda(c) => c.features().matmul.cmma.contains(&config),
         nextflow_runtime::Client::Hip(c) => c.features().matmul.cmma.contains(&config),
+        nextflow_runtime::Client::Record(c) => c.features().matmul.cmma.contains(&config),
     }
 }
 

@@ -341,6 +341,8 @@ pub enum Client {
     Wgpu(ComputeClient<WgpuRuntime>),
     Cuda(ComputeClient<CudaRuntime>),
     Hip(ComputeClient<HipRuntime>),
+    /// A wgpu device whose launches are also recorded ([`crate::record`]); tests only.
+    Record(ComputeClient<crate::RecordRuntime>),
 }
 
 /// An opened device. Cheap to clone; tensors keep one.
@@ -380,6 +382,23 @@ impl Device {
         Ok(Device { info: Arc::new(info.clone()), client })
     }
 
+    /// Opens a wgpu adapter found by [`discover`] through the recording runtime: kernels run on
+    /// it as usual, and every distinct kernel instance is kept ([`crate::record::recorded`]) so
+    /// tests can compile it for other targets. Refuses non-wgpu devices.
+    pub fn open_recording(info: &DeviceInfo) -> Result<Device> {
+        let dev = info.wgpu_device.clone().ok_or_else(|| Error::Device {
+            device: info.spec(),
+            msg: "recording needs a wgpu adapter (vulkan, metal or dx12)".into(),
+        })?;
+        use cubecl::Runtime as _;
+        Ok(Device { info: Arc::new(info.clone()), client: Client::Record(crate::RecordRuntime::client(&dev)) })
+    }
+
+    /// Whether launches on this device are recorded ([`Device::open_recording`]).
+    pub fn is_recording(&self) -> bool {
+        matches!(self.client, Client::Record(_))
+    }
+
     pub fn info(&self) -> &DeviceInfo {
         &self.info
     }
@@ -398,7 +417,9 @@ impl Device {
 
     /// Same device (backend and index).
     pub fn same(&self, other: &Device) -> bool {
-        self.info.backend == other.info.backend && self.info.index == other.info.index
+        self.info.backend == other.info.backend
+            && self.info.index == other.info.index
+            && self.is_recording() == other.is_recording()
     }
 
     /// Whether kernels of this dtype can run here (else ops fall back to the CPU path).
@@ -408,8 +429,8 @@ impl Device {
             (Client::Cpu, _) => true,
             (_, F32 | U32 | I32) => true,
             (_, F16) => self.info.f16,
-            (_, BF16) => self.info.bf16 && !matches!(self.client, Client::Wgpu(_)),
-            (Client::Wgpu(_), U8) => false,
+            (_, BF16) => self.info.bf16 && !matches!(self.client, Client::Wgpu(_) | Client::Record(_)),
+            (Client::Wgpu(_) | Client::Record(_), U8) => false,
             (_, U8) => true,
         }
     }
@@ -422,6 +443,7 @@ impl Device {
             Client::Wgpu(c) => pollster::block_on(c.sync()).map_err(|e| err(format!("{e:?}"))),
             Client::Cuda(c) => pollster::block_on(c.sync()).map_err(|e| err(format!("{e:?}"))),
             Client::Hip(c) => pollster::block_on(c.sync()).map_err(|e| err(format!("{e:?}"))),
+            Client::Record(c) => pollster::block_on(c.sync()).map_err(|e| err(format!("{e:?}"))),
         }
     }
 }

@@ -8,10 +8,12 @@ mod dtype;
 mod error;
 mod layout;
 pub mod probe;
+pub mod record;
 mod storage;
 mod tensor;
 
 pub use device::{discover, Backend, Client, CudaRuntime, Device, DeviceInfo, DeviceKind, DeviceSpec, Discovery, HipRuntime, Unavailable, WgpuRuntime};
+pub use record::RecordRuntime;
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use layout::{broadcast_shape, contiguous_strides, Layout};

@@ -87,6 +87,7 @@ impl Device {
             Client::Wgpu(c) => c.properties().memory.max_page_size,
             Client::Cuda(c) => c.properties().memory.max_page_size,
             Client::Hip(c) => c.properties().memory.max_page_size,
+            Client::Record(c) => c.properties().memory.max_page_size,
         }
     }
 
@@ -108,6 +109,7 @@ impl Device {
             Client::Wgpu(c) => gpu(c.create_from_slice(&pad(bytes))),
             Client::Cuda(c) => gpu(c.create_from_slice(&pad(bytes))),
             Client::Hip(c) => gpu(c.create_from_slice(&pad(bytes))),
+            Client::Record(c) => gpu(c.create_from_slice(&pad(bytes))),
         })
     }
 
@@ -132,6 +134,7 @@ impl Device {
             Client::Wgpu(c) => gpu(c.empty(padded(bytes))),
             Client::Cuda(c) => gpu(c.empty(padded(bytes))),
             Client::Hip(c) => gpu(c.empty(padded(bytes))),
+            Client::Record(c) => gpu(c.empty(padded(bytes))),
         })
     }
 
@@ -143,6 +146,7 @@ impl Device {
             (Client::Wgpu(c), Storage::Gpu(g)) => (c.read_one(g.handle.clone()).map_err(|e| err(format!("{e:?}")))?, g.bytes),
             (Client::Cuda(c), Storage::Gpu(g)) => (c.read_one(g.handle.clone()).map_err(|e| err(format!("{e:?}")))?, g.bytes),
             (Client::Hip(c), Storage::Gpu(g)) => (c.read_one(g.handle.clone()).map_err(|e| err(format!("{e:?}")))?, g.bytes),
+            (Client::Record(c), Storage::Gpu(g)) => (c.read_one(g.handle.clone()).map_err(|e| err(format!("{e:?}")))?, g.bytes),
             (Client::Cpu, Storage::Gpu(_)) => return Err(err("a device buffer reached the CPU backend".into())),
         };
         Ok(bytes[..n].to_vec())

@@ -99,7 +99,7 @@ fn sharded_checkpoint_loads_the_same_model() {
     let (_, a, _) = load(DIR, &cpu);
     let (_, b, w) = load(SHARDED, &cpu);
     assert!(w.unused().is_empty());
-    assert_eq!(a.lm_head.to_vec::<f32>().unwrap(), b.lm_head.to_vec::<f32>().unwrap());
+    assert_eq!(a.lm_head.joined().unwrap().to_vec::<f32>().unwrap(), b.lm_head.joined().unwrap().to_vec::<f32>().unwrap());
     let (doc, _) = golden();
     let input = ids(&doc["input_ids"]);
     let opts = TextOptions { max_new_tokens: 8, ..Default::default() };

@@ -298,9 +298,9 @@ impl NextFlow {
     fn embed_map(&self, features: &Tensor, level: usize, n_scales: usize) -> Result<Tensor> {
         let bias = self.level_bias.get(&n_scales).ok_or_else(|| Error::Input(format!("no schedule of {n_scales} scales in this model")))?;
         let ep = Epilogue { bias: self.adapter_in.bias.as_ref(), activation: Activation::GeluErf, residual: None };
-        let h = ops::matmul(features, &self.adapter_in.weight.transpose(0, 1)?, ep)?;
+        let h = self.adapter_in.weight.matmul_t(features, ep)?;
         let ep = Epilogue { bias: Some(&bias[level]), ..Default::default() };
-        Ok(ops::matmul(&h, &self.adapter_out.weight.transpose(0, 1)?, ep)?)
+        Ok(self.adapter_out.weight.matmul_t(&h, ep)?)
     }
 
     /// Row embeddings `[1, len, D]` of a sequence.

@@ -10,31 +10,39 @@ use crate::config::Backbone;
 use crate::weights::Weights;
 use crate::Result;
 use nextflow_ops::{
-    self as ops, attention, matmul, AttentionOptions, Epilogue, KvCache, Mask, Rope,
+    self as ops, attention, AttentionOptions, Epilogue, KvCache, Mask, Rope, Weight,
 };
 use nextflow_runtime::{DType, Device, Tensor};
 
-/// `x·wᵀ + b` with an HF `[out, in]` weight.
+/// `x·wᵀ + b` with an HF `[out, in]` weight (row blocks where it exceeds one GPU binding).
 #[derive(Clone, Debug)]
 pub struct Linear {
-    pub weight: Tensor,
+    pub weight: Weight,
     pub bias: Option<Tensor>,
 }
 
 impl Linear {
     pub fn load(w: &Weights, prefix: &str, out: usize, inp: usize, bias: bool, dtype: DType, device: &Device) -> Result<Linear> {
         Linear {
-            weight: w.get(&format!("{prefix}.weight"), &[out, inp], dtype, device)?,
+            weight: w.get_weight(&format!("{prefix}.weight"), [out, inp], dtype, device)?,
             bias: if bias { Some(w.get(&format!("{prefix}.bias"), &[out], dtype, device)?) } else { None },
         }
         .placed()
     }
 
-    /// Several projections of the same input as one: weights (and biases) stacked by rows.
+    /// Several projections of the same input as one: weights (and biases) stacked by rows,
+    /// into one tensor when that fits one binding of the device, else as the parts' blocks.
     pub fn fused(parts: &[Linear]) -> Result<Linear> {
-        let weights: Vec<&Tensor> = parts.iter().map(|p| &p.weight).collect();
         let biases: Option<Vec<&Tensor>> = parts.iter().map(|p| p.bias.as_ref()).collect();
-        Linear { weight: ops::concat(&weights, 0)?, bias: biases.map(|b| ops::concat(&b, 0)).transpose()? }.placed()
+        let bias = biases.map(|b| ops::concat(&b, 0)).transpose()?;
+        let device = parts[0].weight.device();
+        let bytes: u64 = parts.iter().map(|p| (p.weight.rows() * p.weight.cols() * p.weight.dtype().size()) as u64).sum();
+        let singles: Option<Vec<&Tensor>> = parts.iter().map(|p| p.weight.single()).collect();
+        let weight = match singles {
+            Some(w) if bytes <= device.max_buffer_bytes() => Weight::from(ops::concat(&w, 0)?),
+            _ => Weight::stack(&parts.iter().map(|p| &p.weight).collect::<Vec<_>>())?,
+        };
+        Linear { weight, bias }.placed()
     }
 
     /// On the CPU the weight is stored `[in, out]` (seen as the `[out, in]` view): the GEMM
@@ -42,31 +50,36 @@ impl Linear {
     /// repacking, so no call packs the weight again (measured: packing was 16 % of a tiny
     /// image's CPU time). GPUs keep the checkpoint's layout.
     fn placed(self) -> Result<Linear> {
-        Ok(Linear { weight: cpu_column_major(self.weight)?, bias: self.bias })
+        Ok(Linear { weight: self.weight.map(cpu_column_major)?, bias: self.bias })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(ops::linear(x, &self.weight, self.bias.as_ref())?)
+        Ok(self.weight.matmul_t(x, Epilogue { bias: self.bias.as_ref(), ..Default::default() })?)
     }
 
     /// `x·wᵀ + b + residual`, the add fused into the matmul.
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let ep = Epilogue { bias: self.bias.as_ref(), residual: Some(residual), ..Default::default() };
-        Ok(matmul(x, &self.weight.transpose(0, 1)?, ep)?)
+        Ok(self.weight.matmul_t(x, ep)?)
+    }
+
+    /// `act(x·wᵀ + b)`, the activation fused into the matmul.
+    pub fn forward_act(&self, x: &Tensor, activation: ops::Activation) -> Result<Tensor> {
+        Ok(self.weight.matmul_t(x, Epilogue { bias: self.bias.as_ref(), activation, ..Default::default() })?)
     }
 
     pub fn out_features(&self) -> usize {
-        self.weight.shape()[0]
+        self.weight.rows()
     }
 }
 
 /// A `[rows, cols]` matrix re-stored column by column on the CPU (the same logical matrix,
 /// strides `[1, rows]`); unchanged on GPUs. See [`Linear::placed`].
-pub fn cpu_column_major(w: Tensor) -> Result<Tensor> {
+pub fn cpu_column_major(w: Tensor) -> nextflow_runtime::Result<Tensor> {
     if !w.device().is_cpu() || w.rank() != 2 {
         return Ok(w);
     }
-    Ok(ops::contiguous(&w.transpose(0, 1)?)?.transpose(0, 1)?)
+    ops::contiguous(&w.transpose(0, 1)?)?.transpose(0, 1)
 }
 
 struct Attention {
@@ -91,11 +104,11 @@ struct Layer {
 pub struct Transformer {
     pub cfg: Backbone,
     pub vocab_size: usize,
-    pub embed_tokens: Tensor,
+    pub embed_tokens: Weight,
     layers: Vec<Layer>,
     norm: Tensor,
     /// `[vocab, hidden]`; the embedding table itself when the head is tied.
-    pub lm_head: Tensor,
+    pub lm_head: Weight,
     rope: Rope,
     eps: f32,
     pub dtype: DType,
@@ -140,7 +153,7 @@ impl Transformer {
         let (d, hd) = (cfg.hidden_size, cfg.head_dim());
         let (hq, hkv, inter) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size);
         let get = |name: &str, shape: &[usize]| w.get(name, shape, dtype, device);
-        let embed_tokens = get("model.embed_tokens.weight", &[vocab_size, d])?;
+        let embed_tokens = w.get_weight("model.embed_tokens.weight", [vocab_size, d], dtype, device)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
@@ -165,7 +178,11 @@ impl Transformer {
             });
         }
         let norm = get("model.norm.weight", &[d])?;
-        let lm_head = if cfg.tie_word_embeddings { embed_tokens.clone() } else { cpu_column_major(get("lm_head.weight", &[vocab_size, d])?)? };
+        let lm_head = if cfg.tie_word_embeddings {
+            embed_tokens.clone()
+        } else {
+            w.get_weight("lm_head.weight", [vocab_size, d], dtype, device)?.map(cpu_column_major)?
+        };
         Ok(Transformer {
             cfg: cfg.clone(),
             vocab_size,
@@ -182,7 +199,7 @@ impl Transformer {
 
     /// Embeddings `[batch, seq, hidden]` of token ids `[batch, seq]` (u32).
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        Ok(ops::embedding(&self.embed_tokens, ids)?)
+        Ok(self.embed_tokens.embedding(ids)?)
     }
 
     /// Runs the decoder over new rows `x [batch, seq, hidden]` at `positions [batch|1, seq, 3]`
@@ -253,8 +270,7 @@ impl Transformer {
 
     /// Logits `[.., rows.len()]` of the head rows `rows` (all rows: `0..vocab`).
     pub fn logits(&self, hidden: &Tensor, rows: std::ops::Range<usize>) -> Result<Tensor> {
-        let head = if rows == (0..self.vocab_size) { self.lm_head.clone() } else { self.lm_head.narrow(0, rows.start, rows.len())? };
-        Ok(matmul(hidden, &head.transpose(0, 1)?, Epilogue::default())?)
+        Ok(self.lm_head.narrow_rows(rows.start, rows.len())?.matmul_t(hidden, Epilogue::default())?)
     }
 
     pub fn num_layers(&self) -> usize {

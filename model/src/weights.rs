@@ -8,6 +8,7 @@
 use crate::{Error, Result};
 use half::{bf16, f16};
 use memmap2::Mmap;
+use nextflow_ops::Weight;
 use nextflow_runtime::{DType, Device, Tensor};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -326,6 +327,51 @@ impl Weights {
         Ok(Tensor::from_bytes(&host, dtype, shape, device)?)
     }
 
+    /// Loads the `[rows, cols]` matrix `name` as `dtype` on `device`, as row blocks when it is
+    /// larger than one binding of the device ([`Device::max_buffer_bytes`]; a 7B embedding on
+    /// wgpu). Each block is converted and uploaded alone: the whole matrix is never one buffer.
+    pub fn get_weight(&self, name: &str, shape: [usize; 2], dtype: DType, device: &Device) -> Result<Weight> {
+        let [rows, cols] = shape;
+        let row_bytes = (cols * dtype.size()).max(1) as u64;
+        let limit = device.max_buffer_bytes();
+        if rows as u64 * row_bytes <= limit {
+            return Ok(Weight::from(self.get(name, &shape, dtype, device)?));
+        }
+        // As many rows as fit, a multiple of 64 when that leaves any (aligned tiles).
+        let fit = (limit / row_bytes) as usize;
+        let per_block = if fit >= 64 { fit / 64 * 64 } else { fit };
+        if per_block == 0 {
+            return Err(Error::Input(format!(
+                "tensor `{name}`: one row of {row_bytes} bytes exceeds the {limit}-byte binding limit of {}",
+                device.info().spec()
+            )));
+        }
+        let mut blocks = Vec::with_capacity(rows.div_ceil(per_block));
+        for start in (0..rows).step_by(per_block) {
+            let n = per_block.min(rows - start);
+            blocks.push(self.get_rows(name, shape, start, n, dtype, device)?);
+        }
+        Ok(Weight::from_blocks(blocks)?)
+    }
+
+    /// Rows `start..start + n` of the `[rows, cols]` matrix `name`.
+    fn get_rows(&self, name: &str, shape: [usize; 2], start: usize, n: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+        let cols = shape[1];
+        if let Some(seed) = self.random {
+            return random_tensor_from(seed, name, start * cols, &[n, cols], dtype, device);
+        }
+        let info = self.tensors.get(name).ok_or_else(|| Error::MissingTensor { name: name.into(), dir: self.dir.clone() })?;
+        if info.shape != shape {
+            return Err(Error::TensorShape { name: name.into(), expected: shape.to_vec(), found: info.shape.clone() });
+        }
+        self.used.lock().expect("not poisoned").insert(name.to_string());
+        let (path, map) = &self.files[info.file];
+        let row_bytes = (info.end - info.start) / shape[0];
+        let bytes = &map[info.start + start * row_bytes..info.start + (start + n) * row_bytes];
+        let host = convert(bytes, info.dtype, dtype).map_err(|msg| bad(path, format!("tensor `{name}`: {msg}")))?;
+        Ok(Tensor::from_bytes(&host, dtype, &[n, cols], device)?)
+    }
+
     /// Tensors in the checkpoint that nothing asked for.
     pub fn unused(&self) -> Vec<String> {
         let used = self.used.lock().expect("not poisoned");
@@ -355,6 +401,12 @@ fn convert(bytes: &[u8], from: DiskDType, to: DType) -> std::result::Result<Vec<
 /// One random tensor (see [`Weights::random`]): xorshift draws seeded by the seed and an
 /// FNV hash of the name, generated in parallel chunks.
 fn random_tensor(seed: u64, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+    random_tensor_from(seed, name, 0, shape, dtype, device)
+}
+
+/// The elements `first..first + numel(shape)` of the random tensor `name` (a row block of it
+/// holds the same values as those rows of the whole).
+fn random_tensor_from(seed: u64, name: &str, first: usize, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
     use rayon::prelude::*;
     let n: usize = shape.iter().product();
     let constant = if name.ends_with("norm.weight") {
@@ -370,7 +422,7 @@ fn random_tensor(seed: u64, name: &str, shape: &[usize], dtype: DType, device: &
         if let Some(c) = constant {
             return c;
         }
-        let mut x = key ^ (i as u64).wrapping_mul(0x9E3779B97F4A7C15);
+        let mut x = key ^ ((first + i) as u64).wrapping_mul(0x9E3779B97F4A7C15);
         x ^= x >> 33;
         x = x.wrapping_mul(0xff51afd7ed558ccd);
         x ^= x >> 33;

@@ -268,27 +268,40 @@ pub fn add_rms_norm(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) ->
 
 /// `table` dense `[vocab, dim]`, `ids` dense.
 pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
-    let (vocab, dim) = (table.shape()[0], table.shape()[1]);
+    embedding_blocks(&[table], ids)
+}
+
+/// One lookup over a table stored as row blocks (in order), one launch per block.
+pub fn embedding_blocks(blocks: &[&Tensor], ids: &Tensor) -> Result<Tensor> {
+    let (dim, dtype, device) = (blocks[0].shape()[1], blocks[0].dtype(), blocks[0].device());
+    let vocab: usize = blocks.iter().map(|b| b.shape()[0]).sum();
     let mut shape = ids.shape().to_vec();
     shape.push(dim);
-    let out = empty(table.device(), table.dtype(), &shape)?;
+    let out = empty(device, dtype, &shape)?;
     let numel = out.numel();
     if numel == 0 {
         return Ok(out);
     }
-    with_client_impl!(table.device(), c => with_dtype_impl!(table.dtype(), E => with_dtype_impl!(ids.dtype(), I => unsafe {
-        gather::embedding::launch_unchecked::<E, I, _>(
-            c,
-            grid(numel, ELEMENTWISE_CUBE),
-            CubeDim::new_1d(ELEMENTWISE_CUBE),
-            array(buffer(table), table.dtype()),
-            array(buffer(ids), ids.dtype()),
-            array(buffer(&out), out.dtype()),
-            vocab as u32,
-            dim as u32,
-            numel as u32,
-        )
-    })));
+    let mut first = 0;
+    for table in blocks {
+        let rows = table.shape()[0];
+        with_client_impl!(device, c => with_dtype_impl!(dtype, E => with_dtype_impl!(ids.dtype(), I => unsafe {
+            gather::embedding::launch_unchecked::<E, I, _>(
+                c,
+                grid(numel, ELEMENTWISE_CUBE),
+                CubeDim::new_1d(ELEMENTWISE_CUBE),
+                array(buffer(table), dtype),
+                array(buffer(ids), ids.dtype()),
+                array(buffer(&out), out.dtype()),
+                first as u32,
+                rows as u32,
+                vocab as u32,
+                dim as u32,
+                numel as u32,
+            )
+        })));
+        first += rows;
+    }
     Ok(out)
 }
 

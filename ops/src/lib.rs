@@ -6,6 +6,7 @@
 //! shader-f16), the op runs on the CPU backend and uploads the result: slower, never wrong.
 
 pub mod attention;
+mod blocked;
 pub mod cpu;
 pub mod fused;
 mod gpu;
@@ -24,7 +25,8 @@ use nextflow_shaders::{elementwise, reduce as kernels};
 pub use nextflow_runtime as runtime;
 pub use attention::{attention, grid_positions, text_positions, write_into, AttentionOptions, KvCache, Mask, Rope};
 pub use image::{conv2d, conv2d_fused, conv2d_with, group_norm, interpolate, interpolate_nhwc, spatial_attention, Conv2d, ConvAlgorithm, ConvFusion, Resize};
-pub use matmul::{linear, matmul, Activation, Epilogue};
+pub use blocked::Weight;
+pub use matmul::{linear, matmul, matmul_into, Activation, Epilogue};
 pub use table::{OpEntry, OP_TABLE};
 pub use gpu::gpu_launches;
 

@@ -194,7 +194,7 @@ pub fn matmul_with(a: &Tensor, b: &Tensor, epilogue: Epilogue, kernel: MatmulKer
             cpu_matmul(&h[0], &h[1], &Epilogue { bias, activation: epilogue.activation, residual }, &out_shape)
         });
     }
-    gpu_matmul(a, b, &epilogue, &out_shape, kernel)
+    gpu_matmul(a, b, &epilogue, &out_shape, kernel, None)
 }
 
 fn act_code(a: Activation) -> u32 {
@@ -205,7 +205,29 @@ fn act_code(a: Activation) -> u32 {
     }
 }
 
-fn gpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize], kernel: MatmulKernel) -> Result<Tensor> {
+/// `a·b` with the epilogue written into `out`, a view whose columns are dense (e.g. a column
+/// block of a wider tensor: `wide.narrow(-1, start, n)`). Kernels only: on the CPU, or for a
+/// dtype the device has no kernels for, it is refused (`ops::Weight` joins blocks there).
+pub fn matmul_into(a: &Tensor, b: &Tensor, epilogue: Epilogue, out: &Tensor) -> Result<()> {
+    let out_shape = check(a, b, &epilogue)?;
+    let err = |msg: String| Err(Error::Shape { op: "matmul_into", msg });
+    if out.shape() != out_shape.as_slice() || out.dtype() != a.dtype() || !out.device().same(a.device()) {
+        return err(format!("output is {:?} {} on {}, expected {out_shape:?} {} on {}", out.shape(), out.dtype(), out.device().info().spec(), a.dtype(), a.device().info().spec()));
+    }
+    let device = a.device().clone();
+    if device.is_cpu() || !crate::on_gpu(&device, &[a.dtype()]) {
+        return Err(Error::Unsupported { op: "matmul_into", dtype: a.dtype(), device: device.info().spec() });
+    }
+    match mat_view(out) {
+        Some(v) if v.sc == 1 || out_shape[out_shape.len() - 1] == 1 => {
+            gpu_matmul(a, b, &epilogue, &out_shape, MatmulKernel::Auto, Some((out, v)))?;
+            Ok(())
+        }
+        _ => err(format!("output view (strides {:?}) needs dense columns and collapsible batch dims", out.strides())),
+    }
+}
+
+fn gpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize], kernel: MatmulKernel, into: Option<(&Tensor, MatView)>) -> Result<Tensor> {
     let (a, av) = as_mat(a)?;
     let (b, mut bv) = as_mat(b)?;
     if b.rank() == 2 {
@@ -215,14 +237,17 @@ fn gpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize], kernel
     let (m, n) = (out_shape[r - 2], out_shape[r - 1]);
     let k = a.shape()[a.rank() - 1];
     let batch: usize = out_shape[..r - 2].iter().product();
-    let out = gpu::empty(a.device(), a.dtype(), out_shape)?;
+    let (out, ov) = match into {
+        Some((t, v)) => (t.clone(), v),
+        None => (gpu::empty(a.device(), a.dtype(), out_shape)?, MatView { offset: 0, sb: m * n, sr: n, sc: 1 }),
+    };
     if out.numel() == 0 {
         return Ok(out);
     }
     let bias = ep.bias.map(contiguous).transpose()?;
     let residual = ep.residual.map(|t| as_mat(t)).transpose()?;
     let rv = residual.as_ref().map(|(_, v)| *v).unwrap_or(MatView { offset: 0, sb: 0, sr: 0, sc: 0 });
-    let geometry: Vec<u32> = [m, n, k, av.offset, av.sb, av.sr, av.sc, bv.offset, bv.sb, bv.sr, bv.sc, rv.offset, rv.sb, rv.sr, rv.sc]
+    let geometry: Vec<u32> = [m, n, k, av.offset, av.sb, av.sr, av.sc, bv.offset, bv.sb, bv.sr, bv.sc, rv.offset, rv.sb, rv.sr, rv.sc, ov.offset, ov.sb, ov.sr]
         .iter()
         .map(|&v| v as u32)
         .collect();
@@ -241,7 +266,7 @@ fn gpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize], kernel
     };
     with_client!(a.device(), c => {
         let geometry = upload_u32(c, &geometry);
-        let geo = unsafe { ArrayArg::from_raw_parts(geometry.clone(), 15) };
+        let geo = unsafe { ArrayArg::from_raw_parts(geometry.clone(), 18) };
         with_dtype!(dtype, E => unsafe {
             let args = (array(buffer(&a), dtype), array(buffer(&b), dtype), array(bias_buf, dtype), array(res_buf, dtype), array(buffer(&out), dtype));
             match kernel {

@@ -74,21 +74,40 @@ pub fn poison_outputs() -> bool {
     POISON.load(Ordering::SeqCst)
 }
 
+/// `NEXTFLOW_MAX_BINDING_MB`, read once: a lower binding limit for GPUs than they report.
+fn binding_cap() -> Option<u64> {
+    static CAP: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| {
+        let v = std::env::var("NEXTFLOW_MAX_BINDING_MB").ok()?;
+        match v.trim().parse::<u64>() {
+            Ok(mb) if mb > 0 => Some(mb << 20),
+            _ => {
+                eprintln!("warning: NEXTFLOW_MAX_BINDING_MB must be a whole number of MiB above 0, got {v:?}; ignored");
+                None
+            }
+        }
+    })
+}
+
 // wgpu binds buffers in 4-byte words; keep every allocation a multiple of 4.
 fn padded(bytes: usize) -> usize {
     bytes.div_ceil(4).max(1) * 4
 }
 
 impl Device {
-    /// The largest single buffer this device accepts (kernels bind whole buffers).
+    /// The largest single buffer this device binds (kernels bind whole buffers): the
+    /// adapter's own storage-binding limit as cubecl requested it (wgpu: `adapter.limits()`,
+    /// 128 MiB on lavapipe), capped by `NEXTFLOW_MAX_BINDING_MB` on GPUs (tests simulate small
+    /// devices with it). Weights above it are loaded as row blocks (`ops::Weight`).
     pub fn max_buffer_bytes(&self) -> u64 {
-        match self.client() {
-            Client::Cpu => u64::MAX,
+        let limit = match self.client() {
+            Client::Cpu => return u64::MAX,
             Client::Wgpu(c) => c.properties().memory.max_page_size,
             Client::Cuda(c) => c.properties().memory.max_page_size,
             Client::Hip(c) => c.properties().memory.max_page_size,
             Client::Record(c) => c.properties().memory.max_page_size,
-        }
+        };
+        binding_cap().map_or(limit, |cap| limit.min(cap))
     }
 
     /// Refuses a buffer the backend would abort on (cubecl panics in its device thread).

@@ -3,8 +3,9 @@
 //! `out[b, i, j] = act(Σ_p A[b, i, p]·B[b, p, j] + bias[j]) + residual[b, i, j]`, f32
 //! accumulation whatever the element type. Operands are strided views (a transpose is a
 //! stride, a shared weight has batch stride 0), described by the `geometry` array:
-//! `[m, n, k, a_off, a_sb, a_sm, a_sk, b_off, b_sb, b_sk, b_sn, r_off, r_sb, r_sm, r_sn]`;
-//! the output is dense `[batch, m, n]`.
+//! `[m, n, k, a_off, a_sb, a_sm, a_sk, b_off, b_sb, b_sk, b_sn, r_off, r_sb, r_sm, r_sn,
+//! o_off, o_sb, o_sm]`; the output's columns are dense and its rows strided, so a matmul can
+//! write its column block of a wider output (a weight split by output rows, ops/src/blocked.rs).
 
 use cubecl::prelude::*;
 
@@ -140,14 +141,15 @@ pub fn matmul_tiled<E: Numeric>(
         k0 += bk;
     }
 
-    let out_base = batch * m * n;
+    let out_base = geometry[15] as usize + batch * geometry[16] as usize;
+    let o_sm = geometry[17] as usize;
     #[unroll]
     for i in 0..tm {
         #[unroll]
         for j in 0..tn {
             let (gi, gj) = (m0 + ty * tm + i, n0 + tx * tn + j);
             if gi < m && gj < n {
-                out[out_base + gi * n + gj] =
+                out[out_base + gi * o_sm + gj] =
                     epilogue::<E>(acc[i * tn + j], gi, gj, batch, bias, residual, geometry, has_bias, act, has_residual);
             }
         }
@@ -169,7 +171,7 @@ pub fn gemv_k_contiguous<E: Numeric>(
     #[comptime] act: u32,
     #[comptime] has_residual: bool,
 ) {
-    let (m, n, k) = (geometry[0] as usize, geometry[1] as usize, geometry[2] as usize);
+    let k = geometry[2] as usize;
     let (j, i, batch) = (CUBE_POS_X as usize, CUBE_POS_Y as usize, CUBE_POS_Z as usize);
     let a_row = geometry[3] as usize + batch * geometry[4] as usize + i * geometry[5] as usize;
     let a_sk = geometry[6] as usize;
@@ -184,7 +186,8 @@ pub fn gemv_k_contiguous<E: Numeric>(
     let mut shared = SharedMemory::<f32>::new(comptime![block as usize]);
     let total = crate::reduce::cube_sum(partial, &mut shared, block);
     if UNIT_POS == 0 {
-        out[(batch * m + i) * n + j] = epilogue::<E>(total, i, j, batch, bias, residual, geometry, has_bias, act, has_residual);
+        let o = geometry[15] as usize + batch * geometry[16] as usize + i * geometry[17] as usize + j;
+        out[o] = epilogue::<E>(total, i, j, batch, bias, residual, geometry, has_bias, act, has_residual);
     }
 }
 
@@ -202,7 +205,7 @@ pub fn gemv_n_contiguous<E: Numeric>(
     #[comptime] act: u32,
     #[comptime] has_residual: bool,
 ) {
-    let (m, n, k) = (geometry[0] as usize, geometry[1] as usize, geometry[2] as usize);
+    let (n, k) = (geometry[1] as usize, geometry[2] as usize);
     let j = ABSOLUTE_POS_X as usize;
     let (i, batch) = (CUBE_POS_Y as usize, CUBE_POS_Z as usize);
     if j >= n {
@@ -216,7 +219,8 @@ pub fn gemv_n_contiguous<E: Numeric>(
     for p in 0..k {
         acc += f32::cast_from(a[a_row + p * a_sk]) * f32::cast_from(b[b_col + p * b_sk]);
     }
-    out[(batch * m + i) * n + j] = epilogue::<E>(acc, i, j, batch, bias, residual, geometry, has_bias, act, has_residual);
+    let o = geometry[15] as usize + batch * geometry[16] as usize + i * geometry[17] as usize + j;
+    out[o] = epilogue::<E>(acc, i, j, batch, bias, residual, geometry, has_bias, act, has_residual);
 }
 
 /// Tensor-core GEMM for f16 operands (f32 accumulation): one plane per 16×16 output tile,
@@ -278,7 +282,8 @@ pub fn matmul_cmma(
         let e = unit + t * 32;
         let (i, j) = (m0 + e / 16, n0 + e % 16);
         if i < m && j < n {
-            out[(batch * m + i) * n + j] = epilogue::<half::f16>(tile_c[e], i, j, batch, bias, residual, geometry, has_bias, act, has_residual);
+            let o = geometry[15] as usize + batch * geometry[16] as usize + i * geometry[17] as usize + j;
+            out[o] = epilogue::<half::f16>(tile_c[e], i, j, batch, bias, residual, geometry, has_bias, act, has_residual);
         }
     }
 }

@@ -98,11 +98,12 @@ pub fn host_available() -> Option<u64> {
     known.into_iter().min()
 }
 
-/// Memory the device's buffers may use: the host's for the CPU, the adapter's for a GPU
-/// (when it reports it).
+/// Memory the device's buffers may use: the host's for the CPU and for a GPU API implemented
+/// on the CPU (lavapipe keeps its buffers in host memory), the adapter's for a GPU (when it
+/// reports it).
 pub fn device_available(device: &Device) -> Option<u64> {
-    match device.backend() {
-        Backend::Cpu => host_available(),
+    match (device.backend(), device.info().kind) {
+        (Backend::Cpu, _) | (_, nextflow_runtime::DeviceKind::SoftwareRasterizer) => host_available(),
         _ => device.info().memory_bytes,
     }
 }

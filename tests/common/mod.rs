@@ -1,4 +1,5 @@
 //! Shared by the model parity tests.
+#![allow(dead_code)]
 
 use nextflow_runtime::Device;
 

@@ -77,6 +77,9 @@ fn every_kernel_compiles_for_every_target() {
         return;
     };
     let device = Device::open_recording(info).unwrap();
+    // cubecl opens wgpu devices with the adapter's own limits (wgpu's default binding limit is
+    // 128 MiB, which lavapipe also reports: this tells them apart on real GPUs only).
+    assert_eq!(Some(device.max_buffer_bytes()), info.max_binding_bytes, "the device's binding limit is not the adapter's");
     set_poison_outputs(true);
     let mut failures = Vec::new();
     for dtype in [DType::F32, DType::F16] {
@@ -118,8 +121,18 @@ fn every_kernel_compiles_for_every_target() {
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(k) = kernels.get(i) else { break };
+                        if let Some(dir) = std::env::var_os("NEXTFLOW_TARGETS_DUMP") {
+                            // The sources too (best effort), named by the row number of the table.
+                            let dir = std::path::PathBuf::from(dir);
+                            let _ = std::fs::create_dir_all(&dir);
+                            for (ext, src) in [("wgsl", &k.wgsl), ("cu", &k.cuda), ("hip", &k.hip)] {
+                                if let Ok(src) = src {
+                                    let _ = std::fs::write(dir.join(format!("k{i:03}.{ext}")), src);
+                                }
+                            }
+                        }
                         let mut results = match &k.wgsl {
-                            Ok(src) => targets::wgsl_targets(&label(k), src),
+                            Ok(src) => targets::wgsl_targets(&format!("k{i:03}"), src),
                             Err(e) => vec![TargetResult { target: "wgsl", ok: false, detail: e.clone(), registers: None, shared_bytes: None }],
                         };
                         match &k.cuda {

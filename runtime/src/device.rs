@@ -82,6 +82,9 @@ pub struct DeviceInfo {
     pub bf16: bool,
     /// Plane (warp/subgroup) operations, as the adapter reports them.
     pub planes: bool,
+    /// The adapter's own storage-binding limit (wgpu adapters): the largest buffer a kernel
+    /// can bind, which cubecl requests when it opens the device (not wgpu's 128 MiB default).
+    pub max_binding_bytes: Option<u64>,
     /// How to reach the device's runtime client.
     wgpu_device: Option<cubecl::wgpu::WgpuDevice>,
 }
@@ -99,7 +102,7 @@ impl DeviceInfo {
         bf16: bool,
         planes: bool,
     ) -> DeviceInfo {
-        DeviceInfo { backend, index, name: name.into(), kind, memory_bytes, f16, bf16, planes, wgpu_device: None }
+        DeviceInfo { backend, index, name: name.into(), kind, memory_bytes, f16, bf16, planes, max_binding_bytes: None, wgpu_device: None }
     }
 
     /// The `--device` spelling that selects exactly this device.
@@ -228,6 +231,7 @@ fn cpu_info() -> DeviceInfo {
         f16: true,
         bf16: true,
         planes: false,
+        max_binding_bytes: None,
         wgpu_device: None,
     }
 }
@@ -282,6 +286,7 @@ fn wgpu_devices() -> std::result::Result<Vec<DeviceInfo>, String> {
             f16: features.contains(wgpu::Features::SHADER_F16),
             bf16: false,
             planes: features.contains(wgpu::Features::SUBGROUP),
+            max_binding_bytes: Some(adapter.limits().max_storage_buffer_binding_size as u64),
             wgpu_device: Some(wgpu_device),
         });
     }
@@ -306,6 +311,7 @@ fn driver_devices(backend: Backend, found: std::result::Result<Vec<probe::Driver
                     f16: true,
                     bf16,
                     planes: true,
+                    max_binding_bytes: None,
                     wgpu_device: None,
                 });
             }

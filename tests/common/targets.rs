@@ -16,7 +16,8 @@
 //! `NEXTFLOW_CUDA_INCLUDE` (a CUDA include directory, used instead of the headers NVRTC bundles),
 //! `NEXTFLOW_SPIRV_VAL` (path of spirv-val; `0` or empty disables it), `NEXTFLOW_PYTHON`
 //! (the interpreter asked for site-packages; default `python3`), and
-//! `NEXTFLOW_TARGETS_DUMP=<dir>` to keep what [`wgsl_targets`] writes (`<name>.metal`, `.hlsl`, `.spv`).
+//! `NEXTFLOW_TARGETS_DUMP=<dir>` to keep what [`wgsl_targets`] writes (`<name>.metal`, `.hlsl`, `.spv`;
+//! the GPU-targets test adds each kernel's `.wgsl`, `.cu` and `.hip` source).
 
 #![allow(dead_code)]
 
@@ -789,4 +790,254 @@ pub fn cuda_targets(nvrtc: &Nvrtc, ptxas_path: Option<&Path>, name: &str, source
         }
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------------
+// HIPRTC
+// ---------------------------------------------------------------------------------------------
+
+type HiprtcProgram = *mut std::ffi::c_void;
+type HiprtcResult = c_int;
+const HIPRTC_SUCCESS: HiprtcResult = 0;
+
+/// Where Debian/Ubuntu's `libamdhip64-5` (ROCm 5.2; hiprtc is part of libamdhip64 there) puts it.
+const HIPRTC_DEBIAN_PATH: &str = "/usr/lib/x86_64-linux-gnu/libamdhip64.so.5";
+/// Names tried with the dynamic loader's own search: ROCm ≥ 6 ships hiprtc as its own library.
+const HIPRTC_NAMES: &[&str] = &["libhiprtc.so", "libamdhip64.so"];
+/// What [`Hiprtc::find`] compiles to learn how the HIP headers behave: the two includes cubecl's
+/// HIP kernels have, and a use of each.
+const HIPRTC_PROBE: &str = "#include <hip/hip_runtime.h>\n#include <hip/hip_fp16.h>\n\
+extern \"C\" __global__ void hiprtc_probe(__half* x) { x[threadIdx.x] = __float2half(1.0f); }\n";
+const HIPRTC_PROBE_ARCH: &str = "gfx90a";
+
+struct HiprtcFns {
+    version: unsafe extern "C" fn(*mut c_int, *mut c_int) -> HiprtcResult,
+    error_string: unsafe extern "C" fn(HiprtcResult) -> *const c_char,
+    create: unsafe extern "C" fn(*mut HiprtcProgram, *const c_char, *const c_char, c_int, *const *const c_char, *const *const c_char) -> HiprtcResult,
+    compile: unsafe extern "C" fn(HiprtcProgram, c_int, *const *const c_char) -> HiprtcResult,
+    code_size: unsafe extern "C" fn(HiprtcProgram, *mut usize) -> HiprtcResult,
+    code: unsafe extern "C" fn(HiprtcProgram, *mut c_char) -> HiprtcResult,
+    log_size: unsafe extern "C" fn(HiprtcProgram, *mut usize) -> HiprtcResult,
+    log: unsafe extern "C" fn(HiprtcProgram, *mut c_char) -> HiprtcResult,
+    destroy: unsafe extern "C" fn(*mut HiprtcProgram) -> HiprtcResult,
+}
+
+/// HIPRTC, loaded at run time.
+pub struct Hiprtc {
+    fns: HiprtcFns,
+    version: (i32, i32),
+    /// The library file loaded (or the bare name the loader resolved).
+    pub path: PathBuf,
+    /// `-I` directories passed to every compile: the one holding `hip/hip_runtime.h` (see
+    /// [`Hiprtc::find`]); empty when none was found.
+    pub include_dirs: Vec<PathBuf>,
+    /// Where the headers come from, for reports: the include dir or "none", plus
+    /// " + -DHIP_INCLUDE_HIP_HIP_FP16_H" where [`Hiprtc::fp16_guard`] is set.
+    pub headers: String,
+    /// Compiles get `-DHIP_INCLUDE_HIP_HIP_FP16_H`, `hip_fp16.h`'s include guard. HIPRTC's built-in
+    /// preamble (ROCm 5.2: `libhiprtc-builtins5`) is a preprocessed copy of `hip_runtime.h` *and*
+    /// `hip_fp16.h`, but it defines only `hip_runtime.h`'s guard, so including the real
+    /// `hip_fp16.h` defines `__half_raw` and the rest a second time. Defining the guard does for
+    /// `hip_fp16.h` what the preamble does for `hip_runtime.h`: the code is the preamble's, the
+    /// header file is skipped. Set when a probe compile fails with the real headers and passes
+    /// with the guard.
+    pub fp16_guard: bool,
+    // Last: the functions above point into it.
+    _lib: libloading::Library,
+}
+
+impl std::fmt::Debug for Hiprtc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hiprtc").field("path", &self.path).field("version", &self.version).field("headers", &self.headers).finish()
+    }
+}
+
+impl Hiprtc {
+    /// Loads HIPRTC: env `NEXTFLOW_HIPRTC` (a file path), else Debian's
+    /// `/usr/lib/x86_64-linux-gnu/libamdhip64.so.5` (packages `libamdhip64-5`,
+    /// `libhiprtc-builtins5`, `libamd-comgr2`), else `libhiprtc.so` / `libamdhip64.so` through
+    /// the dynamic loader's search path.
+    ///
+    /// HIP headers: HIPRTC declares the device built-ins itself but, in ROCm 5.2, does not
+    /// resolve `#include <hip/hip_runtime.h>` (which every cubecl kernel has), so like cubecl-hip
+    /// (`-I<HIP_PATH>/include`) it needs an include directory: env `NEXTFLOW_HIP_INCLUDE`, else
+    /// the first of `$HIP_PATH/include`, `$ROCM_PATH/include`, `/opt/rocm/include`, `/usr/include`
+    /// (Debian `libamdhip64-dev`) with `hip/hip_runtime.h` in it.
+    ///
+    /// No AMD GPU or driver is needed: HIPRTC compiles in-process through `libamd_comgr`.
+    pub fn find() -> Result<Hiprtc, String> {
+        let (path, lib) = load_hiprtc_library()?;
+        // SAFETY: each signature below is the one declared in hip/hiprtc.h.
+        let fns = unsafe {
+            HiprtcFns {
+                version: symbol(&lib, &path, "hiprtcVersion")?,
+                error_string: symbol(&lib, &path, "hiprtcGetErrorString")?,
+                create: symbol(&lib, &path, "hiprtcCreateProgram")?,
+                compile: symbol(&lib, &path, "hiprtcCompileProgram")?,
+                code_size: symbol(&lib, &path, "hiprtcGetCodeSize")?,
+                code: symbol(&lib, &path, "hiprtcGetCode")?,
+                log_size: symbol(&lib, &path, "hiprtcGetProgramLogSize")?,
+                log: symbol(&lib, &path, "hiprtcGetProgramLog")?,
+                destroy: symbol(&lib, &path, "hiprtcDestroyProgram")?,
+            }
+        };
+        let (mut major, mut minor) = (0, 0);
+        // SAFETY: two valid out-pointers.
+        let r = unsafe { (fns.version)(&mut major, &mut minor) };
+        if r != HIPRTC_SUCCESS {
+            return Err(format!("{}: hiprtcVersion failed ({r})", path.display()));
+        }
+        let include_dirs: Vec<PathBuf> = find_hip_include()?.into_iter().collect();
+        let headers = include_dirs.first().map_or("none".to_string(), |d| d.display().to_string());
+        let mut hiprtc = Hiprtc { fns, version: (major, minor), path, include_dirs, headers, fp16_guard: false, _lib: lib };
+        // Probe whether `#include <hip/hip_fp16.h>` needs the guard (see `fp16_guard`).
+        if hiprtc.compile("hiprtc_probe", HIPRTC_PROBE, HIPRTC_PROBE_ARCH).is_err_and(|e| e.contains("redefinition of")) {
+            hiprtc.fp16_guard = true;
+            if hiprtc.compile("hiprtc_probe", HIPRTC_PROBE, HIPRTC_PROBE_ARCH).is_ok() {
+                hiprtc.headers += " + -DHIP_INCLUDE_HIP_HIP_FP16_H";
+            } else {
+                hiprtc.fp16_guard = false;
+            }
+        }
+        Ok(hiprtc)
+    }
+
+    /// (major, minor) as `hiprtcVersion` reports it.
+    pub fn version(&self) -> (i32, i32) {
+        self.version
+    }
+
+    fn error_string(&self, r: HiprtcResult) -> String {
+        // SAFETY: returns a static NUL-terminated string (or null) for any code.
+        let p = unsafe { (self.fns.error_string)(r) };
+        if p.is_null() {
+            format!("HIPRTC error {r}")
+        } else {
+            // SAFETY: non-null, NUL-terminated, static.
+            unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+        }
+    }
+
+    /// Compiles HIP C++ to an AMDGPU code object for `arch` ("gfx90a", "gfx1030", …) with the
+    /// options cubecl-hip uses (`--std=c++17`, `-O3`, `-I<HIP include dir>`) plus
+    /// `--offload-arch=<arch>`, which cubecl-hip leaves out because HIPRTC then takes the
+    /// current device's. Returns the code object's size in bytes,
+    /// or the HIPRTC log as the error.
+    pub fn compile(&self, name: &str, source: &str, arch: &str) -> Result<usize, String> {
+        let c_source = CString::new(source).map_err(|_| format!("{name}: source contains a NUL byte"))?;
+        let c_name = CString::new(format!("{name}.hip")).map_err(|_| format!("{name}: name contains a NUL byte"))?;
+        let mut options = vec![format!("--offload-arch={arch}"), "--std=c++17".to_string(), "-O3".to_string()];
+        options.extend(self.include_dirs.iter().map(|d| format!("-I{}", d.display())));
+        if self.fp16_guard {
+            options.push("-DHIP_INCLUDE_HIP_HIP_FP16_H".into());
+        }
+        let c_options = options.iter().map(|o| CString::new(o.as_str())).collect::<Result<Vec<_>, _>>().map_err(|_| format!("{name}: an option contains a NUL byte"))?;
+        let option_ptrs: Vec<*const c_char> = c_options.iter().map(|o| o.as_ptr()).collect();
+
+        let mut prog: HiprtcProgram = std::ptr::null_mut();
+        // SAFETY: NUL-terminated strings that outlive the call; no in-memory headers.
+        let r = unsafe { (self.fns.create)(&mut prog, c_source.as_ptr(), c_name.as_ptr(), 0, std::ptr::null(), std::ptr::null()) };
+        if r != HIPRTC_SUCCESS {
+            return Err(format!("{name}: hiprtcCreateProgram: {}", self.error_string(r)));
+        }
+        let result = (|| {
+            // SAFETY: a live program and `option_ptrs.len()` valid option strings.
+            let r = unsafe { (self.fns.compile)(prog, option_ptrs.len() as c_int, option_ptrs.as_ptr()) };
+            if r != HIPRTC_SUCCESS {
+                let log = self.program_log(prog);
+                let hint = if self.include_dirs.is_empty() && log.contains("file not found") {
+                    "\n(no HIP include directory: set NEXTFLOW_HIP_INCLUDE or apt-get install libamdhip64-dev)"
+                } else {
+                    ""
+                };
+                return Err(format!("{name} ({arch}): {}\n{}{hint}", self.error_string(r), log.trim_end()));
+            }
+            let mut size = 0usize;
+            // SAFETY: a live, compiled program and a valid out-pointer.
+            let r = unsafe { (self.fns.code_size)(prog, &mut size) };
+            if r != HIPRTC_SUCCESS {
+                return Err(format!("{name}: hiprtcGetCodeSize: {}", self.error_string(r)));
+            }
+            if size == 0 {
+                return Err(format!("{name} ({arch}): HIPRTC reported success but produced no code\n{}", self.program_log(prog).trim_end()));
+            }
+            let mut buf = vec![0u8; size];
+            // SAFETY: `buf` holds `size` bytes, as HIPRTC asked.
+            let r = unsafe { (self.fns.code)(prog, buf.as_mut_ptr().cast()) };
+            if r != HIPRTC_SUCCESS {
+                return Err(format!("{name}: hiprtcGetCode: {}", self.error_string(r)));
+            }
+            Ok(size)
+        })();
+        // SAFETY: destroys the program created above exactly once.
+        unsafe { (self.fns.destroy)(&mut prog) };
+        result
+    }
+
+    fn program_log(&self, prog: HiprtcProgram) -> String {
+        let mut size = 0usize;
+        // SAFETY: a live program, a valid out-pointer.
+        if unsafe { (self.fns.log_size)(prog, &mut size) } != HIPRTC_SUCCESS || size == 0 {
+            return String::new();
+        }
+        let mut buf = vec![0u8; size];
+        // SAFETY: `buf` holds the `size` bytes HIPRTC asked for.
+        if unsafe { (self.fns.log)(prog, buf.as_mut_ptr().cast()) } != HIPRTC_SUCCESS {
+            return String::new();
+        }
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    }
+}
+
+/// `NEXTFLOW_HIPRTC`, else [`HIPRTC_DEBIAN_PATH`], else [`HIPRTC_NAMES`] through `dlopen`'s search.
+fn load_hiprtc_library() -> Result<(PathBuf, libloading::Library), String> {
+    let load = |path: PathBuf| {
+        // SAFETY: loading HIPRTC runs only its (trusted, vendor) initialisers.
+        unsafe { libloading::Library::new(&path) }.map(|lib| (path.clone(), lib)).map_err(|e| format!("loading {}: {e}", path.display()))
+    };
+    if let Some(p) = std::env::var_os("NEXTFLOW_HIPRTC") {
+        let p = PathBuf::from(p);
+        return if p.is_file() { load(p) } else { Err(format!("NEXTFLOW_HIPRTC={} is not a file", p.display())) };
+    }
+    let debian = PathBuf::from(HIPRTC_DEBIAN_PATH);
+    if debian.is_file() {
+        return load(debian);
+    }
+    let mut errors = Vec::new();
+    for name in HIPRTC_NAMES {
+        match load(PathBuf::from(name)) {
+            Ok(found) => return Ok(found),
+            Err(e) => errors.push(e),
+        }
+    }
+    Err(format!(
+        "no HIPRTC: NEXTFLOW_HIPRTC unset, no {HIPRTC_DEBIAN_PATH} (apt-get install libamdhip64-5 libhiprtc-builtins5 libamd-comgr2); {}",
+        errors.join("; ")
+    ))
+}
+
+/// The HIP include directory (see [`Hiprtc::find`]), `None` when there is none.
+fn find_hip_include() -> Result<Option<PathBuf>, String> {
+    if let Some(dir) = std::env::var_os("NEXTFLOW_HIP_INCLUDE") {
+        let dir = PathBuf::from(dir);
+        return if dir.is_dir() { Ok(Some(dir)) } else { Err(format!("NEXTFLOW_HIP_INCLUDE={} is not a directory", dir.display())) };
+    }
+    let roots = ["HIP_PATH", "ROCM_PATH"].into_iter().filter_map(std::env::var_os).map(|r| PathBuf::from(r).join("include"));
+    Ok(roots.chain(["/opt/rocm/include", "/usr/include"].map(PathBuf::from)).find(|d| d.join("hip/hip_runtime.h").is_file()))
+}
+
+/// HIPRTC for each arch: one "hiprtc <arch>" result per arch.
+pub fn hip_targets(hiprtc: &Hiprtc, name: &str, source: &str, archs: &[&str]) -> Vec<TargetResult> {
+    let (major, minor) = hiprtc.version();
+    archs
+        .iter()
+        .map(|&arch| {
+            let target = target_name("hiprtc", arch);
+            match hiprtc.compile(name, source, arch) {
+                Err(e) => TargetResult::err(target, e),
+                Ok(bytes) => TargetResult::ok(target, format!("HIPRTC {major}.{minor}, {bytes} B code object")),
+            }
+        })
+        .collect()
 }

@@ -8,12 +8,19 @@
 //!   PyPI wheel `nvidia-cuda-nvrtc`); no CUDA driver or GPU is needed.
 //! * [`find_ptxas`] / [`ptxas`]: PTX → SASS with `ptxas -v` (PyPI wheel `nvidia-cuda-nvcc`),
 //!   reporting registers and shared memory per kernel.
+//! * [`Hiprtc`] / [`hip_targets`]: HIP C++ → AMDGPU code object with HIPRTC, loaded at run time
+//!   with `libloading` (Debian `libamdhip64-5`, `libhiprtc-builtins5`, `libamd-comgr2`, plus
+//!   `libamdhip64-dev` for the `hip/*.h` files cubecl's kernels include); no AMD driver or GPU is
+//!   needed, and no code object is disassembled or loaded.
 //!
 //! Nothing here panics on a missing tool: finders return `Err(reason)` so a test can print
 //! `SKIPPED …` and move on. Include it with `#[path = "common/targets.rs"] mod targets;`.
 //!
 //! Environment overrides: `NEXTFLOW_NVRTC` (path of libnvrtc), `NEXTFLOW_PTXAS` (path of ptxas),
 //! `NEXTFLOW_CUDA_INCLUDE` (a CUDA include directory, used instead of the headers NVRTC bundles),
+//! `NEXTFLOW_HIPRTC` (path of the library with hiprtc: libamdhip64.so.5 in ROCm 5, libhiprtc.so
+//! from ROCm 6), `NEXTFLOW_HIP_INCLUDE` (the include directory holding `hip/hip_runtime.h`; else
+//! `$HIP_PATH/include`, `$ROCM_PATH/include`, `/opt/rocm/include` or `/usr/include`),
 //! `NEXTFLOW_SPIRV_VAL` (path of spirv-val; `0` or empty disables it), `NEXTFLOW_PYTHON`
 //! (the interpreter asked for site-packages; default `python3`), and
 //! `NEXTFLOW_TARGETS_DUMP=<dir>` to keep what [`wgsl_targets`] writes (`<name>.metal`, `.hlsl`, `.spv`;
@@ -799,6 +806,8 @@ pub fn cuda_targets(nvrtc: &Nvrtc, ptxas_path: Option<&Path>, name: &str, source
 type HiprtcProgram = *mut std::ffi::c_void;
 type HiprtcResult = c_int;
 const HIPRTC_SUCCESS: HiprtcResult = 0;
+/// ELF `e_machine` of an AMDGPU code object.
+const EM_AMDGPU: u16 = 224;
 
 /// Where Debian/Ubuntu's `libamdhip64-5` (ROCm 5.2; hiprtc is part of libamdhip64 there) puts it.
 const HIPRTC_DEBIAN_PATH: &str = "/usr/lib/x86_64-linux-gnu/libamdhip64.so.5";
@@ -842,13 +851,26 @@ pub struct Hiprtc {
     /// header file is skipped. Set when a probe compile fails with the real headers and passes
     /// with the guard.
     pub fp16_guard: bool,
+    /// The processors ("gfx90a", "gfx1030", …) of the `libamd_comgr` HIPRTC compiles with, as
+    /// `amd_comgr_get_isa_name` lists them; `None` where that library could not be asked.
+    /// [`Hiprtc::compile`] refuses any other arch: ROCm 5.2's comgr (2.4) crashes the process
+    /// (a `strlen` of a null ISA name in `amd_comgr_do_action`) for one it lacks, such as gfx1100
+    /// or gfx940, although its LLVM knows them.
+    pub processors: Option<Vec<String>>,
+    /// "comgr <major>.<minor> (<soname>)", or why it is unknown.
+    pub comgr: String,
     // Last: the functions above point into it.
     _lib: libloading::Library,
 }
 
 impl std::fmt::Debug for Hiprtc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hiprtc").field("path", &self.path).field("version", &self.version).field("headers", &self.headers).finish()
+        f.debug_struct("Hiprtc")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("headers", &self.headers)
+            .field("comgr", &self.comgr)
+            .finish()
     }
 }
 
@@ -889,7 +911,17 @@ impl Hiprtc {
         }
         let include_dirs: Vec<PathBuf> = find_hip_include()?.into_iter().collect();
         let headers = include_dirs.first().map_or("none".to_string(), |d| d.display().to_string());
-        let mut hiprtc = Hiprtc { fns, version: (major, minor), path, include_dirs, headers, fp16_guard: false, _lib: lib };
+        let mut hiprtc = Hiprtc {
+            fns,
+            version: (major, minor),
+            path,
+            include_dirs,
+            headers,
+            fp16_guard: false,
+            processors: None,
+            comgr: "unknown".into(),
+            _lib: lib,
+        };
         // Probe whether `#include <hip/hip_fp16.h>` needs the guard (see `fp16_guard`).
         if hiprtc.compile("hiprtc_probe", HIPRTC_PROBE, HIPRTC_PROBE_ARCH).is_err_and(|e| e.contains("redefinition of")) {
             hiprtc.fp16_guard = true;
@@ -899,10 +931,17 @@ impl Hiprtc {
                 hiprtc.fp16_guard = false;
             }
         }
+        // The probe (gfx90a, which every comgr since ROCm 4.3 has) made HIPRTC load its comgr,
+        // which it loads at the first compile only; ask that one for its processors.
+        match comgr_processors() {
+            Ok((comgr, processors)) => (hiprtc.comgr, hiprtc.processors) = (comgr, Some(processors)),
+            Err(e) => hiprtc.comgr = e,
+        }
         Ok(hiprtc)
     }
 
-    /// (major, minor) as `hiprtcVersion` reports it.
+    /// (major, minor) as `hiprtcVersion` reports it. Not the ROCm version: ROCm 5.2's
+    /// (`libamdhip64.so.5.2.21153`) says 9.0; [`Hiprtc::path`] and [`Hiprtc::comgr`] say more.
     pub fn version(&self) -> (i32, i32) {
         self.version
     }
@@ -921,9 +960,15 @@ impl Hiprtc {
     /// Compiles HIP C++ to an AMDGPU code object for `arch` ("gfx90a", "gfx1030", …) with the
     /// options cubecl-hip uses (`--std=c++17`, `-O3`, `-I<HIP include dir>`) plus
     /// `--offload-arch=<arch>`, which cubecl-hip leaves out because HIPRTC then takes the
-    /// current device's. Returns the code object's size in bytes,
-    /// or the HIPRTC log as the error.
+    /// current device's. Returns the size in bytes of the code object (checked to be an AMDGPU
+    /// ELF), or the HIPRTC log as the error.
     pub fn compile(&self, name: &str, source: &str, arch: &str) -> Result<usize, String> {
+        if let Some(processors) = &self.processors {
+            let processor = arch.split(':').next().unwrap_or(arch);
+            if !processors.iter().any(|p| p == processor) {
+                return Err(format!("{name}: {} does not know {processor} (not compiled: HIPRTC would crash); it has {}", self.comgr, processors.join(" ")));
+            }
+        }
         let c_source = CString::new(source).map_err(|_| format!("{name}: source contains a NUL byte"))?;
         let c_name = CString::new(format!("{name}.hip")).map_err(|_| format!("{name}: name contains a NUL byte"))?;
         let mut options = vec![format!("--offload-arch={arch}"), "--std=c++17".to_string(), "-O3".to_string()];
@@ -966,6 +1011,10 @@ impl Hiprtc {
             let r = unsafe { (self.fns.code)(prog, buf.as_mut_ptr().cast()) };
             if r != HIPRTC_SUCCESS {
                 return Err(format!("{name}: hiprtcGetCode: {}", self.error_string(r)));
+            }
+            // An AMDGPU ELF: the magic, then e_machine (offset 18, little-endian) EM_AMDGPU.
+            if buf.len() < 20 || &buf[..4] != b"\x7fELF" || u16::from_le_bytes([buf[18], buf[19]]) != EM_AMDGPU {
+                return Err(format!("{name} ({arch}): HIPRTC's {size} B of code are not an AMDGPU ELF code object"));
             }
             Ok(size)
         })();
@@ -1025,6 +1074,62 @@ fn find_hip_include() -> Result<Option<PathBuf>, String> {
     }
     let roots = ["HIP_PATH", "ROCM_PATH"].into_iter().filter_map(std::env::var_os).map(|r| PathBuf::from(r).join("include"));
     Ok(roots.chain(["/opt/rocm/include", "/usr/include"].map(PathBuf::from)).find(|d| d.join("hip/hip_runtime.h").is_file()))
+}
+
+/// comgr sonames, newest first (ROCm 7: .so.3; ROCm 5 and 6: .so.2).
+const COMGR_NAMES: &[&str] = &["libamd_comgr.so.3", "libamd_comgr.so.2"];
+
+/// ("comgr <major>.<minor> (<soname>)", its processors) from the `libamd_comgr` already loaded
+/// in this process (by HIPRTC): `dlopen(RTLD_NOLOAD)` never loads another one.
+fn comgr_processors() -> Result<(String, Vec<String>), String> {
+    #[cfg(target_os = "linux")]
+    {
+        type Status = c_int;
+        /// glibc's RTLD_NOLOAD.
+        const RTLD_NOLOAD: c_int = 4;
+        let flags = libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL | RTLD_NOLOAD;
+        for &soname in COMGR_NAMES {
+            // SAFETY: RTLD_NOLOAD only returns a library that is already loaded (and initialised).
+            let Ok(lib) = (unsafe { libloading::os::unix::Library::open(Some(soname), flags) }) else { continue };
+            let lib = libloading::Library::from(lib);
+            let path = Path::new(soname);
+            // SAFETY: the signatures declared in amd_comgr.h.
+            let (version, count, isa_name) = unsafe {
+                (
+                    symbol::<unsafe extern "C" fn(*mut usize, *mut usize)>(&lib, path, "amd_comgr_get_version")?,
+                    symbol::<unsafe extern "C" fn(*mut usize) -> Status>(&lib, path, "amd_comgr_get_isa_count")?,
+                    symbol::<unsafe extern "C" fn(usize, *mut *const c_char) -> Status>(&lib, path, "amd_comgr_get_isa_name")?,
+                )
+            };
+            let (mut major, mut minor, mut n) = (0usize, 0usize, 0usize);
+            // SAFETY: valid out-pointers.
+            unsafe { version(&mut major, &mut minor) };
+            // SAFETY: a valid out-pointer.
+            if unsafe { count(&mut n) } != 0 {
+                return Err(format!("{soname}: amd_comgr_get_isa_count failed"));
+            }
+            let mut processors = Vec::new();
+            for i in 0..n {
+                let mut p: *const c_char = std::ptr::null();
+                // SAFETY: `i` < count, a valid out-pointer; comgr returns a static string.
+                if unsafe { isa_name(i, &mut p) } != 0 || p.is_null() {
+                    return Err(format!("{soname}: amd_comgr_get_isa_name({i}) failed"));
+                }
+                // SAFETY: non-null, NUL-terminated, static. "amdgcn-amd-amdhsa--gfx90a[:feature…]".
+                let isa = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+                let processor = isa.rsplit("--").next().unwrap_or(&isa).split(':').next().unwrap_or("").to_string();
+                if !processors.contains(&processor) {
+                    processors.push(processor);
+                }
+            }
+            return Ok((format!("comgr {major}.{minor} ({soname})"), processors));
+        }
+        Err(format!("comgr unknown: none of {COMGR_NAMES:?} is loaded"))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        Err("comgr unknown: only looked for on Linux".into())
+    }
 }
 
 /// HIPRTC for each arch: one "hiprtc <arch>" result per arch.

@@ -969,6 +969,10 @@ impl Hiprtc {
                 return Err(format!("{name}: {} does not know {processor} (not compiled: HIPRTC would crash); it has {}", self.comgr, processors.join(" ")));
             }
         }
+        // One compile at a time in the process: hiprtc 5.2 / comgr 2.4 corrupt the heap when
+        // called from several threads at once (seen in CI: "malloc(): unaligned tcache chunk").
+        static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let c_source = CString::new(source).map_err(|_| format!("{name}: source contains a NUL byte"))?;
         let c_name = CString::new(format!("{name}.hip")).map_err(|_| format!("{name}: name contains a NUL byte"))?;
         let mut options = vec![format!("--offload-arch={arch}"), "--std=c++17".to_string(), "-O3".to_string()];

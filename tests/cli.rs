@@ -18,7 +18,8 @@ fn machine() -> Discovery {
     Discovery {
         devices: vec![
             DeviceInfo::described(Backend::Cpu, 0, "AMD EPYC (2 threads)", DeviceKind::NativeCpu, Some(24 * gib), true, true, false),
-            DeviceInfo::described(Backend::Vulkan, 0, "llvmpipe (LLVM 15.0.6, 256 bits)", DeviceKind::SoftwareRasterizer, None, true, false, true),
+            DeviceInfo::described(Backend::Vulkan, 0, "llvmpipe (LLVM 15.0.6, 256 bits)", DeviceKind::SoftwareRasterizer, None, true, false, true)
+                .with_max_binding(128 << 20),
         ],
         unavailable: vec![
             Unavailable { backend: Backend::Cuda, reason: "libcuda.so.1 not found".into() },

@@ -105,6 +105,12 @@ impl DeviceInfo {
         DeviceInfo { backend, index, name: name.into(), kind, memory_bytes, f16, bf16, planes, max_binding_bytes: None, wgpu_device: None }
     }
 
+    /// The same, with an adapter's storage-binding limit (listings and tests).
+    pub fn with_max_binding(mut self, bytes: u64) -> DeviceInfo {
+        self.max_binding_bytes = Some(bytes);
+        self
+    }
+
     /// The `--device` spelling that selects exactly this device.
     pub fn spec(&self) -> String {
         match self.backend {

@@ -9,6 +9,15 @@ fn memory(bytes: Option<u64>) -> String {
     }
 }
 
+/// A binding limit: MiB below 1 GiB, else GiB.
+fn binding(bytes: Option<u64>) -> String {
+    match bytes {
+        Some(b) if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        Some(b) => format!("{} MiB", b >> 20),
+        None => "-".into(),
+    }
+}
+
 fn yes(flag: bool) -> &'static str {
     if flag {
         "yes"
@@ -31,6 +40,7 @@ pub fn report(discovery: &Discovery) -> super::report::DevicesReport {
                 kind: d.kind.name().into(),
                 name: d.name.clone(),
                 memory_bytes: d.memory_bytes,
+                max_binding_bytes: d.max_binding_bytes,
                 f16: d.f16,
                 bf16: d.bf16,
                 planes: d.planes,
@@ -42,11 +52,12 @@ pub fn report(discovery: &Discovery) -> super::report::DevicesReport {
 }
 
 /// The table `nextflow devices` prints: one row per device, `*` on the one auto picks,
-/// then each backend that could not be used and why.
+/// then each backend that could not be used and why. BINDING is the largest buffer a kernel
+/// can bind on a wgpu adapter; larger weights load as blocks.
 pub fn render(discovery: &Discovery) -> String {
     let auto = discovery.auto();
     let is_auto = |d: &DeviceInfo| d.backend == auto.backend && d.index == auto.index;
-    let rows: Vec<[String; 8]> = discovery
+    let rows: Vec<[String; 9]> = discovery
         .devices
         .iter()
         .map(|d| {
@@ -55,6 +66,7 @@ pub fn render(discovery: &Discovery) -> String {
                 d.backend.name().into(),
                 d.kind.name().into(),
                 memory(d.memory_bytes),
+                binding(d.max_binding_bytes),
                 yes(d.f16).into(),
                 yes(d.bf16).into(),
                 yes(d.planes).into(),
@@ -62,8 +74,8 @@ pub fn render(discovery: &Discovery) -> String {
             ]
         })
         .collect();
-    let header = ["  DEVICE", "BACKEND", "KIND", "MEMORY", "F16", "BF16", "PLANES", "NAME"].map(String::from);
-    let mut widths = [0usize; 8];
+    let header = ["  DEVICE", "BACKEND", "KIND", "MEMORY", "BINDING", "F16", "BF16", "PLANES", "NAME"].map(String::from);
+    let mut widths = [0usize; 9];
     for row in std::iter::once(&header).chain(&rows) {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());

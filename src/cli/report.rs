@@ -178,6 +178,8 @@ pub struct DeviceEntry {
     pub kind: String,
     pub name: String,
     pub memory_bytes: Option<u64>,
+    /// The largest buffer a kernel can bind (wgpu adapters): weights above it load as blocks.
+    pub max_binding_bytes: Option<u64>,
     pub f16: bool,
     pub bf16: bool,
     pub planes: bool,

@@ -50,23 +50,6 @@ fn label(k: &RecordedKernel) -> String {
     format!("{short}{generics}")
 }
 
-fn cuda_results(nvrtc: &targets::Nvrtc, ptxas: &std::path::Path, name: &str, source: &str) -> Vec<TargetResult> {
-    let mut out = Vec::new();
-    for arch in CUDA_ARCHS {
-        let target: &'static str = if arch == "sm_80" { "nvrtc sm_80" } else { "nvrtc sm_90a" };
-        match nvrtc.compile(name, source, arch) {
-            Ok(ptx) => {
-                out.push(TargetResult { target, ok: true, detail: format!("{} B of PTX", ptx.len()), registers: None, shared_bytes: None });
-                out.push(targets::ptxas(ptxas, &ptx, arch));
-            }
-            Err(log) => {
-                out.push(TargetResult { target, ok: false, detail: log, registers: None, shared_bytes: None });
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn every_kernel_compiles_for_every_target() {
     let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
@@ -150,7 +133,7 @@ fn every_kernel_compiles_for_every_target() {
                         match &k.cuda {
                             Ok(src) => {
                                 if let Some((nvrtc, ptxas)) = &cuda {
-                                    results.extend(cuda_results(nvrtc, ptxas, &format!("kernel{i}"), src));
+                                    results.extend(targets::cuda_targets(nvrtc, Some(ptxas), &format!("kernel{i}"), src, &CUDA_ARCHS));
                                 }
                             }
                             Err(e) => results.push(TargetResult { target: "cuda c++", ok: false, detail: e.clone(), registers: None, shared_bytes: None }),

@@ -63,11 +63,6 @@ impl Linear {
         Ok(self.weight.matmul_t(x, ep)?)
     }
 
-    /// `act(x·wᵀ + b)`, the activation fused into the matmul.
-    pub fn forward_act(&self, x: &Tensor, activation: ops::Activation) -> Result<Tensor> {
-        Ok(self.weight.matmul_t(x, Epilogue { bias: self.bias.as_ref(), activation, ..Default::default() })?)
-    }
-
     pub fn out_features(&self) -> usize {
         self.weight.rows()
     }

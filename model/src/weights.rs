@@ -316,12 +316,7 @@ impl Weights {
         if let Some(seed) = self.random {
             return random_tensor(seed, name, shape, dtype, device);
         }
-        let info = self.tensors.get(name).ok_or_else(|| Error::MissingTensor { name: name.into(), dir: self.dir.clone() })?;
-        if info.shape != shape {
-            return Err(Error::TensorShape { name: name.into(), expected: shape.to_vec(), found: info.shape.clone() });
-        }
-        self.used.lock().expect("not poisoned").insert(name.to_string());
-        let (path, map) = &self.files[info.file];
+        let (info, path, map) = self.stored(name, shape)?;
         let bytes = &map[info.start..info.end];
         let host = convert(bytes, info.dtype, dtype).map_err(|msg| bad(path, format!("tensor `{name}`: {msg}")))?;
         Ok(Tensor::from_bytes(&host, dtype, shape, device)?)
@@ -360,16 +355,22 @@ impl Weights {
         if let Some(seed) = self.random {
             return random_tensor_from(seed, name, start * cols, &[n, cols], dtype, device);
         }
+        let (info, path, map) = self.stored(name, &shape)?;
+        let row_bytes = (info.end - info.start) / shape[0];
+        let bytes = &map[info.start + start * row_bytes..info.start + (start + n) * row_bytes];
+        let host = convert(bytes, info.dtype, dtype).map_err(|msg| bad(path, format!("tensor `{name}`: {msg}")))?;
+        Ok(Tensor::from_bytes(&host, dtype, &[n, cols], device)?)
+    }
+
+    /// The stored tensor `name`, checked to be `shape` and marked used, with its file.
+    fn stored(&self, name: &str, shape: &[usize]) -> Result<(&TensorInfo, &Path, &Backing)> {
         let info = self.tensors.get(name).ok_or_else(|| Error::MissingTensor { name: name.into(), dir: self.dir.clone() })?;
         if info.shape != shape {
             return Err(Error::TensorShape { name: name.into(), expected: shape.to_vec(), found: info.shape.clone() });
         }
         self.used.lock().expect("not poisoned").insert(name.to_string());
         let (path, map) = &self.files[info.file];
-        let row_bytes = (info.end - info.start) / shape[0];
-        let bytes = &map[info.start + start * row_bytes..info.start + (start + n) * row_bytes];
-        let host = convert(bytes, info.dtype, dtype).map_err(|msg| bad(path, format!("tensor `{name}`: {msg}")))?;
-        Ok(Tensor::from_bytes(&host, dtype, &[n, cols], device)?)
+        Ok((info, path, map))
     }
 
     /// Tensors in the checkpoint that nothing asked for.

@@ -164,12 +164,7 @@ impl Weight {
         if self.device().is_cpu() || !on_gpu(self.device(), &[self.dtype()]) {
             return crate::embedding(&self.joined()?, ids);
         }
-        if !matches!(ids.dtype(), DType::U32 | DType::I32) {
-            return Err(Error::DTypeMismatch { op: "embedding", expected: DType::U32, found: ids.dtype() });
-        }
-        if !self.device().same(ids.device()) {
-            return Err(Error::DeviceMismatch { op: "embedding", lhs: self.device().info().spec(), rhs: ids.device().info().spec() });
-        }
+        crate::check_embedding_ids(self.device(), ids)?;
         let blocks: Vec<Tensor> = self.blocks.iter().map(contiguous).collect::<Result<_>>()?;
         gpu::embedding_blocks(&blocks.iter().collect::<Vec<_>>(), &contiguous(ids)?)
     }

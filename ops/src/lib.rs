@@ -249,16 +249,22 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
 ///
 /// Ids on the CPU are range-checked (an error names the first bad id). Ids that already
 /// live on a GPU are not read back; out-of-range ones produce zero rows there.
+/// Ids of an embedding lookup: `u32`/`i32`, on the table's device.
+pub(crate) fn check_embedding_ids(table_device: &Device, ids: &Tensor) -> Result<()> {
+    if !matches!(ids.dtype(), DType::U32 | DType::I32) {
+        return Err(Error::DTypeMismatch { op: "embedding", expected: DType::U32, found: ids.dtype() });
+    }
+    if !table_device.same(ids.device()) {
+        return Err(Error::DeviceMismatch { op: "embedding", lhs: table_device.info().spec(), rhs: ids.device().info().spec() });
+    }
+    Ok(())
+}
+
 pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     if table.rank() != 2 {
         return Err(Error::Shape { op: "embedding", msg: format!("table must be [vocab, dim], got {:?}", table.shape()) });
     }
-    if !matches!(ids.dtype(), DType::U32 | DType::I32) {
-        return Err(Error::DTypeMismatch { op: "embedding", expected: DType::U32, found: ids.dtype() });
-    }
-    if !table.device().same(ids.device()) {
-        return Err(Error::DeviceMismatch { op: "embedding", lhs: table.device().info().spec(), rhs: ids.device().info().spec() });
-    }
+    check_embedding_ids(table.device(), ids)?;
     let mut shape = ids.shape().to_vec();
     shape.push(table.shape()[1]);
     let vocab = table.shape()[0];

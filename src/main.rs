@@ -1,5 +1,5 @@
 use clap::Parser;
-use nextflow::cli::{bench, devices, run, Cli, Command, EvalCommand};
+use nextflow::cli::{bench, devices, run, serve, Cli, Command, EvalCommand};
 use nextflow_runtime::{discover, Device};
 use std::process::ExitCode;
 
@@ -32,6 +32,7 @@ fn main_impl(cli: &Cli) -> run::Result<()> {
         Command::Understand(args) => run::understand(args, &run::open_device(&cli.device)?),
         Command::Edit(args) => run::edit(args, &run::open_device(&cli.device)?),
         Command::Chat(args) => run::chat(args, &run::open_device(&cli.device)?),
+        Command::Serve(args) => serve::serve(args, &run::open_device(&cli.device)?),
         Command::Eval(EvalCommand::Shapes(args)) => run::eval_shapes(args, &run::open_device(&cli.device)?),
     }
 }

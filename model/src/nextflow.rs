@@ -421,10 +421,27 @@ impl NextFlow {
         opts: &ImageOptions,
         on_scale: &mut dyn FnMut(usize, usize, Duration),
     ) -> Result<Generated> {
+        let seeds: Vec<u64> = (0..prompts.len()).map(|i| opts.seed.wrapping_add(i as u64)).collect();
+        self.generate_seeded(prompts, uncond, &seeds, opts, on_scale)
+    }
+
+    /// [`Self::generate_images`] with image i sampled from `seeds[i]` (`opts.seed` unused):
+    /// images of different requests share one batch, each with the pixels it has alone.
+    pub fn generate_seeded(
+        &self,
+        prompts: &[Sequence],
+        uncond: &[Sequence],
+        seeds: &[u64],
+        opts: &ImageOptions,
+        on_scale: &mut dyn FnMut(usize, usize, Duration),
+    ) -> Result<Generated> {
         opts.validate()?;
         let n = prompts.len();
         if n == 0 {
             return Err(Error::Input("no prompts: nothing to generate".into()));
+        }
+        if seeds.len() != n {
+            return Err(Error::Input(format!("{} seeds for {n} prompts", seeds.len())));
         }
         let scales = opts.scales.clone().unwrap_or_else(|| self.parts().tokenizer.scales.clone());
         self.check_scales(&scales)?;
@@ -491,7 +508,7 @@ impl NextFlow {
             let config = SamplerConfig { cfg_scale: weight - 1.0, temperature: opts.temperature, top_k: opts.top_k, top_p: opts.top_p, id_range: None };
             let draw = |i: usize| -> Result<Tensor> {
                 let uncond = if guided { Some(logits.narrow(0, n + i, 1)?) } else { None };
-                Ok(sample(&logits.narrow(0, i, 1)?, uncond.as_ref(), &config, opts.seed.wrapping_add(i as u64), k as u32)?)
+                Ok(sample(&logits.narrow(0, i, 1)?, uncond.as_ref(), &config, seeds[i], k as u32)?)
             };
             let idx = if n == 1 {
                 draw(0)?
@@ -540,6 +557,13 @@ impl NextFlow {
 
     /// Text-to-image: `n` images for one prompt (CFG against `<bos>` + negative prompt).
     pub fn text_to_image(&self, prompt: &str, negative: Option<&str>, n: usize, opts: &ImageOptions, on_scale: &mut dyn FnMut(usize, usize, Duration)) -> Result<Generated> {
+        let (cond, un) = self.text_prompts(prompt, negative)?;
+        self.generate_images(&vec![cond; n], &vec![un; n], opts, on_scale)
+    }
+
+    /// The conditional and unconditional sequences of a text-to-image prompt: `<bos>` +
+    /// prompt words, and `<bos>` + negative prompt words (none: `<bos>` alone).
+    pub fn text_prompts(&self, prompt: &str, negative: Option<&str>) -> Result<(Sequence, Sequence)> {
         let bos = self.id("<bos>");
         let mut cond = Sequence::new();
         cond.text(&[bos]).text(&self.encode_words(prompt)?);
@@ -548,7 +572,7 @@ impl NextFlow {
         if let Some(neg) = negative {
             un.text(&self.encode_words(neg)?);
         }
-        self.generate_images(&vec![cond; n], &vec![un; n], opts, on_scale)
+        Ok((cond, un))
     }
 
     /// Image `[1, 3, S, S]` → per-scale indices.
@@ -562,17 +586,19 @@ impl NextFlow {
 
     /// Understanding: `<bos> image question` then text, greedy, until `<eos>`.
     pub fn understand(&self, indices: &[Tensor], question: &str, max_new_tokens: usize, on_token: &mut dyn FnMut(u32) -> ControlFlow<()>) -> Result<TextOutput> {
+        self.reply(Some(indices), question, &TextOptions { max_new_tokens, ..Default::default() }, on_token)
+    }
+
+    /// A text answer to `<bos> [image] prompt`, decoded with `opts` (its stop tokens and
+    /// vocabulary limit are the model's: `<eos>`, and words only, never visual codes).
+    pub fn reply(&self, image: Option<&[Tensor]>, prompt: &str, opts: &TextOptions, on_token: &mut dyn FnMut(u32) -> ControlFlow<()>) -> Result<TextOutput> {
         let mut seq = Sequence::new();
         seq.text(&[self.id("<bos>")]);
-        self.push_image(&mut seq, indices)?;
-        seq.text(&self.encode_words(question)?);
-        let opts = TextOptions {
-            max_new_tokens,
-            stop_tokens: vec![self.id("<eos>")],
-            // Answers are words: never the visual-code rows.
-            vocab_limit: Some(self.parts().vocabulary.code_start()),
-            ..Default::default()
-        };
+        if let Some(indices) = image {
+            self.push_image(&mut seq, indices)?;
+        }
+        seq.text(&self.encode_words(prompt)?);
+        let opts = TextOptions { stop_tokens: vec![self.id("<eos>")], vocab_limit: Some(self.parts().vocabulary.code_start()), keep_logits: false, ..opts.clone() };
         let prefill = Prefill { x: self.embed(&seq)?, positions: Tensor::from_slice(&seq.positions(), &[1, seq.len(), 3], self.device())?, segments: seq.attention_segments(), next_position: seq.position, seen: seq.text_ids() };
         text::generate_from(&self.transformer, prefill, &opts, on_token)
     }

@@ -11,6 +11,9 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 /// Largest input image side (the pixel limit is `shapeeval::MAX_IMAGE_PIXELS`).
 pub const MAX_SIDE: u32 = 8192;
 
+/// Largest input image file.
+pub const MAX_FILE_BYTES: u64 = 256 << 20;
+
 /// Reads a PNG, JPEG or WebP file (the format is taken from its bytes, not its name) as RGB8
 /// of `size` x `size`: scaled (Triangle filter) so that the short side fits and the centre
 /// cut out, or with `pad` scaled so that the long side fits and centred on the colour of
@@ -18,8 +21,18 @@ pub const MAX_SIDE: u32 = 8192;
 /// checked against the size limits before any pixel is decoded.
 pub fn read_input(path: &Path, size: usize, pad: bool) -> Result<(Vec<u8>, (u32, u32))> {
     let name = path.display();
-    let open = || -> Result<ImageReader<std::io::BufReader<std::fs::File>>> {
-        let reader = ImageReader::open(path).map_err(|e| format!("{name}: {e}"))?.with_guessed_format().map_err(|e| format!("{name}: {e}"))?;
+    let len = std::fs::metadata(path).map_err(|e| format!("{name}: {e}"))?.len();
+    if len > MAX_FILE_BYTES {
+        return Err(format!("{name}: {} is above the {} an input image file may have", super::ui::bytes(len), super::ui::bytes(MAX_FILE_BYTES)).into());
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
+    read_input_bytes(&bytes, &path.display().to_string(), size, pad)
+}
+
+/// [`read_input`] of an image held in memory (`name` labels the errors), e.g. an upload.
+pub fn read_input_bytes(bytes: &[u8], name: &str, size: usize, pad: bool) -> Result<(Vec<u8>, (u32, u32))> {
+    let open = || -> Result<ImageReader<std::io::Cursor<&[u8]>>> {
+        let reader = ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| format!("{name}: {e}"))?;
         match reader.format() {
             Some(image::ImageFormat::Png | image::ImageFormat::Jpeg | image::ImageFormat::WebP) => Ok(reader),
             Some(f) => Err(format!("{name}: a {f:?} image; PNG, JPEG and WebP are read").into()),

@@ -7,6 +7,7 @@ pub mod images;
 pub mod memory;
 pub mod report;
 pub mod run;
+pub mod serve;
 pub mod ui;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -75,6 +76,11 @@ pub enum Command {
     /// Describe a model: architecture, parameters, dtypes on disk, memory needed per dtype.
     #[command(after_help = EXAMPLES_INSPECT)]
     Inspect(InspectArgs),
+    /// Serve the model over HTTP: OpenAI-compatible image and chat endpoints with batching
+    /// and backpressure, a web page at /, Prometheus metrics at /metrics.
+    ///
+    /// Stateless (no sessions, no stored files): run several behind any load balancer.
+    Serve(serve::ServeArgs),
     /// Evaluations.
     #[command(subcommand)]
     Eval(EvalCommand),

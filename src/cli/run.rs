@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-fn fail(msg: impl Into<String>) -> Box<dyn std::error::Error> {
+pub(super) fn fail(msg: impl Into<String>) -> Box<dyn std::error::Error> {
     msg.into().into()
 }
 
@@ -28,7 +28,7 @@ pub fn open_device(spec: &str) -> Result<Device> {
     Ok(Device::open(spec)?)
 }
 
-fn dtype_for(arg: DTypeArg, device: &Device) -> Result<DType> {
+pub(super) fn dtype_for(arg: DTypeArg, device: &Device) -> Result<DType> {
     let dtype = match arg {
         DTypeArg::Auto => match device.backend() {
             Backend::Cuda | Backend::Hip if device.supports(DType::F16) => DType::F16,
@@ -45,7 +45,7 @@ fn dtype_for(arg: DTypeArg, device: &Device) -> Result<DType> {
 }
 
 /// The config a ModelArgs names.
-fn config_of(args: &ModelArgs) -> Result<Config> {
+pub(super) fn config_of(args: &ModelArgs) -> Result<Config> {
     Ok(match (&args.model, &args.config) {
         (Some(_), Some(_)) => return Err(fail("give --model DIR or --config NAME, not both")),
         (Some(dir), None) => Config::load(dir)?,
@@ -127,7 +127,7 @@ pub fn load_nextflow(args: &ModelArgs, device: &Device) -> Result<(NextFlow, Loa
 
 /// [`load_nextflow`] for runs of `batch` images per forward on `scales` (the memory check);
 /// `fingerprint`: the run writes PNG metadata, which names the weights' [`Weights::fingerprint`].
-fn load_nextflow_for(args: &ModelArgs, device: &Device, batch: usize, scales: Option<&[[usize; 2]]>, context_image: bool, fingerprint: bool) -> Result<(NextFlow, LoadInfo)> {
+pub(super) fn load_nextflow_for(args: &ModelArgs, device: &Device, batch: usize, scales: Option<&[[usize; 2]]>, context_image: bool, fingerprint: bool) -> Result<(NextFlow, LoadInfo)> {
     let dtype = dtype_for(args.dtype, device)?;
     let t = Instant::now();
     let config = config_of(args)?;
@@ -221,7 +221,7 @@ fn schedule(t: &VisualTokenizer, size: Option<usize>, aspect: Option<&str>) -> R
 }
 
 /// `W:H` in lowest terms.
-fn aspect_of(w: usize, h: usize) -> String {
+pub(super) fn aspect_of(w: usize, h: usize) -> String {
     let gcd = |mut a: usize, mut b: usize| {
         while b != 0 {
             (a, b) = (b, a % b);
@@ -322,7 +322,7 @@ fn image_timings(t: &nextflow_model::nextflow::Timings, load: Duration, encode: 
 
 /// The `parameters` of a PNG painted with `opts` and `seed` on a `width` x `height` canvas
 /// of `steps` scales (`edit_of`: an edit's input file name).
-fn painted(prompt: &str, negative_prompt: Option<&str>, steps: usize, (width, height): (usize, usize), opts: &ImageOptions, seed: u64, info: &LoadInfo, edit_of: Option<&str>) -> String {
+pub(super) fn painted(prompt: &str, negative_prompt: Option<&str>, steps: usize, (width, height): (usize, usize), opts: &ImageOptions, seed: u64, info: &LoadInfo, edit_of: Option<&str>) -> String {
     Parameters {
         prompt: prompt.to_string(),
         negative_prompt: negative_prompt.map(str::to_string),
@@ -372,7 +372,7 @@ fn save_images(g: &Generated, paths: Option<&[PathBuf]>, meta: &dyn Fn(usize) ->
 }
 
 /// A sampling error of the library, worded with the flag that sets the value.
-fn as_flags(e: nextflow_model::Error) -> Box<dyn std::error::Error> {
+pub(super) fn as_flags(e: nextflow_model::Error) -> Box<dyn std::error::Error> {
     let msg = e.to_string();
     for (name, flag) in [("cfg ", "--cfg "), ("temperature ", "--temperature "), ("top-p ", "--top-p "), ("repetition penalty ", "--repetition-penalty ")] {
         if let Some(pos) = msg.find(name) {
@@ -523,6 +523,7 @@ pub fn preflight(cli: &Cli) -> Result<()> {
     match &cli.command {
         Command::Devices(_) | Command::Bench(_) | Command::Completions(_) => Ok(()),
         Command::Inspect(a) => config_of(&a.model).map(|_| ()),
+        Command::Serve(a) => config_of(&a.model).map(|_| ()),
         Command::Generate(a) => {
             check_num_images(a.num_images)?;
             let input = generate_inputs(a)?;
@@ -652,15 +653,45 @@ pub fn edit(args: &EditArgs, device: &Device) -> Result<()> {
 }
 
 /// Text model for `chat`: any checkpoint's backbone (NextFlow's included).
-struct TextModel {
-    config: Config,
-    transformer: Transformer,
-    tokenizer: Option<TextTokenizer>,
-    info: LoadInfo,
+pub(super) struct TextModel {
+    pub config: Config,
+    pub transformer: Transformer,
+    pub tokenizer: Option<TextTokenizer>,
+    pub info: LoadInfo,
+}
+
+impl TextModel {
+    /// The ids that end an answer: the tokenizer's end markers and the config's eos ids.
+    pub(super) fn stop_tokens(&self) -> Vec<u32> {
+        let mut stop = Vec::new();
+        let named = ["<|im_end|>", "<|endoftext|>", "<eos>"].into_iter().filter_map(|s| self.tokenizer.as_ref()?.token_to_id(s));
+        for id in named.chain(self.config.eos_token_ids.iter().copied()) {
+            if !stop.contains(&id) {
+                stop.push(id);
+            }
+        }
+        stop
+    }
+
+    /// A conversation as prompt ids: through the chat template, or (none) the last message
+    /// as plain text after `<bos>`. The last message may not carry control tokens.
+    pub(super) fn prompt_ids(&self, history: &[Message]) -> Result<Vec<u32>> {
+        let tok = self.tokenizer.as_ref().ok_or_else(|| fail("this checkpoint has no tokenizer.json"))?;
+        if let Some(last) = history.last() {
+            refuse_control_tokens(tok, "the prompt", &last.content)?;
+        }
+        if tok.has_chat_template() {
+            Ok(tok.encode(&tok.apply_chat_template(history, true)?, false)?)
+        } else {
+            let mut ids: Vec<u32> = self.config.bos_token_id.into_iter().collect();
+            ids.extend(tok.encode(&history.last().map(|h| h.content.clone()).unwrap_or_default(), false)?);
+            Ok(ids)
+        }
+    }
 }
 
 /// The text backbone for a run of up to `positions` positions (prompt and answer).
-fn load_text(args: &ModelArgs, device: &Device, positions: usize) -> Result<TextModel> {
+pub(super) fn load_text(args: &ModelArgs, device: &Device, positions: usize) -> Result<TextModel> {
     let dtype = dtype_for(args.dtype, device)?;
     let config = config_of(args)?;
     let sections = |c: &Config| c.nextflow.as_ref().map_or(vec![c.backbone.head_dim() / 2], |p| p.visual.mrope_section.clone());
@@ -747,7 +778,7 @@ fn chat_interleaved(args: &ChatArgs, device: &Device, prompt: &str, text_opts: T
 }
 
 /// `text` may not carry the tokenizer's control tokens (they would forge the template's markers).
-fn refuse_control_tokens(tok: &TextTokenizer, what: &str, text: &str) -> Result<()> {
+pub(super) fn refuse_control_tokens(tok: &TextTokenizer, what: &str, text: &str) -> Result<()> {
     match tok.control_token_in(text) {
         Some(t) => Err(fail(format!("{what} contains the control token `{t}`, which cannot be typed (it would be taken as the template's own marker)"))),
         None => Ok(()),
@@ -796,20 +827,7 @@ pub fn chat(args: &ChatArgs, device: &Device) -> Result<()> {
     let context = config.backbone.max_position_embeddings;
     let positions = args.prompt_ids.as_ref().map_or(4096, Vec::len).saturating_add(args.max_new_tokens).min(context);
     let m = load_text(&args.model, device, positions)?;
-    if let Some(tok) = &m.tokenizer {
-        for s in ["<|im_end|>", "<|endoftext|>", "<eos>"] {
-            if let Some(id) = tok.token_to_id(s) {
-                if !opts.stop_tokens.contains(&id) {
-                    opts.stop_tokens.push(id);
-                }
-            }
-        }
-    }
-    for &id in &m.config.eos_token_ids {
-        if !opts.stop_tokens.contains(&id) {
-            opts.stop_tokens.push(id);
-        }
-    }
+    opts.stop_tokens = m.stop_tokens();
     let templated = m.tokenizer.as_ref().is_some_and(|t| t.has_chat_template());
     if args.system.is_some() && (!templated || args.prompt_ids.is_some()) {
         return Err(fail(if args.prompt_ids.is_some() {
@@ -823,18 +841,10 @@ pub fn chat(args: &ChatArgs, device: &Device) -> Result<()> {
     }
     let mut history: Vec<Message> = args.system.iter().map(|s| Message { role: "system".into(), content: s.clone() }).collect();
     let encode = |history: &[Message], m: &TextModel| -> Result<Vec<u32>> {
-        let tok = m.tokenizer.as_ref().ok_or_else(|| fail("this checkpoint has no tokenizer.json: give --prompt-ids"))?;
-        if let Some(last) = history.last() {
-            refuse_control_tokens(tok, "the prompt", &last.content)?;
+        if m.tokenizer.is_none() {
+            return Err(fail("this checkpoint has no tokenizer.json: give --prompt-ids"));
         }
-        if tok.has_chat_template() {
-            Ok(tok.encode(&tok.apply_chat_template(history, true)?, false)?)
-        } else {
-            // No template: the last user message as plain text (NextFlow: after <bos>).
-            let mut ids: Vec<u32> = m.config.bos_token_id.into_iter().collect();
-            ids.extend(tok.encode(&history.last().map(|h| h.content.clone()).unwrap_or_default(), false)?);
-            Ok(ids)
-        }
+        m.prompt_ids(history)
     };
     let run_once = |prompt: Vec<u32>, m: &TextModel| -> Result<(text::TextOutput, String)> {
         let mut stream = m.tokenizer.as_ref().map(|t| StreamDecoder::new(t, true));

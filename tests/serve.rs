@@ -454,7 +454,7 @@ fn the_web_page_paints_an_image_in_headless_chromium() {
     let expected = dir.join("cli.png");
     assert_ok(&nextflow(&["generate", "-p", "a red circle", "-s", "7", "-o", s(&expected)]));
     let shot = dir.join("page.png");
-    let url = format!("http://{}/?prompt=a%20red%20circle&seed=7&n=1&run=1", server.addr);
+    let url = format!("http://{}/?prompt=a%20red%20circle&seed=7&n=1&stream=0&run=1", server.addr);
     let profile = dir.join("profile");
     let out = Command::new(&chromium)
         .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars", "--force-device-scale-factor=1", "--force-color-profile=srgb", "--window-size=1000,1400", "--virtual-time-budget=60000", "--run-all-compositor-stages-before-draw"])

@@ -408,16 +408,21 @@ fn a_client_that_leaves_cancels_its_work() {
     assert_eq!(server.metric("nextflow_images_total"), 10.0, "the cancelled request painted nothing");
 }
 
-/// `NEXTFLOW_PYTHON` (or python3) with the `openai` package; in CI it must exist.
+/// A tool a test needs: outside CI a missing one skips the test (said on stdout); with
+/// CI=true it fails.
+fn required(found: Option<String>, missing: &str) -> Option<String> {
+    if found.is_none() {
+        assert!(!in_ci(), "CI=true but {missing}");
+        println!("SKIPPED: {missing}");
+    }
+    found
+}
+
+/// `NEXTFLOW_PYTHON` (or python3) with the `openai` package.
 fn python_with_openai() -> Option<String> {
     let python = std::env::var("NEXTFLOW_PYTHON").unwrap_or_else(|_| "python3".into());
     let ok = Command::new(&python).args(["-c", "import openai"]).output().is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(python);
-    }
-    assert!(!in_ci(), "CI=true but {python} has no `openai` package (pip install openai)");
-    println!("SKIPPED: {python} has no `openai` package");
-    None
+    required(ok.then(|| python.clone()), &format!("{python} has no `openai` package (pip install openai)"))
 }
 
 #[test]
@@ -434,16 +439,10 @@ fn the_official_openai_client_drives_the_server() {
     assert!(stdout.contains("openai client: ok"), "{stdout}");
 }
 
-/// Debian's `chromium` (or chromium-browser / google-chrome); in CI it must exist.
+/// Debian's `chromium` (or chromium-browser / google-chrome).
 fn chromium() -> Option<String> {
-    for c in ["chromium", "chromium-browser", "google-chrome"] {
-        if Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()) {
-            return Some(c.to_string());
-        }
-    }
-    assert!(!in_ci(), "CI=true but no chromium (apt-get install chromium)");
-    println!("SKIPPED: no chromium");
-    None
+    let found = ["chromium", "chromium-browser", "google-chrome"].into_iter().find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()));
+    required(found.map(str::to_string), "no chromium (apt-get install chromium)")
 }
 
 #[test]

@@ -230,18 +230,11 @@ pub struct ImageRequest {
     pub class: Option<Value>,
 }
 
-fn response_format(f: &Fields) -> Result<(), ApiError> {
-    match f.string("response_format")? {
-        None | Some("b64_json") => Ok(()),
-        Some("url") => Err(ApiError::field("response_format", "this server keeps no files (it is stateless), so it returns images inline: use \"response_format\": \"b64_json\"")),
-        Some(other) => Err(ApiError::field("response_format", format!("`response_format` must be b64_json, got `{other}`"))),
-    }
-}
-
-fn output_format(f: &Fields) -> Result<(), ApiError> {
-    match f.string("output_format")? {
-        None | Some("png") => Ok(()),
-        Some(other) => Err(ApiError::field("output_format", format!("images are PNG; `output_format` `{other}` is not written"))),
+/// A string field that may only be absent or `allowed` (`why`: the refusal of anything else).
+pub fn only_value(f: &Fields, field: &str, allowed: &str, why: &str) -> Result<(), ApiError> {
+    match f.string(field)? {
+        Some(v) if v != allowed => Err(ApiError::field(field, format!("{why}; got `{v}`"))),
+        _ => Ok(()),
     }
 }
 
@@ -249,8 +242,8 @@ impl ImageRequest {
     pub fn parse(obj: &Map<String, Value>) -> Result<ImageRequest, ApiError> {
         let f = Fields::new(obj, "");
         f.only(&["model", "prompt", "negative_prompt", "n", "size", "response_format", "output_format", "seed", "cfg", "top_k", "top_p", "temperature", "class", "stream", "user"])?;
-        response_format(&f)?;
-        output_format(&f)?;
+        only_value(&f, "response_format", "b64_json", "this server keeps no files (it is stateless), so it returns images inline: `response_format` must be b64_json")?;
+        only_value(&f, "output_format", "png", "images are PNG: `output_format` must be png")?;
         f.string("user")?;
         let class = f.value("class").cloned();
         let prompt = match (f.text("prompt")?, &class) {

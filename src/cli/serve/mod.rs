@@ -538,10 +538,8 @@ async fn images_edits_inner(app: &Shared, form: Result<Multipart, MultipartRejec
     if f.integer("n", 1, api::MAX_IMAGES as u64)?.unwrap_or(1) != 1 {
         return Err(ApiError::field("n", "an edit writes one image: `n` must be 1"));
     }
-    match f.string("response_format")? {
-        None | Some("b64_json") => {}
-        Some(other) => return Err(ApiError::field("response_format", format!("images are returned inline: `response_format` must be b64_json, got `{other}`"))),
-    }
+    api::only_value(&f, "response_format", "b64_json", "images are returned inline: `response_format` must be b64_json")?;
+    api::only_value(&f, "output_format", "png", "images are PNG: `output_format` must be png")?;
     let size = app.info.image_size;
     if let Some(s) = f.string("size")?.map(api::parse_size).transpose()?.flatten() {
         if s != (size, size) {

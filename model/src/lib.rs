@@ -26,6 +26,8 @@ use std::path::PathBuf;
 pub enum Error {
     #[error(transparent)]
     Runtime(#[from] nextflow_runtime::Error),
+    #[error(transparent)]
+    Compiler(#[from] nextflow_compiler::Error),
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
     #[error("config: {0}")]

@@ -10,9 +10,11 @@ use crate::config::Backbone;
 use crate::weights::Weights;
 use crate::Result;
 use nextflow_ops::{
-    self as ops, attention, AttentionOptions, Epilogue, KvCache, Mask, Rope, Weight,
+    self as ops, AttentionOptions, Epilogue, KvCache, Mask, Rope, Weight,
 };
+use nextflow_compiler::{Graph, Lazy};
 use nextflow_runtime::{DType, Device, Tensor};
+use std::sync::Arc;
 
 /// `x·wᵀ + b` with an HF `[out, in]` weight (row blocks where it exceeds one GPU binding).
 #[derive(Clone, Debug)]
@@ -63,6 +65,33 @@ impl Linear {
         Ok(self.weight.matmul_t(x, ep)?)
     }
 
+    /// Records `x·wᵀ + b (+ residual)` into `x`'s graph: one matmul per weight block (bias
+    /// and residual adds that the compiler folds into its epilogue), joined along the last
+    /// dim where the weight is split into blocks.
+    pub fn record(&self, x: &Lazy, residual: Option<&Lazy>) -> Result<Lazy> {
+        let g = x.graph();
+        let last = x.rank().saturating_sub(1);
+        let single = self.weight.blocks().len() == 1;
+        let mut outs = Vec::with_capacity(self.weight.blocks().len());
+        let mut start = 0;
+        for block in self.weight.blocks() {
+            let n = block.shape()[0];
+            let mut y = x.matmul(&g.input(block)?.transpose(0, 1)?)?;
+            if let Some(b) = &self.bias {
+                y = y.add(&g.input(&if single { b.clone() } else { b.narrow(0, start, n)? })?)?;
+            }
+            if let Some(r) = residual {
+                y = y.add(&if single { r.clone() } else { r.narrow(last, start, n)? })?;
+            }
+            outs.push(y);
+            start += n;
+        }
+        if single {
+            return Ok(outs.pop().expect("one block"));
+        }
+        Ok(Lazy::concat(&outs.iter().collect::<Vec<_>>(), last)?)
+    }
+
     pub fn out_features(&self) -> usize {
         self.weight.rows()
     }
@@ -95,6 +124,66 @@ struct Layer {
     post_attention_layernorm: Tensor,
 }
 
+/// A graph for the model's next step: lazy, or eager (one-op graphs, for debugging) when
+/// `NEXTFLOW_EAGER=1`.
+pub fn graph(device: &Device) -> Graph {
+    if std::env::var_os("NEXTFLOW_EAGER").is_some_and(|v| !v.is_empty() && v != "0") {
+        Graph::eager(device)
+    } else {
+        Graph::new(device)
+    }
+}
+
+impl Attention {
+    /// Queries, keys and values `[b, heads, s, head_dim]` of the normed rows `h`, with
+    /// QK-norm and RoPE applied.
+    fn qkv(&self, h: &Lazy, positions: &Lazy, rope: &Arc<Rope>, eps: f32) -> Result<[Lazy; 3]> {
+        let g = h.graph();
+        let (b, s) = (h.shape()[0], h.shape()[1]);
+        let (hq, hkv, hd) = (self.heads, self.kv_heads, self.head_dim);
+        let qkv = self.qkv.record(h, None)?; // [b, s, (hq + 2 hkv) hd]
+        let split = |start: usize, heads: usize| -> Result<Lazy> {
+            Ok(qkv.narrow(2, start * hd, heads * hd)?.reshape(&[b, s, heads, hd])?.transpose(1, 2)?)
+        };
+        let (mut q, mut k, v) = (split(0, hq)?, split(hq, hkv)?, split(hq + hkv, hkv)?);
+        if let Some((qn, kn)) = &self.qk_norm {
+            q = q.rms_norm(&g.input(qn)?, eps)?;
+            k = k.rms_norm(&g.input(kn)?, eps)?;
+        }
+        Ok([q.rope(rope, positions)?, k.rope(rope, positions)?, v])
+    }
+}
+
+impl Layer {
+    /// One decoder layer over new rows `x [b, s, hidden]`, as the reference writes it:
+    /// `x + attn(norm(x))`, then `+ mlp(norm(·))`. Two graphs: the projections up to the new
+    /// keys and values, which `cache` appends, then attention over the whole cache and the
+    /// MLP. Each is compiled once per signature and replayed.
+    fn forward(&self, x: &Tensor, positions: &Tensor, rope: &Arc<Rope>, eps: f32, options: &AttentionOptions, cache: &mut KvCache) -> Result<Tensor> {
+        let (b, s) = (x.shape()[0], x.shape()[1]);
+        let a = &self.attn;
+        let device = x.device();
+        let g = graph(device);
+        let h = g.input(x)?.rms_norm(&g.input(&self.input_layernorm)?, eps)?;
+        let [q, k, v] = a.qkv(&h, &g.input(positions)?, rope, eps)?;
+        let [q, k, v]: [Tensor; 3] = g.realize(&[&q, &k, &v])?.try_into().expect("three outputs");
+        cache.append(&k, &v)?;
+        drop((k, v));
+
+        let g = graph(device);
+        let residual = g.input(x)?;
+        let (keys, values) = (g.input_dynamic(&cache.keys(), 2)?, g.input_dynamic(&cache.values(), 2)?);
+        let out = g.input(&q)?.attention(&keys, &values, options)?; // [b, hq, s, hd] over [b, s, hq, hd]
+        let out = out.transpose(1, 2)?.reshape(&[b, s, a.heads * a.head_dim])?;
+        let residual = a.o_proj.record(&out, Some(&residual))?;
+        let normed = residual.rms_norm(&g.input(&self.post_attention_layernorm)?, eps)?;
+        let gu = self.gate_up.record(&normed, None)?;
+        let inter = self.gate_up.out_features() / 2;
+        let act = gu.narrow(2, 0, inter)?.swiglu(&gu.narrow(2, inter, inter)?)?;
+        Ok(self.down.record(&act, Some(&residual))?.realize()?)
+    }
+}
+
 /// The decoder stack and its head.
 pub struct Transformer {
     pub cfg: Backbone,
@@ -104,7 +193,9 @@ pub struct Transformer {
     norm: Tensor,
     /// `[vocab, hidden]`; the embedding table itself when the head is tied.
     pub lm_head: Weight,
-    rope: Rope,
+    /// Shared, so plans that apply it replay across layers and steps (the plan signature
+    /// names the table by address).
+    rope: Arc<Rope>,
     eps: f32,
     pub dtype: DType,
     pub device: Device,
@@ -185,7 +276,7 @@ impl Transformer {
             layers,
             norm,
             lm_head,
-            rope: Rope::new(hd, cfg.rope_theta as f32, sections)?,
+            rope: Arc::new(Rope::new(hd, cfg.rope_theta as f32, sections)?),
             eps: cfg.rms_norm_eps as f32,
             dtype,
             device: device.clone(),
@@ -194,7 +285,14 @@ impl Transformer {
 
     /// Embeddings `[batch, seq, hidden]` of token ids `[batch, seq]` (u32).
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        Ok(self.embed_tokens.embedding(ids)?)
+        match self.embed_tokens.single() {
+            Some(table) => {
+                let g = graph(&self.device);
+                Ok(g.input(table)?.embedding(&g.input(ids)?)?.realize()?)
+            }
+            // A table split into blocks (larger than one GPU binding) gathers from each.
+            None => Ok(self.embed_tokens.embedding(ids)?),
+        }
     }
 
     /// Runs the decoder over new rows `x [batch, seq, hidden]` at `positions [batch|1, seq, 3]`
@@ -225,47 +323,33 @@ impl Transformer {
         if cache.len() + s > cache.capacity() {
             return Err(crate::Error::Input(format!("{} cached + {s} new positions exceed the cache capacity {}", cache.len(), cache.capacity())));
         }
+        // Only the new rows query: keys before them are all visible to every new row, so the
+        // mask needs the new segments alone (all 1: causal). Keeping earlier segments out of
+        // the op keeps the plan signature the same from step to step (a decode step after an
+        // image replays its plan).
+        let prefix = cache.len();
         cache.segments.extend_from_slice(segments);
-        let mask = if cache.segments.iter().all(|&n| n == 1) { Mask::Causal } else { Mask::Segments(cache.segments.clone()) };
+        let mask = if segments.iter().all(|&n| n == 1) {
+            Mask::Causal
+        } else {
+            Mask::Segments((prefix > 0).then_some(prefix).into_iter().chain(segments.iter().copied()).collect())
+        };
         let options = AttentionOptions { mask: Some(mask), kv_starts: Some(cache.kv_starts.clone()), ..Default::default() };
         let mut residual = x.clone();
-        let mut h = ops::rms_norm(x, &self.layers[0].input_layernorm, self.eps)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let a = &layer.attn;
-            let (hq, hkv, hd) = (a.heads, a.kv_heads, a.head_dim);
-            let qkv = a.qkv.forward(&h)?; // [b, s, (hq + 2 hkv) hd]
-            let split = |start: usize, heads: usize| -> Result<Tensor> {
-                Ok(qkv.narrow(2, start * hd, heads * hd)?.reshape(&[b, s, heads, hd])?.transpose(1, 2)?)
-            };
-            let (mut q, mut k, v) = (split(0, hq)?, split(hq, hkv)?, split(hq + hkv, hkv)?);
-            if let Some((qn, kn)) = &a.qk_norm {
-                q = ops::rms_norm(&q, qn, self.eps)?;
-                k = ops::rms_norm(&k, kn, self.eps)?;
-            }
-            let q = self.rope.apply(&q, positions)?;
-            let k = self.rope.apply(&k, positions)?;
-            cache.layers[i].append(&k, &v)?;
-            let (keys, values) = (cache.layers[i].keys(), cache.layers[i].values());
-            let out = attention(&q, &keys, &values, &options)?; // [b, hq, s, hd] over [b, s, hq, hd]
-            drop((keys, values));
-            let out = out.transpose(1, 2)?.reshape(&[b, s, hq * hd])?;
-            residual = a.o_proj.forward_add(&out, &residual)?;
-            let normed = ops::rms_norm(&residual, &layer.post_attention_layernorm, self.eps)?;
-            let gu = layer.gate_up.forward(&normed)?;
-            let inter = layer.gate_up.out_features() / 2;
-            let act = ops::swiglu(&gu.narrow(2, 0, inter)?, &gu.narrow(2, inter, inter)?)?;
-            residual = layer.down.forward_add(&act, &residual)?;
+            residual = layer.forward(&residual, positions, &self.rope, self.eps, &options, &mut cache.layers[i])?;
             inspect(i, &residual)?;
-            let next = self.layers.get(i + 1).map_or(&self.norm, |l| &l.input_layernorm);
-            h = ops::rms_norm(&residual, next, self.eps)?;
         }
+        let g = graph(&self.device);
+        let h = g.input(&residual)?.rms_norm(&g.input(&self.norm)?, self.eps)?.realize()?;
         inspect(usize::MAX, &h)?;
         Ok(h)
     }
 
     /// Logits `[.., rows.len()]` of the head rows `rows` (all rows: `0..vocab`).
     pub fn logits(&self, hidden: &Tensor, rows: std::ops::Range<usize>) -> Result<Tensor> {
-        Ok(self.lm_head.narrow_rows(rows.start, rows.len())?.matmul_t(hidden, Epilogue::default())?)
+        let head = Linear { weight: self.lm_head.narrow_rows(rows.start, rows.len())?, bias: None };
+        Ok(head.record(&graph(&self.device).input(hidden)?, None)?.realize()?)
     }
 
     pub fn num_layers(&self) -> usize {

@@ -58,6 +58,7 @@ fn main() -> ExitCode {
     let result = run::preflight(&cli).and_then(|()| main_impl(&cli));
     if cli.stats {
         eprintln!("stats: {}", nextflow::compiler::counters());
+        eprintln!("stats: {}", nextflow::compiler::autotune::usage());
     }
     match result {
         Ok(()) => ExitCode::SUCCESS,

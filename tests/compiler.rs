@@ -453,7 +453,7 @@ fn autotune_times_unknown_keys_once_and_the_cache_exports_and_imports() {
     for device in devices() {
         let mut rng = StdRng::seed_from_u64(1);
         let (x, w) = (random_tensor(&mut rng, &[3, 40], 1.0, &device), random_tensor(&mut rng, &[24, 40], 1.0, &device));
-        let key = autotune::matmul_key(&device, 3, 24, 40, DType::F32);
+        let key = autotune::matmul_key(&device, 1, 3, 24, 40, DType::F32);
         let mut values = Vec::new();
         for tune in [true, true, false] {
             let g = Graph::with_options(&device, Options { fusion: true, autotune: tune });
@@ -580,4 +580,67 @@ fn decode_steps_over_a_growing_kv_cache_compile_once() {
         let k = g.input_dynamic(&cache.keys(), 2).unwrap().exp().unwrap();
         assert!(k.realize().is_err());
     }
+}
+
+/// The CLI with `NEXTFLOW_CACHE_DIR=dir`; stdout and stderr of a successful run.
+fn nextflow_in(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nextflow")).args(args).env("NEXTFLOW_CACHE_DIR", dir).envs(env.iter().copied()).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap());
+    assert!(out.status.success(), "nextflow {args:?}: {stderr}");
+    (stdout, stderr)
+}
+
+/// `--stats`' autotune line: (launches from cache winners, distinct winners, launches of the
+/// default kernel, shapes timed).
+fn autotune_stats(stderr: &str) -> [u64; 4] {
+    let line = stderr.lines().find(|l| l.starts_with("stats: matmul kernels:")).unwrap_or_else(|| panic!("no autotune stats in {stderr}"));
+    let numbers: Vec<u64> = line.split(|c: char| !c.is_ascii_digit()).filter(|w| !w.is_empty()).map(|w| w.parse().unwrap()).collect();
+    numbers[..4].try_into().unwrap()
+}
+
+/// A cache entry naming a non-default kernel for a shape the embedded model runs is what
+/// `generate` launches; after `bench kernels` (traced from the model's own runs) a tuning
+/// `generate` times nothing and every matmul takes a winner from the cache.
+#[test]
+fn generate_takes_its_matmul_kernels_from_the_autotune_cache() {
+    let Ok(device) = Device::open("vulkan") else {
+        println!("SKIPPED: no Vulkan device (the CPU has one matmul path, nothing to choose)");
+        return;
+    };
+    use nextflow_compiler::autotune;
+    let dir = std::env::temp_dir().join(format!("nextflow-autotune-generate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = dir.join("x.png");
+    let png = png.to_str().unwrap();
+    let generate = ["--stats", "generate", "--device", "vulkan", "-p", "a red circle above a blue square", "-o", png, "--force"];
+
+    // The second scale's fused QKV projection (2x2 tokens; the first scale's token is part
+    // of the prefill): CFG batch 2, 4 rows, hidden 192 -> (6 + 2·2)·32.
+    let default = autotune::matmul_default(4);
+    let (other, _) = autotune::matmul_candidates(&device, DType::F32, 4).into_iter().find(|(n, _)| n != default && n.starts_with("tiled")).unwrap();
+    let key = autotune::matmul_key(&device, 2, 4, 320, 192, DType::F32);
+    let cache = autotune::TuneCache { version: autotune::load(&dir.join("none.json")).unwrap().version, entries: [(key.clone(), autotune::TuneEntry { choice: other.clone(), timings_us: Default::default() })].into() };
+    autotune::save(&cache, &dir.join("autotune.json")).unwrap();
+    let (_, stderr) = nextflow_in(&dir, &generate, &[]);
+    let [from_cache, winners, defaults, timed] = autotune_stats(&stderr);
+    let layers = nextflow_model::Config::named("nextflow-tiny").unwrap().backbone.num_hidden_layers as u64;
+    assert_eq!((winners, timed), (1, 0), "{stderr}");
+    assert_eq!(from_cache, layers, "one launch per layer at the second scale ran {other}: {stderr}");
+    assert!(defaults > 0, "{stderr}");
+
+    // bench kernels over the model's traced shapes, then a generate that would time any
+    // shape it does not find.
+    std::fs::remove_file(dir.join("autotune.json")).unwrap();
+    let (json, _) = nextflow_in(&dir, &["bench", "kernels", "--device", "vulkan", "--reps", "1", "--json"], &[]);
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let tuned = autotune::load(&dir.join("autotune.json")).unwrap();
+    let matmuls = tuned.entries.keys().filter(|k| k.starts_with("matmul|")).count();
+    assert!(matmuls >= 10 && doc["timed"].as_u64().unwrap() as usize >= matmuls, "{json}");
+    let (_, stderr) = nextflow_in(&dir, &generate, &[("NEXTFLOW_AUTOTUNE", "1")]);
+    let [from_cache, winners, defaults, timed] = autotune_stats(&stderr);
+    assert_eq!((defaults, timed), (0, 0), "generate after bench re-timed or fell back: {stderr}");
+    assert!(from_cache > 0 && winners > 0 && winners as usize <= matmuls, "{stderr}");
+    println!("vulkan: bench kernels timed {matmuls} matmul shapes; generate then ran {from_cache} matmul launches on {winners} of them, none timed or default");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,6 +11,7 @@ use nextflow_runtime::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -28,8 +29,18 @@ pub struct TuneCache {
     pub entries: BTreeMap<String, TuneEntry>,
 }
 
-const VERSION: u32 = 1;
+/// 2: matmul keys name the batch (a CFG batch of two runs twice the rows of one lane).
+const VERSION: u32 = 2;
 static CACHE: Mutex<Option<TuneCache>> = Mutex::new(None);
+/// Cache winners used by realized plans in this process: key → launches.
+static USED: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+/// Keys timed in this process (tuning on, or `bench kernels`).
+static TIMED: AtomicU64 = AtomicU64::new(0);
+/// GPU matmul launches without a cache winner (the default kernel ran).
+static DEFAULTS: AtomicU64 = AtomicU64::new(0);
+/// Matmuls requested while [`trace`] runs: key → the largest shape of that key.
+static TRACE: Mutex<Option<BTreeMap<String, MatmulShape>>> = Mutex::new(None);
+static TRACING: AtomicBool = AtomicBool::new(false);
 
 /// Where the cache lives.
 pub fn cache_path() -> PathBuf {
@@ -88,6 +99,7 @@ pub fn lookup(key: &str) -> Result<Option<TuneEntry>> {
 
 /// Records a winner and saves the cache.
 pub fn record(key: &str, entry: TuneEntry) -> Result<()> {
+    TIMED.fetch_add(1, Ordering::Relaxed);
     let snapshot = with_cache(|c| {
         c.version = VERSION;
         c.entries.insert(key.to_string(), entry);
@@ -143,8 +155,107 @@ pub fn bucket(n: usize) -> usize {
     n.max(1).next_power_of_two()
 }
 
-pub fn matmul_key(device: &Device, m: usize, n: usize, k: usize, dtype: DType) -> String {
-    format!("matmul|m{}n{n}k{k}|{dtype}|{}", bucket(m), device_id(device))
+/// The key of `[batch, m, k] · [k, n]` (`batch` 1 for plain matrices).
+pub fn matmul_key(device: &Device, batch: usize, m: usize, n: usize, k: usize, dtype: DType) -> String {
+    format!("matmul|b{batch}m{}n{n}k{k}|{dtype}|{}", bucket(m), device_id(device))
+}
+
+/// One matmul as a model runs it: what `bench kernels --model` times again on random
+/// operands of the same shapes, layout and epilogue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MatmulShape {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub dtype: DType,
+    /// `b` is the transposed view of an `[n, k]` weight (how linear layers store it).
+    pub b_transposed: bool,
+    pub bias: bool,
+    pub activation: nextflow_ops::Activation,
+    pub residual: bool,
+}
+
+impl MatmulShape {
+    fn of(a: &Tensor, b: &Tensor, ep: &Epilogue) -> MatmulShape {
+        let (ra, rb) = (a.rank(), b.rank());
+        let batch = a.shape()[..ra - 2].iter().product::<usize>().max(b.shape()[..rb - 2].iter().product());
+        MatmulShape {
+            batch,
+            m: a.shape()[ra - 2],
+            n: b.shape()[rb - 1],
+            k: a.shape()[ra - 1],
+            dtype: a.dtype(),
+            b_transposed: b.strides()[rb - 2] == 1 && b.shape()[rb - 1] > 1,
+            bias: ep.bias.is_some(),
+            activation: ep.activation,
+            residual: ep.residual.is_some(),
+        }
+    }
+
+    pub fn key(&self, device: &Device) -> String {
+        matmul_key(device, self.batch, self.m, self.n, self.k, self.dtype)
+    }
+}
+
+/// Runs `f` and returns every matmul key it asked a kernel for, with the largest shape of
+/// each (the rows the key's bucket must serve). Tracing is process-wide; one at a time.
+pub fn trace<T>(device: &Device, f: impl FnOnce() -> T) -> (T, BTreeMap<String, MatmulShape>) {
+    *TRACE.lock().unwrap_or_else(|e| e.into_inner()) = Some(BTreeMap::new());
+    TRACING.store(true, Ordering::SeqCst);
+    let out = f();
+    TRACING.store(false, Ordering::SeqCst);
+    let mut seen = TRACE.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+    seen.retain(|key, _| key.ends_with(&device_id(device)));
+    (out, seen)
+}
+
+fn traced(device: &Device, shape: MatmulShape) {
+    let mut guard = TRACE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(seen) = guard.as_mut() {
+        let entry = seen.entry(shape.key(device)).or_insert_with(|| shape.clone());
+        if shape.m > entry.m {
+            *entry = shape;
+        }
+    }
+}
+
+/// What kernel choice did so far in this process.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Cache winners that realized plans launched: key → launches.
+    pub used: BTreeMap<String, u64>,
+    /// GPU matmul launches that found no winner in the cache and ran the default kernel.
+    pub defaults: u64,
+    /// Keys timed (tuning on, or `bench kernels`).
+    pub timed: u64,
+}
+
+impl Usage {
+    pub fn launches(&self) -> u64 {
+        self.used.values().sum()
+    }
+}
+
+pub fn usage() -> Usage {
+    Usage {
+        used: USED.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        defaults: DEFAULTS.load(Ordering::Relaxed),
+        timed: TIMED.load(Ordering::Relaxed),
+    }
+}
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "matmul kernels: {} launches ran {} tuned kernels from the autotune cache, {} ran the default kernel; {} shapes timed now",
+            self.launches(),
+            self.used.len(),
+            self.defaults,
+            self.timed
+        )
+    }
 }
 
 /// The matmul candidates for a device, dtype and row count, by name.
@@ -186,8 +297,7 @@ pub fn time(device: &Device, reps: usize, mut f: impl FnMut() -> Result<()>) -> 
 /// Times every candidate of a matmul key and records the fastest.
 pub fn tune_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, reps: usize) -> Result<TuneEntry> {
     let device = a.device();
-    let (m, k) = (a.shape()[a.rank() - 2], a.shape()[a.rank() - 1]);
-    let n = b.shape()[b.rank() - 1];
+    let m = a.shape()[a.rank() - 2];
     let mut entry = TuneEntry::default();
     let mut best = f64::INFINITY;
     for (name, kernel) in matmul_candidates(device, a.dtype(), m) {
@@ -198,24 +308,39 @@ pub fn tune_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, reps: usize) -> Result
             entry.choice = name;
         }
     }
-    record(&matmul_key(device, m, n, k, a.dtype()), entry.clone())?;
+    record(&MatmulShape::of(a, b, ep).key(device), entry.clone())?;
     Ok(entry)
 }
 
 /// The kernel for a matmul: the cached winner, else (tuning on) the winner of a timing
-/// run, else the default.
+/// run, else the default. A winner used is counted in [`usage`].
 pub fn matmul_kernel(a: &Tensor, b: &Tensor, ep: &Epilogue, tune: bool) -> Result<MatmulKernel> {
     let device = a.device();
+    let shape = MatmulShape::of(a, b, ep);
+    let key = shape.key(device);
+    if TRACING.load(Ordering::Relaxed) {
+        traced(device, shape.clone());
+    }
     if device.is_cpu() {
         return Ok(MatmulKernel::Auto);
     }
-    let (m, k) = (a.shape()[a.rank() - 2], a.shape()[a.rank() - 1]);
-    let n = b.shape()[b.rank() - 1];
-    let key = matmul_key(device, m, n, k, a.dtype());
-    let choice = match lookup(&key)? {
-        Some(e) => e.choice,
+    let choice = match with_cache(|c| c.entries.get(&key).map(|e| e.choice.clone()))? {
+        Some(choice) => choice,
         None if tune => tune_matmul(a, b, ep, 3)?.choice,
-        None => return Ok(MatmulKernel::Auto),
+        None => {
+            DEFAULTS.fetch_add(1, Ordering::Relaxed);
+            return Ok(MatmulKernel::Auto);
+        }
     };
-    Ok(matmul_candidates(device, a.dtype(), m).into_iter().find(|(name, _)| *name == choice).map_or(MatmulKernel::Auto, |(_, k)| k))
+    match matmul_candidates(device, a.dtype(), shape.m).into_iter().find(|(name, _)| *name == choice) {
+        Some((_, kernel)) => {
+            *USED.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default() += 1;
+            Ok(kernel)
+        }
+        // A winner this build no longer offers: the default.
+        None => {
+            DEFAULTS.fetch_add(1, Ordering::Relaxed);
+            Ok(MatmulKernel::Auto)
+        }
+    }
 }

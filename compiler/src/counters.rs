@@ -27,6 +27,9 @@ pub struct Counters {
     pub plan_hits: u64,
     /// Plans run.
     pub realizes: u64,
+    /// The largest memory plan run so far: peak bytes of its intermediates alive at once
+    /// (a high-water mark, so a difference of two snapshots keeps the later one's).
+    pub peak_plan_bytes: u64,
 }
 
 impl std::ops::Sub for Counters {
@@ -40,6 +43,7 @@ impl std::ops::Sub for Counters {
             compiles: self.compiles - o.compiles,
             plan_hits: self.plan_hits - o.plan_hits,
             realizes: self.realizes - o.realizes,
+            peak_plan_bytes: self.peak_plan_bytes,
         }
     }
 }
@@ -48,14 +52,15 @@ impl std::fmt::Display for Counters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} launches, {:.3} MB read, {:.3} MB written, {:.3} GFLOP; {} plans run, {} compiled, {} replayed from the cache",
+            "{} launches, {:.3} MB read, {:.3} MB written, {:.3} GFLOP; {} plans run, {} compiled, {} replayed from the cache; largest plan peak {:.3} MB",
             self.launches,
             self.bytes_read as f64 / 1e6,
             self.bytes_written as f64 / 1e6,
             self.flops as f64 / 1e9,
             self.realizes,
             self.compiles,
-            self.plan_hits
+            self.plan_hits,
+            self.peak_plan_bytes as f64 / 1e6
         )
     }
 }
@@ -94,6 +99,9 @@ pub(crate) fn plan_hit() {
     update(|c| c.plan_hits += 1);
 }
 
-pub(crate) fn realized() {
-    update(|c| c.realizes += 1);
+pub(crate) fn realized(peak_bytes: u64) {
+    update(|c| {
+        c.realizes += 1;
+        c.peak_plan_bytes = c.peak_plan_bytes.max(peak_bytes);
+    });
 }

@@ -769,7 +769,7 @@ impl Plan {
                 values[v] = None;
             }
         }
-        counters::realized();
+        counters::realized(self.stats.peak_bytes);
         Ok(self.outputs.iter().map(|&o| get(&values, o)).collect())
     }
 

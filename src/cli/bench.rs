@@ -1,11 +1,14 @@
-//! `nextflow bench kernels`: times every candidate kernel of every op family at the shapes a
-//! model config runs (decode GEMV rows and small-M prefill rows), prints a table, and saves
-//! the winners in the autotune cache, which later runs (and the compiler) reuse.
+//! `nextflow bench kernels`: times every candidate kernel at the shapes a model runs, prints a
+//! table, and saves the winners in the autotune cache, from which `generate` and `chat` (every
+//! matmul node of their plans) take their kernels. With weights (the embedded model,
+//! `--model DIR`, `--random-weights`) the shapes are traced from real runs of the model: one
+//! generation per canvas it was trained on, with its CFG batch, and a short text reply; a
+//! built-in config without weights gives its projections at decode and small prefill rows.
 //!
 //! `nextflow bench image`: times whole text-to-image generations in one process (warm-up
 //! runs first), per stage: prefill, each scale, decoder.
 
-use nextflow_compiler::autotune::{self, TuneEntry};
+use nextflow_compiler::autotune::{self, MatmulShape, TuneEntry};
 use nextflow_compiler::serde_json;
 use nextflow_compiler::{Graph, Options};
 use nextflow_ops::matmul::matmul_with;
@@ -29,8 +32,11 @@ pub enum BenchWhat {
 pub struct BenchArgs {
     #[arg(value_enum, default_value = "kernels")]
     pub what: BenchWhat,
-    /// Model shapes: `tiny` (hidden 192, 6/2 heads of 32, intermediate 512, vocab 575) or
-    /// `7b` (hidden 3584, 28/4 heads of 128, intermediate 18944, vocab 152064).
+    /// A built-in model: `tiny` (the embedded nextflow-tiny: `kernels` times the shapes its
+    /// runs trace), `7b` (NextFlow-7B: hidden 3584, 28/4 heads of 128, intermediate 18944,
+    /// vocab 152064) or `0.5b` (Qwen2-0.5B). These two ship no weights: `kernels` times their
+    /// projections at decode and small prefill rows, or with `--random-weights` the shapes
+    /// their runs trace. `--model DIR` traces that checkpoint instead.
     #[arg(long, default_value = "tiny")]
     pub config: String,
     /// Machine-readable output: one JSON document on stdout.
@@ -42,14 +48,15 @@ pub struct BenchArgs {
     /// `image`: untimed generations before the timed ones.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
-    /// `image`: the prompt.
+    /// The prompt of the generations (`kernels`: the traced runs, whose prefill rows it sets).
     #[arg(short, long, default_value = "a red circle above a blue square")]
     pub prompt: String,
-    /// `image`: a checkpoint directory instead of the embedded model or --config [default:
-    /// none].
+    /// A checkpoint directory instead of the embedded model or --config: `kernels` times the
+    /// shapes its runs trace [default: none].
     #[arg(short, long, value_name = "DIR")]
     pub model: Option<PathBuf>,
-    /// `image`: random weights of the --config shapes (needed for 7b, which ships none).
+    /// Random weights of the --config shapes (needed for 7b, which ships none); `kernels`
+    /// then traces their runs.
     #[arg(long)]
     pub random_weights: bool,
     /// Time again even where the cache already holds a winner.
@@ -113,7 +120,7 @@ pub struct RunTimes {
     pub total: f64,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct ModelShapes {
     hidden: usize,
     heads: usize,
@@ -121,16 +128,111 @@ struct ModelShapes {
     head_dim: usize,
     inter: usize,
     vocab: usize,
-    rows: &'static [usize],
+    rows: Vec<usize>,
     context: usize,
 }
 
-fn shapes(config: &str) -> BoxResult<ModelShapes> {
-    match config.to_ascii_lowercase().as_str() {
-        "tiny" | "nextflow-tiny" => Ok(ModelShapes { hidden: 192, heads: 6, kv_heads: 2, head_dim: 32, inter: 512, vocab: 575, rows: &[1, 16, 163], context: 163 }),
-        "7b" | "nextflow-7b" => Ok(ModelShapes { hidden: 3584, heads: 28, kv_heads: 4, head_dim: 128, inter: 18944, vocab: 152064, rows: &[1, 4], context: 256 }),
-        other => Err(format!("unknown --config '{other}' (expected tiny or 7b, also named nextflow-tiny and nextflow-7b)").into()),
+impl ModelShapes {
+    /// A config's shapes at `rows` new rows per step over `context` keys.
+    fn of(config: &nextflow_model::Config, rows: Vec<usize>, context: usize) -> ModelShapes {
+        let b = &config.backbone;
+        ModelShapes {
+            hidden: b.hidden_size,
+            heads: b.num_attention_heads,
+            kv_heads: b.num_key_value_heads,
+            head_dim: b.head_dim(),
+            inter: b.intermediate_size,
+            vocab: config.vocab_size,
+            rows,
+            context,
+        }
     }
+}
+
+/// The `ModelArgs` of the bench flags (`--model`, else the `--config` name).
+fn model_args(args: &BenchArgs) -> super::ModelArgs {
+    let tiny = matches!(args.config.to_ascii_lowercase().as_str(), "tiny" | "nextflow-tiny");
+    // The embedded model is what `tiny` names unless random weights are asked for.
+    let config = match (&args.model, tiny && !args.random_weights) {
+        (Some(_), _) | (None, true) => None,
+        (None, false) => Some(if tiny { "nextflow-tiny".to_string() } else { args.config.clone() }),
+    };
+    super::ModelArgs { model: args.model.clone(), config, random_weights: args.random_weights, dtype: super::DTypeArg::Auto, force: args.force }
+}
+
+/// The matmuls the model's runs ask a kernel for (key → largest shape), traced from one
+/// generation of `--prompt` per canvas the model was trained on (CFG batch as its sampler
+/// sets it) and a short text reply; for a text model, the prompt's prefill and 8 decode
+/// steps. Also the config, for the other op families.
+fn traced(args: &BenchArgs, device: &Device) -> BoxResult<(nextflow_model::Config, std::collections::BTreeMap<String, MatmulShape>)> {
+    use nextflow_model::text::{self, TextOptions};
+    use std::ops::ControlFlow;
+    let margs = model_args(args);
+    let config = super::run::config_of(&margs)?;
+    let (result, seen) = autotune::trace(device, || -> BoxResult<()> {
+        if config.model_type == nextflow_model::ModelType::NextFlow {
+            let (model, _) = super::run::load_nextflow(&margs, device)?;
+            for (_, scales) in model.parts().tokenizer.canvases() {
+                let opts = nextflow_model::ImageOptions { scales: Some(scales), ..model.default_image_options() };
+                model.text_to_image(&args.prompt, None, 1, &opts, &mut |_, _, _| {})?;
+            }
+            let reply = TextOptions { max_new_tokens: 4, ..Default::default() };
+            model.reply(None, &args.prompt, &reply, &mut |_| ControlFlow::Continue(()))?;
+        } else {
+            let m = super::run::load_text(&margs, device, 4096)?;
+            let message = nextflow_model::Message { role: "user".into(), content: args.prompt.clone() };
+            let ids = if m.tokenizer.is_some() { m.prompt_ids(&[message])? } else { (1..=8).collect() };
+            let opts = TextOptions { max_new_tokens: 8, ..Default::default() };
+            text::generate(&m.transformer, &ids, &opts, &mut |_| ControlFlow::Continue(()))?;
+        }
+        Ok(())
+    });
+    result?;
+    Ok((config, seen))
+}
+
+/// A random `[batch, m, n]` operand (batch 1: `[m, n]`) of `dtype`.
+fn operand(batch: usize, m: usize, n: usize, scale: f64, dtype: DType, device: &Device) -> BoxResult<Tensor> {
+    let t = if batch == 1 { random(&[m, n], scale, device)? } else { random(&[batch, m, n], scale, device)? };
+    Ok(if dtype == DType::F32 { t } else { nextflow_ops::cast(&t, dtype)? })
+}
+
+/// One case per traced matmul key: its candidates on random operands of the traced shapes,
+/// layout and epilogue.
+fn traced_cases(seen: &std::collections::BTreeMap<String, MatmulShape>, device: &Device) -> BoxResult<Vec<Case>> {
+    let mut out = Vec::new();
+    for (key, s) in seen {
+        let a = operand(s.batch, s.m, s.k, 1.0, s.dtype, device)?;
+        let b = if s.b_transposed { operand(1, s.n, s.k, 0.05, s.dtype, device)?.transpose(0, 1)? } else { operand(1, s.k, s.n, 0.05, s.dtype, device)? };
+        let bias = if s.bias { Some(operand(1, 1, s.n, 0.1, s.dtype, device)?.reshape(&[s.n])?) } else { None };
+        let residual = if s.residual { Some(operand(s.batch, s.m, s.n, 1.0, s.dtype, device)?) } else { None };
+        let activation = s.activation;
+        let candidates = autotune::matmul_candidates(device, s.dtype, s.m)
+            .into_iter()
+            .map(|(cname, kernel)| {
+                let (a, b, bias, residual) = (a.clone(), b.clone(), bias.clone(), residual.clone());
+                let f: Box<dyn Fn() -> BoxResult<()>> = Box::new(move || {
+                    let ep = Epilogue { bias: bias.as_ref(), activation, residual: residual.as_ref() };
+                    Ok(drop(matmul_with(&a, &b, ep, kernel)?))
+                });
+                (cname, f)
+            })
+            .collect();
+        let lanes = if s.batch > 1 { format!("{} x ", s.batch) } else { String::new() };
+        let epilogue: Vec<&str> = [(s.bias, "+bias"), (s.activation != nextflow_ops::Activation::None, "+act"), (s.residual, "+residual")]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
+        out.push(Case {
+            family: "matmul",
+            shape: format!("{lanes}{}x{} · {}x{}{} {}", s.m, s.k, s.k, s.n, epilogue.join(""), s.dtype),
+            key: key.clone(),
+            flops: 2.0 * (s.batch * s.m * s.n * s.k) as f64,
+            bytes: s.dtype.size() as f64 * (s.batch * s.m * s.k + s.k * s.n + s.batch * s.m * s.n) as f64,
+            candidates,
+        });
+    }
+    Ok(out)
 }
 
 /// One benchmark case: an op family at one shape, with its candidates.
@@ -163,8 +265,8 @@ fn random(shape: &[usize], scale: f64, device: &Device) -> BoxResult<Tensor> {
     Ok(Tensor::from_f64(&v, DType::F32, shape, device)?)
 }
 
-fn cases(s: ModelShapes, device: &Device, max_weight_mb: usize, skipped: &mut Vec<String>) -> BoxResult<Vec<Case>> {
-    let dev = autotune::device_id(device);
+/// The projections of a config at its rows (no weights to trace), then the other families.
+fn cases(s: &ModelShapes, device: &Device, max_weight_mb: usize, skipped: &mut Vec<String>) -> BoxResult<Vec<Case>> {
     let mut out = Vec::new();
     let projections = [
         ("qkv", (s.heads + 2 * s.kv_heads) * s.head_dim, s.hidden),
@@ -192,7 +294,7 @@ fn cases(s: ModelShapes, device: &Device, max_weight_mb: usize, skipped: &mut Ve
             skipped.push(format!("matmul {full_name} [{full_n}x{k}] ({} MB) timed on 1/{parts} of its columns", full_n * k * 4 / 1_000_000));
         }
         let w = random(&[n, k], 0.05, device)?;
-        for &m in s.rows {
+        for &m in &s.rows {
             let x = random(&[m, k], 1.0, device)?;
             let wt = w.transpose(0, 1)?;
             let candidates = autotune::matmul_candidates(device, DType::F32, m)
@@ -206,14 +308,22 @@ fn cases(s: ModelShapes, device: &Device, max_weight_mb: usize, skipped: &mut Ve
             out.push(Case {
                 family: "matmul",
                 shape: format!("{name} {m}x{k} · {k}x{n}"),
-                key: autotune::matmul_key(device, m, n, k, DType::F32),
+                key: autotune::matmul_key(device, 1, m, n, k, DType::F32),
                 flops: 2.0 * (m * n * k) as f64,
                 bytes: 4.0 * (m * k + k * n + m * n) as f64,
                 candidates,
             });
         }
     }
-    for &m in s.rows {
+    out.extend(other_cases(s, device)?);
+    Ok(out)
+}
+
+/// SwiGLU (fused or not), RMSNorm and attention at the config's rows.
+fn other_cases(s: &ModelShapes, device: &Device) -> BoxResult<Vec<Case>> {
+    let dev = autotune::device_id(device);
+    let mut out = Vec::new();
+    for &m in &s.rows {
         // SwiGLU of the gate/up halves: one fused kernel, or SiLU then a multiply.
         let gu = random(&[m, 2 * s.inter], 1.0, device)?;
         let mut candidates: Vec<(String, Box<dyn Fn() -> BoxResult<()>>)> = Vec::new();
@@ -251,7 +361,7 @@ fn cases(s: ModelShapes, device: &Device, max_weight_mb: usize, skipped: &mut Ve
             candidates: vec![("rows".into(), f)],
         });
     }
-    for &sq in s.rows {
+    for &sq in &s.rows {
         let skv = s.context.max(sq);
         let q = random(&[1, s.heads, sq, s.head_dim], 1.0, device)?;
         let k = random(&[1, s.kv_heads, skv, s.head_dim], 1.0, device)?;
@@ -291,7 +401,6 @@ pub fn run(args: &BenchArgs, device: &Device) -> BoxResult<()> {
     if args.what == BenchWhat::Image {
         return image(args, device);
     }
-    let s = shapes(&args.config)?;
     if let Some(path) = &args.export {
         super::files::check_new(path, args.force)?;
     }
@@ -300,7 +409,25 @@ pub fn run(args: &BenchArgs, device: &Device) -> BoxResult<()> {
         eprintln!("imported {n} autotune entries from {}", path.display());
     }
     let mut skipped = Vec::new();
-    let cases = cases(s, device, args.max_weight_mb, &mut skipped)?;
+    let margs = model_args(args);
+    let config = super::run::config_of(&margs)?;
+    let with_weights = args.model.is_some() || args.random_weights || margs.config.is_none();
+    let (model, cases) = if with_weights {
+        let (config, seen) = traced(args, device)?;
+        let mut rows: Vec<usize> = seen.values().map(|s| s.m).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        let context = rows.iter().sum::<usize>().min(config.backbone.max_position_embeddings);
+        if rows.len() > 4 {
+            // The other families (one kernel each) at a few of the traced row counts.
+            rows = vec![rows[0], rows[rows.len() / 2], rows[rows.len() - 1]];
+        }
+        let mut cases = traced_cases(&seen, device)?;
+        cases.extend(other_cases(&ModelShapes::of(&config, rows, context), device)?);
+        (format!("{} (traced: {} matmul shapes)", super::run::describe(&margs), seen.len()), cases)
+    } else {
+        let rows = if config.backbone.hidden_size > 1024 { vec![1, 4] } else { vec![1, 16, 163] };
+        let shapes = ModelShapes::of(&config, rows, 256);
+        (super::run::describe(&margs), cases(&shapes, device, args.max_weight_mb, &mut skipped)?)
+    };
     let total: usize = cases.iter().map(|c| c.candidates.len()).sum();
     let bar = super::ui::Steps::new("bench", total.max(1), "steps");
     let mut done = 0;
@@ -358,7 +485,7 @@ pub fn run(args: &BenchArgs, device: &Device) -> BoxResult<()> {
     if args.json {
         let doc = KernelsReport {
             nextflow: env!("CARGO_PKG_VERSION"),
-            model: args.config.clone(),
+            model: model.clone(),
             device: device.to_string(),
             device_spec: device.info().spec(),
             cache: cache.display().to_string(),
@@ -393,7 +520,7 @@ pub fn run(args: &BenchArgs, device: &Device) -> BoxResult<()> {
                 *w = (*w).max(c.chars().count());
             }
         }
-        println!("kernels on {device}, {} shapes", args.config);
+        println!("kernels on {device}, shapes of {model}");
         for row in std::iter::once(&header).chain(&table) {
             let line: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
             println!("{}", line.join("  ").trim_end());

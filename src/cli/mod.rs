@@ -28,7 +28,8 @@ pub struct Cli {
     pub device: String,
 
     /// Print what the compiler ran on exit: kernel launches, bytes read and written, FLOPs,
-    /// plans compiled and replayed.
+    /// plans compiled and replayed, the largest plan's peak memory, and which matmul kernels
+    /// came from the autotune cache (`bench kernels` fills it) and which were timed now.
     #[arg(long, global = true, display_order = 901)]
     pub stats: bool,
 

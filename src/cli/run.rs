@@ -54,7 +54,7 @@ pub(super) fn config_of(args: &ModelArgs) -> Result<Config> {
     })
 }
 
-fn describe(args: &ModelArgs) -> String {
+pub(super) fn describe(args: &ModelArgs) -> String {
     match (&args.model, &args.config, args.random_weights) {
         (Some(dir), _, _) => dir.display().to_string(),
         (None, Some(name), true) => format!("{name} (random weights)"),

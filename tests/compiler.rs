@@ -644,3 +644,30 @@ fn generate_takes_its_matmul_kernels_from_the_autotune_cache() {
     println!("vulkan: bench kernels timed {matmuls} matmul shapes; generate then ran {from_cache} matmul launches on {winners} of them, none timed or default");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One shape rule per op: a lazy graph refuses bad operands of matmul, concat and RMSNorm
+/// with the eager op's own message.
+#[test]
+fn lazy_and_eager_ops_refuse_bad_shapes_alike() {
+    for device in devices() {
+        let t = |shape: &[usize]| Tensor::from_f64(&vec![0.0; shape.iter().product()], DType::F32, shape, &device).unwrap();
+        let g = Graph::new(&device);
+        let l = |x: &Tensor| g.input(x).unwrap();
+        let cases: Vec<(String, String)> = vec![
+            (nextflow_ops::matmul(&t(&[2, 3]), &t(&[4, 5]), Default::default()).unwrap_err().to_string(), l(&t(&[2, 3])).matmul(&l(&t(&[4, 5]))).unwrap_err().to_string()),
+            (
+                nextflow_ops::matmul(&t(&[2, 2, 3]), &t(&[3, 3, 5]), Default::default()).unwrap_err().to_string(),
+                l(&t(&[2, 2, 3])).matmul(&l(&t(&[3, 3, 5]))).unwrap_err().to_string(),
+            ),
+            (nextflow_ops::matmul(&t(&[3]), &t(&[3, 5]), Default::default()).unwrap_err().to_string(), l(&t(&[3])).matmul(&l(&t(&[3, 5]))).unwrap_err().to_string()),
+            (nextflow_ops::concat(&[&t(&[2, 3]), &t(&[2, 4])], 0).unwrap_err().to_string(), Lazy::concat(&[&l(&t(&[2, 3])), &l(&t(&[2, 4]))], 0).unwrap_err().to_string()),
+            (nextflow_ops::concat(&[&t(&[2, 3])], 2).unwrap_err().to_string(), Lazy::concat(&[&l(&t(&[2, 3]))], 2).unwrap_err().to_string()),
+            (nextflow_ops::rms_norm(&t(&[2, 3]), &t(&[4]), 1e-6).unwrap_err().to_string(), l(&t(&[2, 3])).rms_norm(&l(&t(&[4])), 1e-6).unwrap_err().to_string()),
+            (nextflow_ops::rms_norm(&t(&[2, 3]), &t(&[3]), f32::NAN).unwrap_err().to_string(), l(&t(&[2, 3])).rms_norm(&l(&t(&[3])), f32::NAN).unwrap_err().to_string()),
+        ];
+        for (eager, lazy) in cases {
+            assert_eq!(eager, lazy);
+            assert!(eager.contains("matmul") || eager.contains("concat") || eager.contains("rms_norm"), "{eager}");
+        }
+    }
+}

@@ -3,7 +3,7 @@
 //! In eager mode every op is realized as it is recorded (a graph of one op).
 
 use crate::{plan, Error, Options, Result};
-use nextflow_ops::{Activation, AttentionOptions, BinaryOp, ReduceOp, Rope, UnaryOp};
+use nextflow_ops::{rules, Activation, AttentionOptions, BinaryOp, ReduceOp, Rope, UnaryOp};
 use nextflow_runtime::{broadcast_shape, DType, Device, Layout, Tensor};
 use std::cell::RefCell;
 use std::fmt::Write;
@@ -461,16 +461,7 @@ impl Lazy {
     pub fn matmul(&self, b: &Lazy) -> Result<Lazy> {
         self.check_float("matmul")?;
         self.check_same_dtype("matmul", b)?;
-        if self.rank() < 2 || b.rank() < 2 {
-            return Err(shape_err("matmul", format!("operands need rank >= 2, got {:?} and {:?}", self.shape, b.shape)));
-        }
-        let (m, k) = (self.shape[self.rank() - 2], self.shape[self.rank() - 1]);
-        let (kb, n) = (b.shape[b.rank() - 2], b.shape[b.rank() - 1]);
-        if k != kb || (b.rank() > 2 && b.shape[..b.rank() - 2] != self.shape[..self.rank() - 2]) {
-            return Err(shape_err("matmul", format!("cannot multiply {:?} by {:?}", self.shape, b.shape)));
-        }
-        let mut shape = self.shape[..self.rank() - 2].to_vec();
-        shape.extend([m, n]);
+        let shape = rules::matmul(&self.shape, &b.shape)?;
         self.graph.push(Op::Matmul { bias: false, activation: Activation::None, residual: false }, vec![self.id, b.id], shape, self.dtype)
     }
 
@@ -487,9 +478,7 @@ impl Lazy {
     pub fn rms_norm(&self, weight: &Lazy, eps: f32) -> Result<Lazy> {
         self.check_float("rms_norm")?;
         self.check_same_dtype("rms_norm", weight)?;
-        if weight.shape.as_slice() != [*self.shape.last().unwrap_or(&0)] {
-            return Err(shape_err("rms_norm", format!("weight {:?} does not match x {:?}", weight.shape, self.shape)));
-        }
+        rules::rms_norm("rms_norm", &self.shape, &weight.shape, eps)?;
         self.graph.push(Op::RmsNorm { eps }, vec![self.id, weight.id], self.shape.clone(), self.dtype)
     }
 
@@ -533,19 +522,10 @@ impl Lazy {
 
     pub fn concat(parts: &[&Lazy], dim: usize) -> Result<Lazy> {
         let first = parts.first().ok_or_else(|| Error::Graph("concat needs at least one tensor".into()))?;
-        let mut shape = first.shape.clone();
-        if dim >= shape.len() {
-            return Err(Error::Runtime(nextflow_runtime::Error::DimOutOfRange { op: "concat", dim, rank: shape.len() }));
-        }
-        shape[dim] = 0;
         for p in parts {
             first.check_same_dtype("concat", p)?;
-            let ok = p.rank() == first.rank() && (0..first.rank()).all(|d| d == dim || p.shape[d] == first.shape[d]);
-            if !ok {
-                return Err(shape_err("concat", format!("cannot join {:?} and {:?} along dim {dim}", first.shape, p.shape)));
-            }
-            shape[dim] += p.shape[dim];
         }
+        let shape = rules::concat(&parts.iter().map(|p| p.shape.as_slice()).collect::<Vec<_>>(), dim)?;
         first.graph.push(Op::Concat(dim), parts.iter().map(|p| p.id).collect(), shape, first.dtype)
     }
 

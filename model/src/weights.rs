@@ -408,7 +408,6 @@ fn random_tensor(seed: u64, name: &str, shape: &[usize], dtype: DType, device: &
 /// The elements `first..first + numel(shape)` of the random tensor `name` (a row block of it
 /// holds the same values as those rows of the whole).
 fn random_tensor_from(seed: u64, name: &str, first: usize, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
-    use rayon::prelude::*;
     let n: usize = shape.iter().product();
     let constant = if name.ends_with("norm.weight") {
         Some(1.0f32)
@@ -434,13 +433,14 @@ fn random_tensor_from(seed: u64, name: &str, first: usize, shape: &[usize], dtyp
     let bytes: Vec<u8> = match dtype {
         DType::F32 => {
             let mut v = vec![0f32; n];
-            v.par_iter_mut().enumerate().for_each(|(i, o)| *o = value(i));
+            nextflow_ops::pool::chunks_mut(&mut v, 1 << 16, &|start, c| c.iter_mut().enumerate().for_each(|(j, o)| *o = value(start + j)));
             bytemuck::cast_slice(&v).to_vec()
         }
         DType::F16 | DType::BF16 => {
             let mut v = vec![0u16; n];
             let half = dtype == DType::F16;
-            v.par_iter_mut().enumerate().for_each(|(i, o)| *o = if half { f16::from_f32(value(i)).to_bits() } else { bf16::from_f32(value(i)).to_bits() });
+            let bits = |i: usize| if half { f16::from_f32(value(i)).to_bits() } else { bf16::from_f32(value(i)).to_bits() };
+            nextflow_ops::pool::chunks_mut(&mut v, 1 << 16, &|start, c| c.iter_mut().enumerate().for_each(|(j, o)| *o = bits(start + j)));
             bytemuck::cast_slice(&v).to_vec()
         }
         other => return Err(Error::Input(format!("random weights cannot be {other:?}"))),

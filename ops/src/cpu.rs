@@ -4,7 +4,6 @@
 use crate::{reference, BinaryOp, ReduceOp, UnaryOp};
 use half::{bf16, f16};
 use nextflow_runtime::{CpuBuffer, DType, Device, Layout, Result, Storage, Tensor};
-use rayon::prelude::*;
 use std::borrow::Cow;
 
 /// Below this many elements threads cost more than they save.
@@ -249,15 +248,18 @@ pub fn reduce(x: &Tensor, op: ReduceOp) -> Tensor {
         ReduceOp::Mean => r.iter().sum::<f32>() / n as f32,
         ReduceOp::Max => r.iter().copied().fold(f32::NEG_INFINITY, f32::max),
     };
-    let out: Vec<f32> = v.par_chunks(n).map(row).collect();
+    let rows_per_task = (CHUNK / n.max(1)).max(1);
+    let out: Vec<f32> = crate::pool::map(v.len() / n.max(1), rows_per_task, &|i| row(&v[i * n..][..n]));
     from_vec(out, x.dtype(), &x.shape()[..x.rank() - 1], x.device())
 }
 
 pub fn argmax(x: &Tensor) -> Tensor {
     let n = *x.shape().last().unwrap();
     let v = read_f32(x);
-    let ids: Vec<u32> =
-        v.par_chunks(n).map(|r| (0..n).fold(0, |best, i| if r[i] > r[best] { i } else { best }) as u32).collect();
+    let ids: Vec<u32> = crate::pool::map(v.len() / n.max(1), (CHUNK / n.max(1)).max(1), &|i| {
+        let r = &v[i * n..][..n];
+        (0..n).fold(0, |best, i| if r[i] > r[best] { i } else { best }) as u32
+    });
     Tensor::from_slice(&ids, &x.shape()[..x.rank() - 1], x.device()).expect("shape matches")
 }
 

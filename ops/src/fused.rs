@@ -7,7 +7,6 @@ use crate::{cpu, reference, BinaryOp, UnaryOp};
 use cubecl::prelude::*;
 use nextflow_runtime::{cubecl, DType, Error, Result, Tensor};
 use nextflow_shaders::{elementwise, fused as kernels, ELEMENTWISE_CUBE};
-use rayon::prelude::*;
 
 /// One instruction; each defines the next register.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -238,7 +237,8 @@ fn cpu_fused(views: &[Tensor], shape: &[usize], program: &FusedProgram, out_dtyp
         }
     };
     if numel >= 1 << 15 {
-        blocks.into_par_iter().enumerate().for_each(run);
+        // 16 blocks (16 K elements) per task.
+        crate::pool::chunks_mut(&mut blocks, 16, &|start, bs| bs.iter_mut().enumerate().for_each(|(j, b)| run((start + j, std::mem::take(b)))));
     } else {
         blocks.into_iter().enumerate().for_each(run);
     }

@@ -11,7 +11,6 @@ use cubecl::prelude::*;
 use nextflow_runtime::{cubecl, Error, Layout, Result, Tensor};
 use nextflow_shaders::image as kernels;
 use num_traits::Float;
-use rayon::prelude::*;
 
 /// `F.interpolate` modes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -224,7 +223,8 @@ pub fn conv2d_im2col(x: &[f32], cin: usize, h: usize, w: usize, weight: &[f32], 
     let (oh, ow) = p.out_size(h, w, kh, kw).expect("checked by conv2d");
     let (rows, cols_n) = (cin * kh * kw, oh * ow);
     let mut cols = vec![0f32; rows * cols_n];
-    cols.par_chunks_mut(cols_n).enumerate().for_each(|(r, col)| {
+    crate::pool::chunks_mut(&mut cols, cols_n, &|start, col| {
+        let r = start / cols_n.max(1);
         let (c, i, j) = (r / (kh * kw), (r / kw) % kh, r % kw);
         for oy in 0..oh {
             let yy = oy * p.stride + i;
@@ -508,9 +508,11 @@ pub fn conv2d_with(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2d
         match algorithm {
             ConvAlgorithm::Direct => {
                 let mut conv = vec![0f32; out.len()];
-                conv.par_chunks_mut(cout * plane)
-                    .zip(xs.par_chunks(cin * sh * sw))
-                    .for_each(|(o, img)| conv2d_image(img, cin, sh, sw, &ws, cout, kh, kw, None, p, o));
+                let image = cin * sh * sw;
+                crate::pool::chunks_mut(&mut conv, cout * plane, &|start, o| {
+                    let img = &xs[start / (cout * plane).max(1) * image..][..image];
+                    conv2d_image(img, cin, sh, sw, &ws, cout, kh, kw, None, p, o)
+                });
                 out.iter_mut().zip(&conv).for_each(|(o, c)| *o += c);
             }
             ConvAlgorithm::Im2col => images.for_each(|(o, img)| conv2d_im2col(img, cin, sh, sw, &ws, cout, kh, kw, accumulate, p, o)),

@@ -15,6 +15,7 @@ pub mod matmul;
 pub mod msrq;
 pub mod pool;
 pub mod reference;
+pub mod rules;
 pub mod sampling;
 mod simd;
 mod table;
@@ -122,11 +123,7 @@ pub(crate) fn check_same(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()>
 
 /// Checks a last-dim row op's input and returns the row length.
 fn check_rows(op: &'static str, x: &Tensor) -> Result<usize> {
-    match x.shape().last() {
-        None => Err(Error::Shape { op, msg: "needs a tensor of rank >= 1".into() }),
-        Some(0) => Err(Error::Shape { op, msg: format!("the last dim of {:?} is empty", x.shape()) }),
-        Some(&n) => Ok(n),
-    }
+    rules::rows(op, x.shape())
 }
 
 /// Whether the GPU path can take these dtypes here; else run on the CPU backend.
@@ -229,13 +226,7 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
     check_float("rms_norm", x)?;
     check_same("rms_norm", x, weight)?;
-    let n = check_rows("rms_norm", x)?;
-    if weight.shape() != [n] {
-        return Err(Error::Shape { op: "rms_norm", msg: format!("weight has shape {:?}, expected [{n}]", weight.shape()) });
-    }
-    if !(eps.is_finite() && eps >= 0.0) {
-        return Err(Error::Shape { op: "rms_norm", msg: format!("eps must be finite and >= 0, got {eps}") });
-    }
+    rules::rms_norm("rms_norm", x.shape(), weight.shape(), eps)?;
     if x.device().is_cpu() {
         return Ok(cpu::rms_norm(x, weight, eps));
     }
@@ -293,19 +284,10 @@ pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
 /// Joins tensors along `dim`; all other dims, the dtype and the device must agree.
 pub fn concat(parts: &[&Tensor], dim: usize) -> Result<Tensor> {
     let first = parts.first().ok_or(Error::Shape { op: "concat", msg: "needs at least one tensor".into() })?;
-    first.layout().check_dim("concat", dim)?;
     for p in &parts[1..] {
         check_same("concat", first, p)?;
-        let same_rank = p.rank() == first.rank();
-        if !same_rank || (0..first.rank()).any(|d| d != dim && p.shape()[d] != first.shape()[d]) {
-            return Err(Error::Shape {
-                op: "concat",
-                msg: format!("cannot join {:?} and {:?} along dim {dim}", first.shape(), p.shape()),
-            });
-        }
     }
-    let mut shape = first.shape().to_vec();
-    shape[dim] = parts.iter().map(|p| p.shape()[dim]).sum();
+    let shape = rules::concat(&parts.iter().map(|p| p.shape()).collect::<Vec<_>>(), dim)?;
     if first.device().is_cpu() {
         return cpu::concat(parts, dim, &shape);
     }
@@ -344,9 +326,6 @@ pub fn add_rms_norm(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) ->
     }
     check_float("add_rms_norm", x)?;
     check_same("add_rms_norm", x, weight)?;
-    let n = check_rows("add_rms_norm", x)?;
-    if weight.shape() != [n] {
-        return Err(Error::Shape { op: "add_rms_norm", msg: format!("weight has shape {:?}, expected [{n}]", weight.shape()) });
-    }
+    rules::rms_norm("add_rms_norm", x.shape(), weight.shape(), eps)?;
     gpu::add_rms_norm(&contiguous(x)?, &contiguous(residual)?, &contiguous(weight)?, eps)
 }

@@ -147,32 +147,13 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
 fn check(a: &Tensor, b: &Tensor, epilogue: &Epilogue) -> Result<Vec<usize>> {
     crate::check_float("matmul", a)?;
     crate::check_same("matmul", a, b)?;
-    let err = |msg: String| Err(Error::Shape { op: "matmul", msg });
-    if a.rank() < 2 || b.rank() < 2 {
-        return err(format!("operands need rank >= 2, got {:?} and {:?}", a.shape(), b.shape()));
-    }
-    let (m, k) = (a.shape()[a.rank() - 2], a.shape()[a.rank() - 1]);
-    let (kb, n) = (b.shape()[b.rank() - 2], b.shape()[b.rank() - 1]);
-    if k != kb {
-        return err(format!("inner dims differ: {:?} · {:?}", a.shape(), b.shape()));
-    }
-    if b.rank() > 2 && b.shape()[..b.rank() - 2] != a.shape()[..a.rank() - 2] {
-        return err(format!("batch dims differ: {:?} · {:?} (b may also be 2-D)", a.shape(), b.shape()));
-    }
-    let mut out: Vec<usize> = a.shape()[..a.rank() - 2].to_vec();
-    out.extend([m, n]);
-    if let Some(bias) = epilogue.bias {
-        crate::check_same("matmul bias", a, bias)?;
-        if bias.shape() != [n] {
-            return err(format!("bias has shape {:?}, expected [{n}]", bias.shape()));
+    let out = crate::rules::matmul(a.shape(), b.shape())?;
+    for (what, t) in [("matmul bias", epilogue.bias), ("matmul residual", epilogue.residual)] {
+        if let Some(t) = t {
+            crate::check_same(what, a, t)?;
         }
     }
-    if let Some(r) = epilogue.residual {
-        crate::check_same("matmul residual", a, r)?;
-        if r.shape() != out.as_slice() {
-            return err(format!("residual has shape {:?}, expected {out:?}", r.shape()));
-        }
-    }
+    crate::rules::matmul_epilogue(&out, epilogue.bias.map(|b| b.shape()), epilogue.residual.map(|r| r.shape()))?;
     Ok(out)
 }
 

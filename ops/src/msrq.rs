@@ -8,7 +8,6 @@ use crate::{binary, contiguous, cpu, embedding, BinaryOp};
 use cubecl::prelude::*;
 use nextflow_runtime::{cubecl, DType, Error, Result, Tensor};
 use num_traits::Float;
-use rayon::prelude::*;
 
 /// Largest `k` of [`Codebook::nearest`] (the kernel keeps the list in registers).
 pub const MAX_TOP_K: usize = 16;
@@ -141,7 +140,8 @@ impl Codebook {
         let cpu_path = |t: &[Tensor]| -> Result<Nearest> {
             let zs = cpu::read_f32(&contiguous(&t[0])?).into_owned();
             let table = cpu::read_f32(&t[1]).into_owned();
-            let found: Vec<(Vec<u32>, Vec<f32>)> = zs.par_chunks(self.dim()).map(|r| self.nearest_row(r, &table, k)).collect();
+            let dim = self.dim();
+            let found: Vec<(Vec<u32>, Vec<f32>)> = crate::pool::map(rows, 4, &|r| self.nearest_row(&zs[r * dim..][..dim], &table, k));
             let (idx, dist): (Vec<u32>, Vec<f32>) = found.into_iter().flat_map(|(i, d)| i.into_iter().zip(d)).unzip();
             Ok(Nearest { indices: Tensor::from_slice(&idx, &[rows, k], t[0].device())?, distances: Tensor::from_slice(&dist, &[rows, k], t[0].device())? })
         };

@@ -217,6 +217,13 @@ pub fn chunks_mut<T: Send>(out: &mut [T], chunk: usize, f: &(dyn Fn(usize, &mut 
     });
 }
 
+/// `f(i)` for every `i < n`, in order, computed in parallel `chunk` indices per task.
+pub fn map<T: Send + Default + Clone>(n: usize, chunk: usize, f: &(dyn Fn(usize) -> T + Sync)) -> Vec<T> {
+    let mut out = vec![T::default(); n];
+    chunks_mut(&mut out, chunk, &|start, o| o.iter_mut().enumerate().for_each(|(j, slot)| *slot = f(start + j)));
+    out
+}
+
 /// A raw pointer the tasks of one call share, each using a disjoint part.
 pub struct SendPtr<T>(pub *mut T);
 impl<T> Clone for SendPtr<T> {

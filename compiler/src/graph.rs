@@ -6,7 +6,6 @@ use crate::{plan, Error, Options, Result};
 use nextflow_ops::{rules, Activation, AttentionOptions, BinaryOp, ReduceOp, Rope, UnaryOp};
 use nextflow_runtime::{broadcast_shape, DType, Device, Layout, Tensor};
 use std::cell::RefCell;
-use std::fmt::Write;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -282,37 +281,134 @@ impl Graph {
             .collect()
     }
 
-    /// The canonical text of the graph that keys the plan cache: device, options, every
-    /// node (op, inputs, shape, dtype) and the layout of every bound input.
-    pub(crate) fn signature(g: &GraphData, outputs: &[NodeId]) -> String {
-        let mut s = String::with_capacity(64 * g.nodes.len());
-        let _ = write!(s, "{}|{}|{:?}|out{:?}|", g.device.info().spec(), g.device.info().name, g.options.key(), outputs);
-        let shape_of = |input: usize, shape: &[usize]| -> String {
-            let dynamic = g.dynamic.iter().find(|(k, _)| *k == input).map(|(_, d)| *d);
-            let dims: Vec<String> = shape.iter().enumerate().map(|(d, n)| if Some(d) == dynamic { "?".into() } else { n.to_string() }).collect();
-            format!("[{}]", dims.join(","))
+    /// The plan-cache key: device, options, outputs, every node (op and its parameters,
+    /// inputs, shape, dtype) and the layout of every bound input, written as a word stream
+    /// (exact: equal keys are equal graphs). A dynamic input dim is written as `?`
+    /// (`u64::MAX`), so a step over a longer KV cache finds the same plan. Words, not
+    /// formatted text: the key is built for every realize (a cached decode step's whole
+    /// overhead), and formatting it took ~15 µs per layer graph.
+    pub(crate) fn signature(g: &GraphData, outputs: &[NodeId]) -> Vec<u64> {
+        let mut k = Key(Vec::with_capacity(12 * g.nodes.len() + 32));
+        k.text(&g.device.info().spec());
+        k.text(&g.device.info().name);
+        k.word(g.options.key() as u64);
+        k.list(outputs);
+        let dynamic = |input: usize| g.dynamic.iter().find(|(i, _)| *i == input).map(|(_, d)| *d);
+        let shape = |k: &mut Key, input: Option<usize>, shape: &[usize]| {
+            let d = input.and_then(dynamic);
+            k.word(shape.len() as u64);
+            k.0.extend(shape.iter().enumerate().map(|(i, &n)| if Some(i) == d { u64::MAX } else { n as u64 }));
         };
-        for (i, n) in g.nodes.iter().enumerate() {
-            if let Op::Input(k) = n.op {
-                let _ = write!(s, "{i}:Input({k}){:?}{}{};", n.inputs, shape_of(k, &n.shape), n.dtype);
-                continue;
-            }
-            let _ = match &n.op {
-                // The table's identity: cached plans hold the Arc, so the address stays unique.
-                Op::Rope(r) => write!(s, "{i}:Rope@{:p}", Arc::as_ptr(r)),
-                op => write!(s, "{i}:{op:?}"),
-            };
-            let _ = write!(s, "{:?}{:?}{};", n.inputs, n.shape, n.dtype);
+        for n in &g.nodes {
+            k.op(&n.op);
+            k.list(&n.inputs);
+            shape(&mut k, if let Op::Input(i) = n.op { Some(i) } else { None }, &n.shape);
+            k.word(n.dtype as u64);
         }
-        for (k, t) in g.inputs.iter().enumerate() {
+        for (i, t) in g.inputs.iter().enumerate() {
             match t {
                 Some(t) => {
-                    let _ = write!(s, "in{}{:?}{};", shape_of(k, t.shape()), t.strides(), t.is_dense());
+                    shape(&mut k, Some(i), t.shape());
+                    k.list(t.strides());
+                    k.word(t.is_dense() as u64);
                 }
-                None => s.push_str("in-;"),
+                None => k.word(u64::MAX - 1),
             }
         }
-        s
+        k.0
+    }
+}
+
+/// A word stream (see [`Graph::signature`]).
+struct Key(Vec<u64>);
+
+impl Key {
+    fn word(&mut self, w: u64) {
+        self.0.push(w);
+    }
+    fn list(&mut self, v: &[usize]) {
+        self.word(v.len() as u64);
+        self.0.extend(v.iter().map(|&x| x as u64));
+    }
+    fn text(&mut self, t: &str) {
+        self.word(t.len() as u64);
+        self.0.extend(t.as_bytes().chunks(8).map(|c| c.iter().fold(0u64, |w, &b| w << 8 | b as u64)));
+    }
+    fn f32(&mut self, x: f32) {
+        self.word(x.to_bits() as u64);
+    }
+    fn opt_list(&mut self, v: &Option<Vec<usize>>) {
+        match v {
+            Some(v) => self.list(v),
+            None => self.word(u64::MAX),
+        }
+    }
+    /// The op's variant (a tag per variant), then its parameters.
+    fn op(&mut self, op: &Op) {
+        match op {
+            Op::Input(i) => self.0.extend([0, *i as u64]),
+            Op::Const(c) => {
+                self.word(1);
+                self.f32(*c);
+            }
+            Op::Unary(u) => self.0.extend([2, *u as u64]),
+            Op::Binary(b) => self.0.extend([3, *b as u64]),
+            Op::Swiglu => self.word(4),
+            Op::Cast(d) => self.0.extend([5, *d as u64]),
+            Op::View(v) => {
+                self.word(6);
+                match v {
+                    ViewOp::Reshape(s) => {
+                        self.word(0);
+                        self.list(s);
+                    }
+                    ViewOp::Permute(d) => {
+                        self.word(1);
+                        self.list(d);
+                    }
+                    ViewOp::Narrow { dim, start, len } => self.0.extend([2, *dim as u64, *start as u64, *len as u64]),
+                    ViewOp::BroadcastTo(s) => {
+                        self.word(3);
+                        self.list(s);
+                    }
+                    ViewOp::Unsqueeze(d) => self.0.extend([4, *d as u64]),
+                }
+            }
+            Op::Matmul { bias, activation, residual } => self.0.extend([7, *bias as u64, *activation as u64, *residual as u64]),
+            Op::RmsNorm { eps } => {
+                self.word(8);
+                self.f32(*eps);
+            }
+            Op::AddRmsNorm { eps } => {
+                self.word(9);
+                self.f32(*eps);
+            }
+            Op::SecondOutput => self.word(10),
+            Op::Reduce(r) => self.0.extend([11, *r as u64]),
+            Op::Softmax => self.word(12),
+            Op::Attention(o) => {
+                self.word(13);
+                match &o.mask {
+                    None => self.word(0),
+                    Some(nextflow_ops::Mask::None) => self.word(1),
+                    Some(nextflow_ops::Mask::Causal) => self.word(2),
+                    Some(nextflow_ops::Mask::Segments(s)) => {
+                        self.word(3);
+                        self.list(s);
+                    }
+                }
+                self.opt_list(&o.kv_lens);
+                self.opt_list(&o.kv_starts);
+                match o.scale {
+                    Some(x) => self.f32(x),
+                    None => self.word(u64::MAX),
+                }
+            }
+            // The table's identity: cached plans hold the Arc, so the address stays unique.
+            Op::Rope(r) => self.0.extend([14, Arc::as_ptr(r) as usize as u64]),
+            Op::Concat(d) => self.0.extend([15, *d as u64]),
+            Op::Embedding => self.word(16),
+        }
     }
 }
 

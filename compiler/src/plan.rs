@@ -98,7 +98,7 @@ pub struct Plan {
 const MAX_PLANS: usize = 1024;
 
 thread_local! {
-    static PLANS: RefCell<HashMap<String, Rc<Plan>>> = RefCell::new(HashMap::new());
+    static PLANS: RefCell<HashMap<Vec<u64>, Rc<Plan>>> = RefCell::new(HashMap::new());
 }
 
 /// Forgets every cached plan of this thread.

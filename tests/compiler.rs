@@ -671,3 +671,34 @@ fn lazy_and_eager_ops_refuse_bad_shapes_alike() {
         }
     }
 }
+
+/// A weight split into row blocks is one matmul per block joined along the last dim; on a
+/// GPU each matmul writes its columns into the joined output, so the join launches nothing.
+#[test]
+fn matmuls_joined_along_the_last_dim_write_into_the_join() {
+    for device in devices() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let x = random_tensor(&mut rng, &[2, 3, 40], 1.0, &device);
+        let (w1, w2) = (random_tensor(&mut rng, &[24, 40], 0.1, &device), random_tensor(&mut rng, &[8, 40], 0.1, &device));
+        let res = random_tensor(&mut rng, &[2, 3, 32], 1.0, &device);
+        let g = Graph::new(&device);
+        let (xl, rl) = (g.input(&x).unwrap(), g.input(&res).unwrap());
+        let a = xl.linear(&g.input(&w1).unwrap(), None).unwrap().add(&rl.narrow(2, 0, 24).unwrap()).unwrap();
+        let b = xl.linear(&g.input(&w2).unwrap(), None).unwrap().add(&rl.narrow(2, 24, 8).unwrap()).unwrap();
+        let joined = Lazy::concat(&[&a, &b], 2).unwrap();
+        let plan = g.compile(&[&joined]).unwrap();
+        let gpu_before = nextflow_ops::gpu_launches();
+        let got = joined.realize().unwrap();
+        device.sync().unwrap();
+        let launched = nextflow_ops::gpu_launches() - gpu_before;
+        let eager = |w: &Tensor, r: Tensor| nextflow_ops::matmul(&x, &w.transpose(0, 1).unwrap(), nextflow_ops::Epilogue { residual: Some(&r), ..Default::default() }).unwrap();
+        let want = nextflow_ops::concat(&[&eager(&w1, res.narrow(2, 0, 24).unwrap()), &eager(&w2, res.narrow(2, 24, 8).unwrap())], 2).unwrap();
+        assert!(nmse(&got, &want) <= 1e-10, "{}", device.info().spec());
+        if device.is_cpu() {
+            assert_eq!(plan.stats.launches, 3, "{}", plan.describe());
+        } else {
+            assert_eq!(plan.stats.launches, 2, "{}", plan.describe());
+            assert_eq!(launched, 2, "{}", plan.describe());
+        }
+    }
+}

@@ -89,6 +89,9 @@ pub struct Plan {
     free_after: Vec<Vec<NodeId>>,
     consts: HashMap<NodeId, Tensor>,
     inputs: Vec<(NodeId, usize)>,
+    /// Matmuls that write their columns straight into a concat's output: node → (concat,
+    /// first column). Their concat costs nothing and runs nothing.
+    into: HashMap<NodeId, (NodeId, usize)>,
     device: Device,
     autotune: bool,
     pub stats: PlanStats,
@@ -400,6 +403,30 @@ fn check_dynamic(g: &GraphData, outputs: &[NodeId]) -> Result<()> {
     Ok(())
 }
 
+/// Concats along the last dim whose every part is a matmul read by nothing else (a weight
+/// split into row blocks, one matmul per block): on a GPU each matmul writes its columns
+/// into the concat's output, so the join copies nothing (the CPU backend joins the parts).
+fn concat_targets(nodes: &[Node], uses: &[Vec<NodeId>], order: &[NodeId], device: &Device) -> HashMap<NodeId, (NodeId, usize)> {
+    let mut into = HashMap::new();
+    for &v in order {
+        let Op::Concat(dim) = nodes[v].op else { continue };
+        let parts = &nodes[v].inputs;
+        let eligible = !device.is_cpu()
+            && device.supports(nodes[v].dtype)
+            && dim + 1 == nodes[v].shape.len()
+            && parts.iter().all(|&u| matches!(nodes[u].op, Op::Matmul { .. }) && uses[u] == [v])
+            && parts.iter().collect::<HashSet<_>>().len() == parts.len();
+        if eligible {
+            let mut start = 0;
+            for &u in parts {
+                into.insert(u, (v, start));
+                start += nodes[u].shape[dim];
+            }
+        }
+    }
+    into
+}
+
 fn compile(g: &GraphData, outputs: &[NodeId]) -> Result<Plan> {
     check_dynamic(g, outputs)?;
     let mut nodes = g.nodes.clone();
@@ -415,6 +442,7 @@ fn compile(g: &GraphData, outputs: &[NodeId]) -> Result<Plan> {
     }
     let order = topo_order(&nodes, outputs);
     let uses = consumers(&nodes, outputs);
+    let into = if fusion { concat_targets(&nodes, &uses, &order, &g.device) } else { HashMap::new() };
     // An op over constants alone runs as itself (a fused kernel needs one tensor input).
     let fusable = |v: NodeId| {
         fusion
@@ -578,9 +606,10 @@ fn compile(g: &GraphData, outputs: &[NodeId]) -> Result<Plan> {
     for gid in 0..groups.len() {
         flush(gid, &mut groups, &mut group_of, &mut steps, &mut stats);
     }
+    let assembled: HashSet<NodeId> = into.values().map(|&(c, _)| c).collect();
     for step in steps.iter_mut() {
         if let StepKind::Node(v) = step.kind {
-            step.cost = node_cost(&nodes, v, &g.device);
+            step.cost = if assembled.contains(&v) { Cost::default() } else { node_cost(&nodes, v, &g.device) };
         }
     }
 
@@ -653,6 +682,9 @@ fn compile(g: &GraphData, outputs: &[NodeId]) -> Result<Plan> {
                 transferred.insert(step.reads[j]);
                 continue;
             }
+            if into.contains_key(&w) {
+                continue; // a column block of its concat's buffer
+            }
             let b = bytes_of(&nodes[w]);
             live += b;
             stats.total_alloc_bytes += b;
@@ -664,7 +696,7 @@ fn compile(g: &GraphData, outputs: &[NodeId]) -> Result<Plan> {
         stats.peak_bytes = stats.peak_bytes.max(live);
         for &v in &free_after[i] {
             let n = &nodes[v];
-            let allocated = root[v] == v && (fresh_dense(&n.op) || matches!(n.op, Op::Attention(_)));
+            let allocated = root[v] == v && (fresh_dense(&n.op) || matches!(n.op, Op::Attention(_))) && !into.contains_key(&v);
             if allocated && !transferred.contains(&v) {
                 let b = bytes_of(n);
                 live -= b;
@@ -689,7 +721,7 @@ fn compile(g: &GraphData, outputs: &[NodeId]) -> Result<Plan> {
         }
     }
     let inputs = order.iter().filter_map(|&v| if let Op::Input(k) = nodes[v].op { Some((v, k)) } else { None }).collect();
-    Ok(Plan { nodes, steps, outputs: outputs.to_vec(), free_after, consts, inputs, device: g.device.clone(), autotune: g.options.autotune, stats })
+    Ok(Plan { nodes, steps, outputs: outputs.to_vec(), free_after, consts, inputs, into, device: g.device.clone(), autotune: g.options.autotune, stats })
 }
 
 impl Plan {
@@ -710,6 +742,7 @@ impl Plan {
                     let op = match &self.nodes[*v].op {
                         Op::Rope(r) => format!("Rope(head_dim {})", r.head_dim),
                         Op::Attention(o) => format!("Attention({:?})", o.mask),
+                        Op::Concat(_) if self.into.values().any(|&(c, _)| c == *v) => "Concat (its matmuls wrote it)".into(),
                         op => format!("{op:?}"),
                     };
                     format!("{op} {:?}", self.nodes[*v].shape)
@@ -737,6 +770,23 @@ impl Plan {
         let get = |values: &[Option<Tensor>], v: NodeId| -> Tensor { values[v].clone().expect("the schedule defines every value before its use") };
         for (i, step) in self.steps.iter().enumerate() {
             match &step.kind {
+                // Its parts already wrote its columns.
+                StepKind::Node(v) if values[*v].is_some() && matches!(self.nodes[*v].op, Op::Concat(_)) => {}
+                StepKind::Node(v) if self.into.contains_key(v) => {
+                    let (c, start) = self.into[v];
+                    let target = &self.nodes[c];
+                    if values[c].is_none() {
+                        values[c] = Some(nextflow_ops::empty(&self.device, target.dtype, &target.shape)?);
+                    }
+                    let ins: Vec<Tensor> = self.nodes[*v].inputs.iter().map(|&u| get(&values, u)).collect();
+                    let last = target.shape.len() - 1;
+                    let view = get(&values, c).narrow(last, start, self.nodes[*v].shape[last])?;
+                    let Op::Matmul { bias, activation, residual } = self.nodes[*v].op else { unreachable!("only matmuls write into a concat") };
+                    let ep = Epilogue { bias: bias.then(|| &ins[2]), activation, residual: residual.then(|| &ins[ins.len() - 1]) };
+                    let kernel = autotune::matmul_kernel(&ins[0], &ins[1], &ep, self.autotune)?;
+                    nextflow_ops::matmul::matmul_into_with(&ins[0], &ins[1], ep, &view, kernel)?;
+                    values[*v] = Some(view);
+                }
                 StepKind::Node(v) => {
                     let node = &self.nodes[*v];
                     let ins: Vec<Tensor> = node.inputs.iter().map(|&u| get(&values, u)).collect();

@@ -31,6 +31,15 @@ pub use matmul::{linear, matmul, matmul_into, Activation, Epilogue};
 pub use table::{OpEntry, OP_TABLE};
 pub use gpu::gpu_launches;
 
+/// An uninitialised dense tensor on a GPU device (its kernels write it whole: e.g. the
+/// matmuls that each fill a column block).
+pub fn empty(device: &Device, dtype: DType, shape: &[usize]) -> Result<Tensor> {
+    if device.is_cpu() {
+        return Err(Error::Unsupported { op: "empty", dtype, device: device.info().spec() });
+    }
+    gpu::empty(device, dtype, shape)
+}
+
 /// Float functions of one argument.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum UnaryOp {

@@ -190,6 +190,11 @@ fn act_code(a: Activation) -> u32 {
 /// block of a wider tensor: `wide.narrow(-1, start, n)`). Kernels only: on the CPU, or for a
 /// dtype the device has no kernels for, it is refused (`ops::Weight` joins blocks there).
 pub fn matmul_into(a: &Tensor, b: &Tensor, epilogue: Epilogue, out: &Tensor) -> Result<()> {
+    matmul_into_with(a, b, epilogue, out, MatmulKernel::Auto)
+}
+
+/// [`matmul_into`] on a chosen kernel (the compiler's autotuned choice).
+pub fn matmul_into_with(a: &Tensor, b: &Tensor, epilogue: Epilogue, out: &Tensor, kernel: MatmulKernel) -> Result<()> {
     let out_shape = check(a, b, &epilogue)?;
     let err = |msg: String| Err(Error::Shape { op: "matmul_into", msg });
     if out.shape() != out_shape.as_slice() || out.dtype() != a.dtype() || !out.device().same(a.device()) {
@@ -201,7 +206,7 @@ pub fn matmul_into(a: &Tensor, b: &Tensor, epilogue: Epilogue, out: &Tensor) -> 
     }
     match mat_view(out) {
         Some(v) if v.sc == 1 || out_shape[out_shape.len() - 1] == 1 => {
-            gpu_matmul(a, b, &epilogue, &out_shape, MatmulKernel::Auto, Some((out, v)))?;
+            gpu_matmul(a, b, &epilogue, &out_shape, kernel, Some((out, v)))?;
             Ok(())
         }
         _ => err(format!("output view (strides {:?}) needs dense columns and collapsible batch dims", out.strides())),

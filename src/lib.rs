@@ -9,3 +9,4 @@ pub use nextflow_ops as ops;
 pub use nextflow_runtime as runtime;
 
 pub mod cli;
+pub mod shapeeval;

@@ -26,7 +26,7 @@ fn generate_writes_a_png_and_never_overwrites_silently() {
     }
     assert_eq!(report["timings_ms"]["scales"].as_array().unwrap().len(), 7, "{report}");
     assert!(stderr.contains("scale 7/7"), "progress per scale: {stderr}");
-    let (rgb, size) = nextflow::model::shapeeval::load_png_rgb(&out).unwrap();
+    let (rgb, size) = nextflow::shapeeval::load_png_rgb(&out).unwrap();
     assert_eq!(size, 128);
     assert!(rgb.chunks(3).any(|p| p != [rgb[0], rgb[1], rgb[2]]), "a blank image");
 

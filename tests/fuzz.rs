@@ -15,7 +15,8 @@
 //! case takes longer than `FUZZ_CASE_LIMIT_S` (default 60 s), printing the case: a hang.
 
 use nextflow::cli::{run, Cli};
-use nextflow::model::{shapeeval, Config, Message, NextFlow, StreamDecoder, TextTokenizer, Weights};
+use nextflow::model::{Config, Message, NextFlow, StreamDecoder, TextTokenizer, Weights};
+use nextflow::shapeeval;
 use nextflow::runtime::{DType, Device};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestRunner};

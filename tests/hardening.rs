@@ -227,7 +227,7 @@ fn num_images_100000_runs_within_memory_and_stops_cleanly_on_sigint() {
     let written = pngs(&dir);
     assert!(written.len() >= 8);
     for p in &written {
-        nextflow::model::shapeeval::load_png_rgb(p).unwrap_or_else(|e| panic!("{e}"));
+        nextflow::shapeeval::load_png_rgb(p).unwrap_or_else(|e| panic!("{e}"));
     }
 }
 
@@ -251,7 +251,7 @@ fn interrupted_runs_leave_no_temporary_files() {
         assert_eq!(status.signal(), Some(sig), "{status:?}");
         assert!(tmp_files(&dir).is_empty(), "round {round}: temporary files left: {:?}", tmp_files(&dir));
         for p in pngs(&dir) {
-            nextflow::model::shapeeval::load_png_rgb(&p).unwrap_or_else(|e| panic!("round {round}: {e}"));
+            nextflow::shapeeval::load_png_rgb(&p).unwrap_or_else(|e| panic!("round {round}: {e}"));
         }
     }
 }
@@ -376,7 +376,7 @@ fn concurrent_writers_of_one_name_never_both_succeed() {
         let loser = &results[1 - wins[0]];
         assert_refused(loser, &[s(&out), "exists"]);
         // The file is the winner's image, whole.
-        nextflow::model::shapeeval::load_png_rgb(&out).unwrap();
+        nextflow::shapeeval::load_png_rgb(&out).unwrap();
         // (Same thread count as the pair: the CPU's sums are ordered by it.)
         let alone = dir.join(format!("alone-{pair}.png"));
         let seed = if wins[0] == 0 { "1" } else { "2" };

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use nextflow_model::shapeeval as se;
+use nextflow::shapeeval as se;
 
 use serde_json::Value;
 
@@ -333,7 +333,7 @@ fn png_round_trip() {
     let square_only = se::load_png_rgb(&path);
     std::fs::remove_file(&path).ok();
     assert_eq!(back, (rgb.clone(), canvas));
-    assert!(square_only.unwrap_err().contains("not square"));
+    assert!(square_only.unwrap_err().to_string().contains("not square"));
     assert!(se::save_png_rgb(&path, &rgb, TALL.width).is_err());
 }
 

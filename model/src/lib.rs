@@ -4,10 +4,8 @@
 
 pub mod config;
 pub mod embedded;
-pub mod eval_set;
 pub mod nextflow;
 pub mod npy;
-pub mod shapeeval;
 pub mod text;
 pub mod tokenizer;
 pub mod transformer;

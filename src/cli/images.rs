@@ -42,8 +42,8 @@ pub fn read_input_bytes(bytes: &[u8], name: &str, size: usize, pad: bool) -> Res
     // The size from the header first, so that a huge declared image is refused before any
     // pixel buffer exists.
     let (w, h) = open()?.into_dimensions().map_err(|e| format!("{name}: {e}"))?;
-    if w as u64 * h as u64 > nextflow_model::shapeeval::MAX_IMAGE_PIXELS || w > MAX_SIDE || h > MAX_SIDE {
-        return Err(format!("{name}: {w}x{h} is above the {} pixels ({MAX_SIDE} a side) an input image may have", nextflow_model::shapeeval::MAX_IMAGE_PIXELS).into());
+    if w as u64 * h as u64 > crate::shapeeval::MAX_IMAGE_PIXELS || w > MAX_SIDE || h > MAX_SIDE {
+        return Err(format!("{name}: {w}x{h} is above the {} pixels ({MAX_SIDE} a side) an input image may have", crate::shapeeval::MAX_IMAGE_PIXELS).into());
     }
     let mut reader = open()?;
     let mut limits = Limits::default();

@@ -7,7 +7,7 @@ use super::ui::{self, end_status, status};
 use super::memory;
 use super::*;
 use nextflow_model::nextflow::{Generated, NextFlow, Sequence};
-use nextflow_model::shapeeval;
+use crate::shapeeval;
 use nextflow_model::text::{self, TextOptions};
 use nextflow_model::visual::{from_rgb8, to_rgb8};
 use nextflow_model::config::VisualTokenizer;
@@ -1164,7 +1164,7 @@ pub fn eval_shapes(args: &EvalShapesArgs, device: &Device) -> Result<()> {
 /// Understanding accuracy per question type and editing success per edit type, on the
 /// shipped evaluation set (`model/assets/shapeeval_set.json`, the reference's samples).
 fn eval_other(model: &NextFlow, args: &EvalShapesArgs, opts: &ImageOptions) -> Result<(serde_json::Value, serde_json::Value)> {
-    let (understanding, editing) = nextflow_model::eval_set::load().map_err(fail)?;
+    let (understanding, editing) = shapeeval::eval_set::load()?;
     let tok = model.text.as_ref().ok_or_else(|| fail("random weights cannot answer questions"))?;
     let per_type = |kinds: Vec<(&str, bool)>| -> serde_json::Value {
         let mut m = serde_json::Map::new();
@@ -1202,7 +1202,7 @@ fn eval_other(model: &NextFlow, args: &EvalShapesArgs, opts: &ImageOptions) -> R
         let o = ImageOptions { seed: opts.seed + n as u64, ..opts.clone() };
         let g = model.edit(&indices, &case.instruction, &o, &mut |_, _, _| {})?;
         let after = to_rgb8(&g.images)?.remove(0);
-        let ok = shapeeval::edit_success(&case.rgb, &case.instruction, &after, case.size).map_err(fail)?;
+        let ok = shapeeval::edit_success(&case.rgb, &case.instruction, &after, case.size)?;
         e.push((case.kind.as_str(), ok));
         status(format_args!("editing {}/{}", e.len(), editing.len().min(4 * args.n_other)));
     }

@@ -5,7 +5,7 @@
 
 ShapeWorld images are rendered only in Python, so `nextflow eval shapes` (Rust) reads the
 samples that train_transformer.evaluate_understanding / evaluate_editing use from this file
-(model/src/eval_set.rs embeds it). Sample choice is theirs exactly: question type k of
+(src/shapeeval/eval_set.rs embeds it). Sample choice is theirs exactly: question type k of
 sw.QUESTION_TYPES takes sw.understanding_sample(k * n + i, EVAL_SEED, image_size, kind) and
 edit type k of sw.EDIT_TYPES takes sw.edit_sample(k * n + i, EVAL_SEED, image_size, kind),
 i < n, with image_size the tokenizer.image_size of the shipped model (model/assets/nextflow-tiny/config.json;

@@ -1,4 +1,4 @@
-"""Fixtures for the Rust ShapeEval (model/src/shapeeval.rs, tests/shapeeval.rs).
+"""Fixtures for the Rust ShapeEval (src/shapeeval/mod.rs, tests/shapeeval.rs).
 
     OMP_NUM_THREADS=1 python tools/reference/make_shapeeval_fixtures.py   # writes tests/golden/shapeeval/
 

@@ -21,6 +21,34 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub mod eval_set;
+
+/// What ShapeWorld evaluation refuses.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A task, question type, question or instruction outside ShapeWorld's grammar.
+    #[error("{0}")]
+    Grammar(String),
+    /// A PNG that cannot be read or written as an RGB8 image (with the file, when there is one).
+    #[error("{}{msg}", path.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default())]
+    Png { path: Option<std::path::PathBuf>, msg: String },
+    /// The shipped evaluation set (`model/assets/shapeeval_set.json`) does not read.
+    #[error("shapeeval_set.json: {0}")]
+    Set(String),
+}
+
+fn png_err(path: Option<&Path>, msg: impl ToString) -> Error {
+    Error::Png { path: path.map(Path::to_path_buf), msg: msg.to_string() }
+}
+
+/// `e` with the file it came from.
+fn in_file(path: &Path, e: Error) -> Error {
+    match e {
+        Error::Png { path: None, msg } => png_err(Some(path), msg),
+        e => e,
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The world (shapeworld.py)
 
@@ -375,7 +403,7 @@ impl Combination {
 }
 
 /// Every distinct evaluation prompt of a task, in the reference's order.
-pub fn prompt_combinations(task: &str) -> Result<Vec<Combination>, String> {
+pub fn prompt_combinations(task: &str) -> Result<Vec<Combination>, Error> {
     let pairs: Vec<(&str, &str)> =
         SHAPES.iter().flat_map(|&a| SHAPES.iter().filter(move |&&b| b != a).map(move |&b| (a, b))).collect();
     Ok(match task {
@@ -401,7 +429,7 @@ pub fn prompt_combinations(task: &str) -> Result<Vec<Combination>, String> {
             }
             out
         }
-        _ => return Err(format!("unknown task {task:?}")),
+        _ => return Err(Error::Grammar(format!("unknown task {task:?}"))),
     })
 }
 
@@ -916,18 +944,18 @@ pub fn score_image(rgb: &[u8], canvas: impl Into<Canvas>, entry: &EvalPrompt) ->
 // Understanding
 
 /// The question text of a type ("shape" ignores `shape`).
-pub fn make_question(kind: &str, shape: &str) -> Result<String, String> {
+pub fn make_question(kind: &str, shape: &str) -> Result<String, Error> {
     Ok(match kind {
         "shape" => "what shape is this?".to_string(),
         "color" => format!("what color is the {shape}?"),
         "count" => format!("how many {} are there?", plural(shape)),
         "where" => format!("where is the {shape}?"),
-        _ => return Err(format!("unknown question type {kind:?}")),
+        _ => return Err(Error::Grammar(format!("unknown question type {kind:?}"))),
     })
 }
 
 /// (type, shape) of one of the four ShapeWorld question templates; Err for anything else.
-pub fn question_type(question: &str) -> Result<(&'static str, Option<&'static str>), String> {
+pub fn question_type(question: &str) -> Result<(&'static str, Option<&'static str>), Error> {
     if question == "what shape is this?" {
         return Ok(("shape", None));
     }
@@ -946,7 +974,7 @@ pub fn question_type(question: &str) -> Result<(&'static str, Option<&'static st
             }
         }
     }
-    Err(format!("not a ShapeWorld question: {question:?}"))
+    Err(Error::Grammar(format!("not a ShapeWorld question: {question:?}")))
 }
 
 /// The answer to a question from detections; "unknown" when they do not support one.
@@ -955,7 +983,7 @@ pub fn answer_from_detections(
     detections: &[Detection],
     canvas: impl Into<Canvas>,
     question: &str,
-) -> Result<String, String> {
+) -> Result<String, Error> {
     let (kind, shape) = question_type(question)?;
     if kind == "shape" {
         return Ok(detections.iter().find_map(|d| d.shape).unwrap_or("unknown").to_string());
@@ -975,7 +1003,7 @@ pub fn answer_from_detections(
 }
 
 /// The detector's answer to a ShapeWorld question; Err if the question is not one.
-pub fn answer_question(rgb: &[u8], canvas: impl Into<Canvas>, question: &str) -> Result<String, String> {
+pub fn answer_question(rgb: &[u8], canvas: impl Into<Canvas>, question: &str) -> Result<String, Error> {
     let canvas = canvas.into();
     question_type(question)?;
     answer_from_detections(&detect(rgb, canvas), canvas, question)
@@ -996,7 +1024,7 @@ pub struct Edit {
 
 /// `make the {shape} {color}`, `remove the {shape}`, `add a(n) {color} {shape}`,
 /// `move the {shape} to the {left,right,top,bottom}`; Err for anything else.
-pub fn parse_instruction(instruction: &str) -> Result<Edit, String> {
+pub fn parse_instruction(instruction: &str) -> Result<Edit, Error> {
     if let Some(rest) = instruction.strip_prefix("make the ") {
         if let Some((s, c)) = rest.split_once(' ') {
             if let (Some(shape), Some(color)) = (lookup(&SHAPES, s), lookup(&COLORS, c)) {
@@ -1023,7 +1051,7 @@ pub fn parse_instruction(instruction: &str) -> Result<Edit, String> {
             }
         }
     }
-    Err(format!("not a ShapeWorld instruction: {instruction:?}"))
+    Err(Error::Grammar(format!("not a ShapeWorld instruction: {instruction:?}")))
 }
 
 /// Box sides (the larger of width and height) within EDIT_SIZE_TOLERANCE_PX or within
@@ -1109,7 +1137,7 @@ pub fn edit_verdict(
     instruction: &str,
     after: &[u8],
     canvas: impl Into<Canvas>,
-) -> Result<(bool, String), String> {
+) -> Result<(bool, String), Error> {
     let canvas = canvas.into();
     let edit = parse_instruction(instruction)?;
     Ok(edit_verdict_from_detections(&detect(before, canvas), &edit, &detect(after, canvas), canvas))
@@ -1117,7 +1145,7 @@ pub fn edit_verdict(
 
 /// Whether `after` is `before` edited as instructed; Err if the instruction is not a
 /// ShapeWorld instruction.
-pub fn edit_success(before: &[u8], instruction: &str, after: &[u8], canvas: impl Into<Canvas>) -> Result<bool, String> {
+pub fn edit_success(before: &[u8], instruction: &str, after: &[u8], canvas: impl Into<Canvas>) -> Result<bool, Error> {
     edit_verdict(before, instruction, after, canvas).map(|(ok, _)| ok)
 }
 
@@ -1126,52 +1154,52 @@ pub fn edit_success(before: &[u8], instruction: &str, after: &[u8], canvas: impl
 
 /// A square PNG as RGB8 (alpha dropped, grey expanded, 16-bit reduced to 8): (pixels, side).
 /// Err for a non-square PNG; [`load_png_canvas`] reads any canvas.
-pub fn load_png_rgb(path: impl AsRef<Path>) -> Result<(Vec<u8>, usize), String> {
+pub fn load_png_rgb(path: impl AsRef<Path>) -> Result<(Vec<u8>, usize), Error> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    decode_png_rgb(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+    let bytes = std::fs::read(path).map_err(|e| png_err(Some(path), e))?;
+    decode_png_rgb(&bytes).map_err(|e| in_file(path, e))
 }
 
 /// [`load_png_rgb`] from the bytes of a PNG file.
-pub fn decode_png_rgb(bytes: &[u8]) -> Result<(Vec<u8>, usize), String> {
+pub fn decode_png_rgb(bytes: &[u8]) -> Result<(Vec<u8>, usize), Error> {
     let (rgb, canvas) = decode_png_canvas(bytes)?;
     if !canvas.is_square() {
-        return Err(format!("{}x{} is not square", canvas.width, canvas.height));
+        return Err(png_err(None, format!("{}x{} is not square", canvas.width, canvas.height)));
     }
     Ok((rgb, canvas.width))
 }
 
 /// A PNG of any canvas as RGB8, row-major (alpha dropped, grey expanded, 16-bit reduced to 8):
 /// (pixels, height x width).
-pub fn load_png_canvas(path: impl AsRef<Path>) -> Result<(Vec<u8>, Canvas), String> {
+pub fn load_png_canvas(path: impl AsRef<Path>) -> Result<(Vec<u8>, Canvas), Error> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    decode_png_canvas(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+    let bytes = std::fs::read(path).map_err(|e| png_err(Some(path), e))?;
+    decode_png_canvas(&bytes).map_err(|e| in_file(path, e))
 }
 
 /// Largest input image (pixels): 8192 x 8192.
 pub const MAX_IMAGE_PIXELS: u64 = 8192 * 8192;
 
 /// [`load_png_canvas`] from the bytes of a PNG file.
-pub fn decode_png_canvas(bytes: &[u8]) -> Result<(Vec<u8>, Canvas), String> {
+pub fn decode_png_canvas(bytes: &[u8]) -> Result<(Vec<u8>, Canvas), Error> {
     // The decoder's own allocations (metadata chunks) are capped, and the image is checked
     // against MAX_IMAGE_PIXELS from its header, before the pixel buffer is allocated.
     let mut decoder = png::Decoder::new_with_limits(std::io::Cursor::new(bytes), png::Limits { bytes: 16 << 20 });
     decoder.set_transformations(png::Transformations::normalize_to_color8());
-    let mut reader = decoder.read_info().map_err(|e| e.to_string())?;
+    let mut reader = decoder.read_info().map_err(|e| png_err(None, e))?;
     let (w, h) = (reader.info().width as u64, reader.info().height as u64);
     if w * h > MAX_IMAGE_PIXELS {
-        return Err(format!("{w}x{h} is above the {MAX_IMAGE_PIXELS} pixels an input image may have"));
+        return Err(png_err(None, format!("{w}x{h} is above the {MAX_IMAGE_PIXELS} pixels an input image may have")));
     }
     let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf).map_err(|e| e.to_string())?;
+    let info = reader.next_frame(&mut buf).map_err(|e| png_err(None, e))?;
     let (w, h) = (info.width as usize, info.height as usize);
     let channels = match info.color_type {
         png::ColorType::Grayscale => 1,
         png::ColorType::GrayscaleAlpha => 2,
         png::ColorType::Rgb => 3,
         png::ColorType::Rgba => 4,
-        png::ColorType::Indexed => return Err("palette not expanded".into()),
+        png::ColorType::Indexed => return Err(png_err(None, "palette not expanded")),
     };
     let mut rgb = Vec::with_capacity(w * h * 3);
     for y in 0..h {
@@ -1188,18 +1216,18 @@ pub fn decode_png_canvas(bytes: &[u8]) -> Result<(Vec<u8>, Canvas), String> {
 }
 
 /// Write an RGB8 image on `canvas` (a side, or (height, width)) as PNG.
-pub fn save_png_rgb(path: impl AsRef<Path>, rgb: &[u8], canvas: impl Into<Canvas>) -> Result<(), String> {
+pub fn save_png_rgb(path: impl AsRef<Path>, rgb: &[u8], canvas: impl Into<Canvas>) -> Result<(), Error> {
     let path = path.as_ref();
     let canvas = canvas.into();
     let (height, width) = (canvas.height, canvas.width);
     if rgb.len() != height * width * 3 {
-        return Err(format!("{} bytes is not a {height}x{width} (height x width) RGB8 image", rgb.len()));
+        return Err(png_err(Some(path), format!("{} bytes is not a {height}x{width} (height x width) RGB8 image", rgb.len())));
     }
-    let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file = std::fs::File::create(path).map_err(|e| png_err(Some(path), e))?;
     let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), width as u32, height as u32);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder.write_header().map_err(|e| format!("{}: {e}", path.display()))?;
-    writer.write_image_data(rgb).map_err(|e| format!("{}: {e}", path.display()))?;
-    writer.finish().map_err(|e| format!("{}: {e}", path.display()))
+    let mut writer = encoder.write_header().map_err(|e| png_err(Some(path), e))?;
+    writer.write_image_data(rgb).map_err(|e| png_err(Some(path), e))?;
+    writer.finish().map_err(|e| png_err(Some(path), e))
 }

@@ -9,9 +9,9 @@
 
 use serde::Deserialize;
 
-use crate::shapeeval::decode_png_rgb;
+use super::{decode_png_rgb, Error};
 
-const SET_JSON: &str = include_str!("../assets/shapeeval_set.json");
+const SET_JSON: &str = include_str!("../../model/assets/shapeeval_set.json");
 
 /// An image, a question about it and its one-word ground-truth answer.
 #[derive(Clone, Debug)]
@@ -65,27 +65,27 @@ struct EditEntry {
 }
 
 /// The seed the set was drawn with (the reference's `EVAL_SEED`) and the samples per type.
-pub fn info() -> Result<(u64, usize), String> {
+pub fn info() -> Result<(u64, usize), Error> {
     let set: SetFile = parse()?;
     Ok((set.seed, set.n_per_type))
 }
 
-fn parse() -> Result<SetFile, String> {
-    serde_json::from_str(SET_JSON).map_err(|e| format!("shapeeval_set.json: {e}"))
+fn parse() -> Result<SetFile, Error> {
+    serde_json::from_str(SET_JSON).map_err(|e| Error::Set(e.to_string()))
 }
 
-fn image(png_b64: &str, image_size: usize, what: &str) -> Result<(Vec<u8>, usize), String> {
-    let bytes = base64_decode(png_b64).map_err(|e| format!("shapeeval_set.json: {what}: {e}"))?;
-    let (rgb, size) = decode_png_rgb(&bytes).map_err(|e| format!("shapeeval_set.json: {what}: {e}"))?;
+fn image(png_b64: &str, image_size: usize, what: &str) -> Result<(Vec<u8>, usize), Error> {
+    let bytes = base64_decode(png_b64).map_err(|e| Error::Set(format!("{what}: {e}")))?;
+    let (rgb, size) = decode_png_rgb(&bytes).map_err(|e| Error::Set(format!("{what}: {e}")))?;
     if size != image_size {
-        return Err(format!("shapeeval_set.json: {what}: {size} px, the set says {image_size}"));
+        return Err(Error::Set(format!("{what}: {size} px, the set says {image_size}")));
     }
     Ok((rgb, size))
 }
 
 /// The understanding cases (grouped by question type, in the reference's order) and the edit
 /// cases (grouped by edit type), images decoded.
-pub fn load() -> Result<(Vec<UnderstandingCase>, Vec<EditCase>), String> {
+pub fn load() -> Result<(Vec<UnderstandingCase>, Vec<EditCase>), Error> {
     let set = parse()?;
     let mut understanding = Vec::with_capacity(set.understanding.len());
     for (i, e) in set.understanding.into_iter().enumerate() {

@@ -233,10 +233,30 @@ fn gpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize], kernel
     let bias = ep.bias.map(contiguous).transpose()?;
     let residual = ep.residual.map(|t| as_mat(t)).transpose()?;
     let rv = residual.as_ref().map(|(_, v)| *v).unwrap_or(MatView { offset: 0, sb: 0, sr: 0, sc: 0 });
-    let geometry: Vec<u32> = [m, n, k, av.offset, av.sb, av.sr, av.sc, bv.offset, bv.sb, bv.sr, bv.sc, rv.offset, rv.sb, rv.sr, rv.sc, ov.offset, ov.sb, ov.sr]
-        .iter()
-        .map(|&v| v as u32)
-        .collect();
+    use kernels::geo;
+    let mut geometry = [0u32; geo::LEN];
+    for (slot, v) in [
+        (geo::M, m),
+        (geo::N, n),
+        (geo::K, k),
+        (geo::A_OFFSET, av.offset),
+        (geo::A_BATCH, av.sb),
+        (geo::A_ROW, av.sr),
+        (geo::A_COL, av.sc),
+        (geo::B_OFFSET, bv.offset),
+        (geo::B_BATCH, bv.sb),
+        (geo::B_ROW, bv.sr),
+        (geo::B_COL, bv.sc),
+        (geo::R_OFFSET, rv.offset),
+        (geo::R_BATCH, rv.sb),
+        (geo::R_ROW, rv.sr),
+        (geo::R_COL, rv.sc),
+        (geo::O_OFFSET, ov.offset),
+        (geo::O_BATCH, ov.sb),
+        (geo::O_ROW, ov.sr),
+    ] {
+        geometry[slot] = v as u32;
+    }
     // Absent epilogue operands bind the output buffer; the kernel never reads them.
     let bias_buf = bias.as_ref().map(buffer).unwrap_or(buffer(&out));
     let res_buf = residual.as_ref().map(|(t, _)| buffer(t)).unwrap_or(buffer(&out));
@@ -252,7 +272,7 @@ fn gpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize], kernel
     };
     with_client!(a.device(), c => {
         let geometry = upload_u32(c, &geometry);
-        let geo = unsafe { ArrayArg::from_raw_parts(geometry.clone(), 18) };
+        let geo = unsafe { ArrayArg::from_raw_parts(geometry.clone(), geo::LEN) };
         with_dtype!(dtype, E => unsafe {
             let args = (array(buffer(&a), dtype), array(buffer(&b), dtype), array(bias_buf, dtype), array(res_buf, dtype), array(buffer(&out), dtype));
             match kernel {

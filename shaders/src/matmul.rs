@@ -9,6 +9,33 @@
 
 use cubecl::prelude::*;
 
+/// Slots of the `geometry` array (ops/src/matmul.rs writes it in this order): the sizes, then
+/// each operand's offset and batch / row / column strides (`a`, `b`, residual `r`, output `o`,
+/// whose column stride is 1).
+pub mod geo {
+    pub const M: usize = 0;
+    pub const N: usize = 1;
+    pub const K: usize = 2;
+    pub const A_OFFSET: usize = 3;
+    pub const A_BATCH: usize = 4;
+    pub const A_ROW: usize = 5;
+    pub const A_COL: usize = 6;
+    pub const B_OFFSET: usize = 7;
+    pub const B_BATCH: usize = 8;
+    pub const B_ROW: usize = 9;
+    pub const B_COL: usize = 10;
+    pub const R_OFFSET: usize = 11;
+    pub const R_BATCH: usize = 12;
+    pub const R_ROW: usize = 13;
+    pub const R_COL: usize = 14;
+    pub const O_OFFSET: usize = 15;
+    pub const O_BATCH: usize = 16;
+    pub const O_ROW: usize = 17;
+    /// Slots in all.
+    pub const LEN: usize = 18;
+}
+use geo::*;
+
 pub const ACT_NONE: u32 = 0;
 pub const ACT_SILU: u32 = 1;
 pub const ACT_GELU_ERF: u32 = 2;
@@ -38,7 +65,7 @@ fn epilogue<E: Numeric>(
         v = 0.5 * v * (1.0 + Erf::erf(v * 0.70710677));
     }
     if comptime![has_residual] {
-        let at = geometry[11] as usize + batch * geometry[12] as usize + i * geometry[13] as usize + j * geometry[14] as usize;
+        let at = geometry[R_OFFSET] as usize + batch * geometry[R_BATCH] as usize + i * geometry[R_ROW] as usize + j * geometry[R_COL] as usize;
         v += f32::cast_from(residual[at]);
     }
     E::cast_from(v)
@@ -67,9 +94,9 @@ pub fn matmul_tiled<E: Numeric>(
     #[comptime] act: u32,
     #[comptime] has_residual: bool,
 ) {
-    let m = geometry[0] as usize;
-    let n = geometry[1] as usize;
-    let k = geometry[2] as usize;
+    let m = geometry[M] as usize;
+    let n = geometry[N] as usize;
+    let k = geometry[K] as usize;
     let batch = CUBE_POS_Z as usize;
     let m0 = CUBE_POS_Y as usize * bm;
     let n0 = CUBE_POS_X as usize * bn;
@@ -78,10 +105,10 @@ pub fn matmul_tiled<E: Numeric>(
     let tx = unit % comptime![bn / tn];
     let ty = unit / comptime![bn / tn];
 
-    let a_base = geometry[3] as usize + batch * geometry[4] as usize;
-    let (a_sm, a_sk) = (geometry[5] as usize, geometry[6] as usize);
-    let b_base = geometry[7] as usize + batch * geometry[8] as usize;
-    let (b_sk, b_sn) = (geometry[9] as usize, geometry[10] as usize);
+    let a_base = geometry[A_OFFSET] as usize + batch * geometry[A_BATCH] as usize;
+    let (a_sm, a_sk) = (geometry[A_ROW] as usize, geometry[A_COL] as usize);
+    let b_base = geometry[B_OFFSET] as usize + batch * geometry[B_BATCH] as usize;
+    let (b_sk, b_sn) = (geometry[B_ROW] as usize, geometry[B_COL] as usize);
 
     let mut tile_a = SharedMemory::<f32>::new(comptime![bm * bk]);
     let mut tile_b = SharedMemory::<f32>::new(comptime![bk * bn]);
@@ -141,8 +168,8 @@ pub fn matmul_tiled<E: Numeric>(
         k0 += bk;
     }
 
-    let out_base = geometry[15] as usize + batch * geometry[16] as usize;
-    let o_sm = geometry[17] as usize;
+    let out_base = geometry[O_OFFSET] as usize + batch * geometry[O_BATCH] as usize;
+    let o_sm = geometry[O_ROW] as usize;
     #[unroll]
     for i in 0..tm {
         #[unroll]
@@ -171,12 +198,12 @@ pub fn gemv_k_contiguous<E: Numeric>(
     #[comptime] act: u32,
     #[comptime] has_residual: bool,
 ) {
-    let k = geometry[2] as usize;
+    let k = geometry[K] as usize;
     let (j, i, batch) = (CUBE_POS_X as usize, CUBE_POS_Y as usize, CUBE_POS_Z as usize);
-    let a_row = geometry[3] as usize + batch * geometry[4] as usize + i * geometry[5] as usize;
-    let a_sk = geometry[6] as usize;
-    let b_col = geometry[7] as usize + batch * geometry[8] as usize + j * geometry[10] as usize;
-    let b_sk = geometry[9] as usize;
+    let a_row = geometry[A_OFFSET] as usize + batch * geometry[A_BATCH] as usize + i * geometry[A_ROW] as usize;
+    let a_sk = geometry[A_COL] as usize;
+    let b_col = geometry[B_OFFSET] as usize + batch * geometry[B_BATCH] as usize + j * geometry[B_COL] as usize;
+    let b_sk = geometry[B_ROW] as usize;
     let mut partial = 0.0f32;
     let mut p = UNIT_POS as usize;
     while p < k {
@@ -186,7 +213,7 @@ pub fn gemv_k_contiguous<E: Numeric>(
     let mut shared = SharedMemory::<f32>::new(comptime![block as usize]);
     let total = crate::reduce::cube_sum(partial, &mut shared, block);
     if UNIT_POS == 0 {
-        let o = geometry[15] as usize + batch * geometry[16] as usize + i * geometry[17] as usize + j;
+        let o = geometry[O_OFFSET] as usize + batch * geometry[O_BATCH] as usize + i * geometry[O_ROW] as usize + j;
         out[o] = epilogue::<E>(total, i, j, batch, bias, residual, geometry, has_bias, act, has_residual);
     }
 }
@@ -205,21 +232,21 @@ pub fn gemv_n_contiguous<E: Numeric>(
     #[comptime] act: u32,
     #[comptime] has_residual: bool,
 ) {
-    let (n, k) = (geometry[1] as usize, geometry[2] as usize);
+    let (n, k) = (geometry[N] as usize, geometry[K] as usize);
     let j = ABSOLUTE_POS_X as usize;
     let (i, batch) = (CUBE_POS_Y as usize, CUBE_POS_Z as usize);
     if j >= n {
         terminate!();
     }
-    let a_row = geometry[3] as usize + batch * geometry[4] as usize + i * geometry[5] as usize;
-    let a_sk = geometry[6] as usize;
-    let b_col = geometry[7] as usize + batch * geometry[8] as usize + j * geometry[10] as usize;
-    let b_sk = geometry[9] as usize;
+    let a_row = geometry[A_OFFSET] as usize + batch * geometry[A_BATCH] as usize + i * geometry[A_ROW] as usize;
+    let a_sk = geometry[A_COL] as usize;
+    let b_col = geometry[B_OFFSET] as usize + batch * geometry[B_BATCH] as usize + j * geometry[B_COL] as usize;
+    let b_sk = geometry[B_ROW] as usize;
     let mut acc = 0.0f32;
     for p in 0..k {
         acc += f32::cast_from(a[a_row + p * a_sk]) * f32::cast_from(b[b_col + p * b_sk]);
     }
-    let o = geometry[15] as usize + batch * geometry[16] as usize + i * geometry[17] as usize + j;
+    let o = geometry[O_OFFSET] as usize + batch * geometry[O_BATCH] as usize + i * geometry[O_ROW] as usize + j;
     out[o] = epilogue::<E>(acc, i, j, batch, bias, residual, geometry, has_bias, act, has_residual);
 }
 
@@ -239,13 +266,13 @@ pub fn matmul_cmma(
     #[comptime] act: u32,
     #[comptime] has_residual: bool,
 ) {
-    let (m, n, k) = (geometry[0] as usize, geometry[1] as usize, geometry[2] as usize);
+    let (m, n, k) = (geometry[M] as usize, geometry[N] as usize, geometry[K] as usize);
     let batch = CUBE_POS_Z as usize;
     let (m0, n0) = (CUBE_POS_Y as usize * 16, CUBE_POS_X as usize * 16);
-    let a_base = geometry[3] as usize + batch * geometry[4] as usize;
-    let (a_sm, a_sk) = (geometry[5] as usize, geometry[6] as usize);
-    let b_base = geometry[7] as usize + batch * geometry[8] as usize;
-    let (b_sk, b_sn) = (geometry[9] as usize, geometry[10] as usize);
+    let a_base = geometry[A_OFFSET] as usize + batch * geometry[A_BATCH] as usize;
+    let (a_sm, a_sk) = (geometry[A_ROW] as usize, geometry[A_COL] as usize);
+    let b_base = geometry[B_OFFSET] as usize + batch * geometry[B_BATCH] as usize;
+    let (b_sk, b_sn) = (geometry[B_ROW] as usize, geometry[B_COL] as usize);
     let unit = UNIT_POS as usize;
     let mut tile_a = SharedMemory::<half::f16>::new(256usize);
     let mut tile_b = SharedMemory::<half::f16>::new(256usize);
@@ -282,7 +309,7 @@ pub fn matmul_cmma(
         let e = unit + t * 32;
         let (i, j) = (m0 + e / 16, n0 + e % 16);
         if i < m && j < n {
-            let o = geometry[15] as usize + batch * geometry[16] as usize + i * geometry[17] as usize + j;
+            let o = geometry[O_OFFSET] as usize + batch * geometry[O_BATCH] as usize + i * geometry[O_ROW] as usize + j;
             out[o] = epilogue::<half::f16>(tile_c[e], i, j, batch, bias, residual, geometry, has_bias, act, has_residual);
         }
     }

@@ -131,20 +131,77 @@ fn padded_segments(seq: &Sequence, len: usize) -> Vec<usize> {
     segments
 }
 
-/// Groups rows that can share one left-padded batch: equal segment structures once padded
-/// (text-only prompts always can; an editing prompt and its image-only unconditional
-/// cannot, since their maps would sit at different key positions).
-fn lanes(rows: &[Sequence]) -> Vec<Vec<usize>> {
-    let len = rows.iter().map(Sequence::len).max().unwrap_or(0);
-    let mut lanes: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
-    for (i, r) in rows.iter().enumerate() {
-        let sig = padded_segments(r, len);
-        match lanes.iter_mut().find(|(s, _)| *s == sig) {
-            Some((_, members)) => members.push(i),
-            None => lanes.push((sig, vec![i])),
+/// The rows of one image batch (the prompts, then with CFG their unconditional twins) in
+/// lanes: rows that can share one left-padded batch and KV cache — equal segment structures
+/// once padded (text-only prompts always can; an editing prompt and its image-only
+/// unconditional cannot, since their maps would sit at different key positions). Each lane
+/// keeps the last hidden states of its rows.
+struct Lanes {
+    lanes: Vec<Lane>,
+    /// Rows in all.
+    rows: usize,
+}
+
+struct Lane {
+    /// Row numbers (into the batch) of this lane's batch rows, in order.
+    rows: Vec<usize>,
+    hidden: Tensor,
+    cache: Cache,
+}
+
+impl Lanes {
+    /// Groups `rows` and prefills each lane, with room for `extra` more positions.
+    fn prefill(model: &NextFlow, rows: &[Sequence], extra: usize) -> Result<Lanes> {
+        let len = rows.iter().map(Sequence::len).max().unwrap_or(0);
+        let mut groups: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
+        for (i, r) in rows.iter().enumerate() {
+            let sig = padded_segments(r, len);
+            match groups.iter_mut().find(|(s, _)| *s == sig) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((sig, vec![i])),
+            }
         }
+        let mut lanes = Vec::with_capacity(groups.len());
+        for (_, members) in groups {
+            let seqs: Vec<Sequence> = members.iter().map(|&i| rows[i].clone()).collect();
+            let (hidden, cache) = model.prefill(&seqs, extra)?;
+            lanes.push(Lane { rows: members, hidden, cache });
+        }
+        Ok(Lanes { lanes, rows: rows.len() })
     }
-    lanes.into_iter().map(|(_, m)| m).collect()
+
+    /// Logits `[rows, positions, code_range]` of every row's last hidden states, in row order.
+    fn logits(&self, model: &NextFlow, code_range: std::ops::Range<usize>) -> Result<Tensor> {
+        if let [lane] = self.lanes.as_slice() {
+            debug_assert!(lane.rows.iter().enumerate().all(|(j, &r)| j == r));
+            return model.transformer.logits(&lane.hidden, code_range);
+        }
+        let mut per_row: Vec<Option<Tensor>> = vec![None; self.rows];
+        for lane in &self.lanes {
+            let l = model.transformer.logits(&lane.hidden, code_range.clone())?;
+            for (j, &row) in lane.rows.iter().enumerate() {
+                per_row[row] = Some(l.narrow(0, j, 1)?);
+            }
+        }
+        let per_row: Vec<Tensor> = per_row.into_iter().map(|t| t.expect("every row is in a lane")).collect();
+        Ok(ops::concat(&per_row.iter().collect::<Vec<_>>(), 0)?)
+    }
+
+    /// Feeds the map of scale `k` (`feats [n, h·w, C]`, image `i` serving rows `i` and
+    /// `n + i`) at `size`; `bois[r]` is row `r`'s `<boi>` position.
+    fn forward_map(&mut self, model: &NextFlow, feats: &Tensor, bois: &[usize], k: usize, size: [usize; 2], k_total: usize) -> Result<()> {
+        let n = feats.shape()[0];
+        let positions_n = size[0] * size[1];
+        for lane in &mut self.lanes {
+            let lane_feats: Vec<Tensor> = lane.rows.iter().map(|&r| feats.narrow(0, r % n, 1)).collect::<std::result::Result<_, _>>()?;
+            let lane_feats = ops::concat(&lane_feats.iter().collect::<Vec<_>>(), 0)?;
+            let positions: Vec<f32> = lane.rows.iter().flat_map(|&r| model.map_positions(bois[r] + k, size[0], size[1])).collect();
+            let positions = Tensor::from_slice(&positions, &[lane.rows.len(), positions_n, 3], model.device())?;
+            let x = model.embed_map(&lane_feats, model.level(k), k_total)?;
+            lane.hidden = model.transformer.forward(&x, &positions, &[positions_n], &mut lane.cache)?;
+        }
+        Ok(())
+    }
 }
 
 /// Settings of one next-scale generation.
@@ -468,17 +525,10 @@ impl NextFlow {
                 p
             })
             .collect();
-        let batch = rows.len();
         let extra: usize = scales.iter().skip(1).map(|[h, w]| h * w).sum();
         let mut timings = Timings::default();
         let t0 = Instant::now();
-        let groups = lanes(&rows);
-        let mut lane_state: Vec<(Vec<usize>, Tensor, Cache)> = Vec::new();
-        for members in groups {
-            let seqs: Vec<Sequence> = members.iter().map(|&i| rows[i].clone()).collect();
-            let (hidden, cache) = self.prefill(&seqs, extra)?;
-            lane_state.push((members, hidden, cache));
-        }
+        let mut lanes = Lanes::prefill(self, &rows, extra)?;
         timings.prefill = t0.elapsed();
         let (codebook, code_range) = (&self.tokenizer.codebook, self.code_range());
         let mut indices = Vec::new();
@@ -486,21 +536,7 @@ impl NextFlow {
         let k_total = scales.len();
         for (k, &[h, w]) in scales.iter().enumerate() {
             let t = Instant::now();
-            // [batch, h·w, V] in row order.
-            let logits = if let [(members, hidden, _)] = lane_state.as_slice() {
-                debug_assert!(members.iter().enumerate().all(|(j, &r)| j == r));
-                self.transformer.logits(hidden, code_range.clone())?
-            } else {
-                let mut per_row: Vec<Option<Tensor>> = vec![None; batch];
-                for (members, hidden, _) in &lane_state {
-                    let l = self.transformer.logits(hidden, code_range.clone())?;
-                    for (j, &row) in members.iter().enumerate() {
-                        per_row[row] = Some(l.narrow(0, j, 1)?);
-                    }
-                }
-                let per_row: Vec<Tensor> = per_row.into_iter().map(|t| t.expect("every row is in a lane")).collect();
-                ops::concat(&per_row.iter().collect::<Vec<_>>(), 0)?
-            };
+            let logits = lanes.logits(self, code_range.clone())?; // [rows, h·w, codes]
             let weight = match opts.cfg_schedule {
                 CfgSchedule::Constant => opts.cfg_scale,
                 CfgSchedule::Linear => 1.0 + (opts.cfg_scale - 1.0) * (k as f32 / (k_total.max(2) - 1) as f32),
@@ -518,20 +554,10 @@ impl NextFlow {
             }; // [n, h·w]
             indices.push(idx.clone());
             if k + 1 < k_total {
-                let codes = codebook.lookup(&idx, h, w)?;
-                let size = scales[k + 1];
-                let (x, s) = self.next_input(&codes, state.as_ref(), size)?;
+                // The next scale's input from the codes so far, fed to every lane.
+                let (x, s) = self.next_input(&codebook.lookup(&idx, h, w)?, state.as_ref(), scales[k + 1])?;
                 state = s;
-                let feats = Self::as_rows(&x)?; // [n, h'·w', C]: image i serves rows i and n + i
-                let rows_n = size[0] * size[1];
-                for (members, hidden, cache) in &mut lane_state {
-                    let lane_feats: Vec<Tensor> = members.iter().map(|&r| feats.narrow(0, r % n, 1)).collect::<std::result::Result<_, _>>()?;
-                    let lane_feats = ops::concat(&lane_feats.iter().collect::<Vec<_>>(), 0)?;
-                    let positions: Vec<f32> = members.iter().flat_map(|&r| self.map_positions(bois[r] + k + 1, size[0], size[1])).collect();
-                    let positions = Tensor::from_slice(&positions, &[members.len(), rows_n, 3], self.device())?;
-                    let x = self.embed_map(&lane_feats, self.level(k + 1), k_total)?;
-                    *hidden = self.transformer.forward(&x, &positions, &[rows_n], cache)?;
-                }
+                lanes.forward_map(self, &Self::as_rows(&x)?, &bois, k + 1, scales[k + 1], k_total)?;
             }
             self.device().sync()?;
             timings.scales.push(t.elapsed());

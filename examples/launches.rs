@@ -4,10 +4,10 @@
 //!   cargo run --release --example launches [-- DEVICE]      (default vulkan)
 //!
 //! 1. one 128 px image of the embedded nextflow-tiny (the README prompt, its CFG batch);
-//! 2. one decode step of a 7B-shaped decoder layer (Qwen2-7B dims, random weights, a
-//!    16-token prompt cached first), plus the final norm.
+//! 2. one decode step of a 7B-shaped decoder layer (NextFlow-7B's Qwen2-7B dims, random
+//!    weights, a 16-token prompt cached first), plus the final norm.
 
-use nextflow::model::config::{Backbone, Config};
+use nextflow::model::config::Config;
 use nextflow::model::{embedded, Cache, NextFlow, TextTokenizer, Transformer, Weights};
 use nextflow::ops;
 use nextflow::runtime::{DType, Device, Tensor};
@@ -27,19 +27,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     device.sync()?;
     println!("{spec}: tiny image (128 px, cfg {}): {} launches", opts.cfg_scale, ops::gpu_launches() - before);
 
-    let b = Backbone {
-        hidden_size: 3584,
-        num_hidden_layers: 1,
-        num_attention_heads: 28,
-        num_key_value_heads: 4,
-        intermediate_size: 18944,
-        rms_norm_eps: 1e-6,
-        attention_bias: true,
-        qk_norm: false,
-        rope_theta: 1e6,
-        tie_word_embeddings: false,
-        max_position_embeddings: 4096,
-    };
+    // One decoder layer of NextFlow-7B's backbone (Qwen2-7B dims).
+    let mut b = Config::named("nextflow-7b")?.backbone;
+    b.num_hidden_layers = 1;
     let vocab = 256; // the head is not run; a small table keeps the load light
     let t = Transformer::load(&Weights::random(0), &b, vocab, &[64], DType::F32, &device)?;
     let mut cache = Cache::new(&t, 1, 64)?;

@@ -317,13 +317,13 @@ pub fn tune_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, reps: usize) -> Result
 pub fn matmul_kernel(a: &Tensor, b: &Tensor, ep: &Epilogue, tune: bool) -> Result<MatmulKernel> {
     let device = a.device();
     let shape = MatmulShape::of(a, b, ep);
-    let key = shape.key(device);
     if TRACING.load(Ordering::Relaxed) {
         traced(device, shape.clone());
     }
     if device.is_cpu() {
         return Ok(MatmulKernel::Auto);
     }
+    let key = shape.key(device);
     let choice = match with_cache(|c| c.entries.get(&key).map(|e| e.choice.clone()))? {
         Some(choice) => choice,
         None if tune => tune_matmul(a, b, ep, 3)?.choice,

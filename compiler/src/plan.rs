@@ -92,6 +92,8 @@ pub struct Plan {
     /// Matmuls that write their columns straight into a concat's output: node → (concat,
     /// first column). Their concat costs nothing and runs nothing.
     into: HashMap<NodeId, (NodeId, usize)>,
+    /// The concats those matmuls write.
+    assembled: HashSet<NodeId>,
     device: Device,
     autotune: bool,
     pub stats: PlanStats,
@@ -721,7 +723,7 @@ fn compile(g: &GraphData, outputs: &[NodeId]) -> Result<Plan> {
         }
     }
     let inputs = order.iter().filter_map(|&v| if let Op::Input(k) = nodes[v].op { Some((v, k)) } else { None }).collect();
-    Ok(Plan { nodes, steps, outputs: outputs.to_vec(), free_after, consts, inputs, into, device: g.device.clone(), autotune: g.options.autotune, stats })
+    Ok(Plan { nodes, steps, outputs: outputs.to_vec(), free_after, consts, inputs, into, assembled, device: g.device.clone(), autotune: g.options.autotune, stats })
 }
 
 impl Plan {
@@ -742,7 +744,7 @@ impl Plan {
                     let op = match &self.nodes[*v].op {
                         Op::Rope(r) => format!("Rope(head_dim {})", r.head_dim),
                         Op::Attention(o) => format!("Attention({:?})", o.mask),
-                        Op::Concat(_) if self.into.values().any(|&(c, _)| c == *v) => "Concat (its matmuls wrote it)".into(),
+                        Op::Concat(_) if self.assembled.contains(v) => "Concat (its matmuls wrote it)".into(),
                         op => format!("{op:?}"),
                     };
                     format!("{op} {:?}", self.nodes[*v].shape)
@@ -771,7 +773,7 @@ impl Plan {
         for (i, step) in self.steps.iter().enumerate() {
             match &step.kind {
                 // Its parts already wrote its columns.
-                StepKind::Node(v) if values[*v].is_some() && matches!(self.nodes[*v].op, Op::Concat(_)) => {}
+                StepKind::Node(v) if self.assembled.contains(v) => {}
                 StepKind::Node(v) if self.into.contains_key(v) => {
                     let (c, start) = self.into[v];
                     let target = &self.nodes[c];
@@ -781,9 +783,7 @@ impl Plan {
                     let ins: Vec<Tensor> = self.nodes[*v].inputs.iter().map(|&u| get(&values, u)).collect();
                     let last = target.shape.len() - 1;
                     let view = get(&values, c).narrow(last, start, self.nodes[*v].shape[last])?;
-                    let Op::Matmul { bias, activation, residual } = self.nodes[*v].op else { unreachable!("only matmuls write into a concat") };
-                    let ep = Epilogue { bias: bias.then(|| &ins[2]), activation, residual: residual.then(|| &ins[ins.len() - 1]) };
-                    let kernel = autotune::matmul_kernel(&ins[0], &ins[1], &ep, self.autotune)?;
+                    let (ep, kernel) = self.matmul_args(*v, &ins)?;
                     nextflow_ops::matmul::matmul_into_with(&ins[0], &ins[1], ep, &view, kernel)?;
                     values[*v] = Some(view);
                 }
@@ -823,6 +823,15 @@ impl Plan {
         Ok(self.outputs.iter().map(|&o| get(&values, o)).collect())
     }
 
+    /// The epilogue of matmul node `v` over its inputs `[a, b, bias?, residual?]`, and the
+    /// kernel the autotune cache picks for it.
+    fn matmul_args<'a>(&self, v: NodeId, ins: &'a [Tensor]) -> Result<(Epilogue<'a>, nextflow_ops::matmul::MatmulKernel)> {
+        let Op::Matmul { bias, activation, residual } = self.nodes[v].op else { unreachable!("node {v} is not a matmul") };
+        let ep = Epilogue { bias: bias.then(|| &ins[2]), activation, residual: residual.then(|| &ins[ins.len() - 1]) };
+        let kernel = autotune::matmul_kernel(&ins[0], &ins[1], &ep, self.autotune)?;
+        Ok((ep, kernel))
+    }
+
     fn run_node(&self, v: NodeId, ins: &[Tensor]) -> Result<Vec<Tensor>> {
         use nextflow_ops as ops;
         let node = &self.nodes[v];
@@ -835,13 +844,8 @@ impl Plan {
             Op::Swiglu => one(ops::swiglu(&ins[0], &ins[1])),
             Op::Cast(d) => one(ops::cast(&ins[0], *d)),
             Op::View(view) => one(apply_view(view, &ins[0])),
-            Op::Matmul { bias, activation, residual } => {
-                let ep = Epilogue {
-                    bias: bias.then(|| &ins[2]),
-                    activation: *activation,
-                    residual: residual.then(|| &ins[ins.len() - 1]),
-                };
-                let kernel = autotune::matmul_kernel(&ins[0], &ins[1], &ep, self.autotune)?;
+            Op::Matmul { .. } => {
+                let (ep, kernel) = self.matmul_args(v, ins)?;
                 one(matmul_with(&ins[0], &ins[1], ep, kernel))
             }
             Op::RmsNorm { eps } => one(ops::rms_norm(&ins[0], &ins[1], *eps)),

@@ -163,15 +163,13 @@ fn model_args(args: &BenchArgs) -> super::ModelArgs {
 /// The matmuls the model's runs ask a kernel for (key → largest shape), traced from one
 /// generation of `--prompt` per canvas the model was trained on (CFG batch as its sampler
 /// sets it) and a short text reply; for a text model, the prompt's prefill and 8 decode
-/// steps. Also the config, for the other op families.
-fn traced(args: &BenchArgs, device: &Device) -> BoxResult<(nextflow_model::Config, std::collections::BTreeMap<String, MatmulShape>)> {
+/// steps.
+fn traced(args: &BenchArgs, margs: &super::ModelArgs, config: &nextflow_model::Config, device: &Device) -> BoxResult<std::collections::BTreeMap<String, MatmulShape>> {
     use nextflow_model::text::{self, TextOptions};
     use std::ops::ControlFlow;
-    let margs = model_args(args);
-    let config = super::run::config_of(&margs)?;
     let (result, seen) = autotune::trace(device, || -> BoxResult<()> {
         if config.model_type == nextflow_model::ModelType::NextFlow {
-            let (model, _) = super::run::load_nextflow(&margs, device)?;
+            let (model, _) = super::run::load_nextflow(margs, device)?;
             for (_, scales) in model.parts().tokenizer.canvases() {
                 let opts = nextflow_model::ImageOptions { scales: Some(scales), ..model.default_image_options() };
                 model.text_to_image(&args.prompt, None, 1, &opts, &mut |_, _, _| {})?;
@@ -179,7 +177,7 @@ fn traced(args: &BenchArgs, device: &Device) -> BoxResult<(nextflow_model::Confi
             let reply = TextOptions { max_new_tokens: 4, ..Default::default() };
             model.reply(None, &args.prompt, &reply, &mut |_| ControlFlow::Continue(()))?;
         } else {
-            let m = super::run::load_text(&margs, device, 4096)?;
+            let m = super::run::load_text(margs, device, 4096)?;
             let message = nextflow_model::Message { role: "user".into(), content: args.prompt.clone() };
             let ids = if m.tokenizer.is_some() { m.prompt_ids(&[message])? } else { (1..=8).collect() };
             let opts = TextOptions { max_new_tokens: 8, ..Default::default() };
@@ -188,7 +186,7 @@ fn traced(args: &BenchArgs, device: &Device) -> BoxResult<(nextflow_model::Confi
         Ok(())
     });
     result?;
-    Ok((config, seen))
+    Ok(seen)
 }
 
 /// A random `[batch, m, n]` operand (batch 1: `[m, n]`) of `dtype`.
@@ -197,42 +195,44 @@ fn operand(batch: usize, m: usize, n: usize, scale: f64, dtype: DType, device: &
     Ok(if dtype == DType::F32 { t } else { nextflow_ops::cast(&t, dtype)? })
 }
 
-/// One case per traced matmul key: its candidates on random operands of the traced shapes,
-/// layout and epilogue.
+/// One case per traced matmul key.
 fn traced_cases(seen: &std::collections::BTreeMap<String, MatmulShape>, device: &Device) -> BoxResult<Vec<Case>> {
-    let mut out = Vec::new();
-    for (key, s) in seen {
-        let a = operand(s.batch, s.m, s.k, 1.0, s.dtype, device)?;
-        let b = if s.b_transposed { operand(1, s.n, s.k, 0.05, s.dtype, device)?.transpose(0, 1)? } else { operand(1, s.k, s.n, 0.05, s.dtype, device)? };
-        let bias = if s.bias { Some(operand(1, 1, s.n, 0.1, s.dtype, device)?.reshape(&[s.n])?) } else { None };
-        let residual = if s.residual { Some(operand(s.batch, s.m, s.n, 1.0, s.dtype, device)?) } else { None };
-        let activation = s.activation;
-        let candidates = autotune::matmul_candidates(device, s.dtype, s.m)
-            .into_iter()
-            .map(|(cname, kernel)| {
-                let (a, b, bias, residual) = (a.clone(), b.clone(), bias.clone(), residual.clone());
-                let f: Box<dyn Fn() -> BoxResult<()>> = Box::new(move || {
-                    let ep = Epilogue { bias: bias.as_ref(), activation, residual: residual.as_ref() };
-                    Ok(drop(matmul_with(&a, &b, ep, kernel)?))
-                });
-                (cname, f)
-            })
-            .collect();
-        let lanes = if s.batch > 1 { format!("{} x ", s.batch) } else { String::new() };
-        let epilogue: Vec<&str> = [(s.bias, "+bias"), (s.activation != nextflow_ops::Activation::None, "+act"), (s.residual, "+residual")]
-            .into_iter()
-            .filter_map(|(on, name)| on.then_some(name))
-            .collect();
-        out.push(Case {
-            family: "matmul",
-            shape: format!("{lanes}{}x{} · {}x{}{} {}", s.m, s.k, s.k, s.n, epilogue.join(""), s.dtype),
-            key: key.clone(),
-            flops: 2.0 * (s.batch * s.m * s.n * s.k) as f64,
-            bytes: s.dtype.size() as f64 * (s.batch * s.m * s.k + s.k * s.n + s.batch * s.m * s.n) as f64,
-            candidates,
-        });
-    }
-    Ok(out)
+    seen.values().map(|s| matmul_case("", s, device)).collect()
+}
+
+/// The candidates of one matmul shape (`name`: what it is, for the table) on random operands
+/// of its shapes, layout and epilogue.
+fn matmul_case(name: &str, s: &MatmulShape, device: &Device) -> BoxResult<Case> {
+    let a = operand(s.batch, s.m, s.k, 1.0, s.dtype, device)?;
+    let b = if s.b_transposed { operand(1, s.n, s.k, 0.05, s.dtype, device)?.transpose(0, 1)? } else { operand(1, s.k, s.n, 0.05, s.dtype, device)? };
+    let bias = if s.bias { Some(operand(1, 1, s.n, 0.1, s.dtype, device)?.reshape(&[s.n])?) } else { None };
+    let residual = if s.residual { Some(operand(s.batch, s.m, s.n, 1.0, s.dtype, device)?) } else { None };
+    let activation = s.activation;
+    let candidates = autotune::matmul_candidates(device, s.dtype, s.m)
+        .into_iter()
+        .map(|(cname, kernel)| {
+            let (a, b, bias, residual) = (a.clone(), b.clone(), bias.clone(), residual.clone());
+            let f: Box<dyn Fn() -> BoxResult<()>> = Box::new(move || {
+                let ep = Epilogue { bias: bias.as_ref(), activation, residual: residual.as_ref() };
+                Ok(drop(matmul_with(&a, &b, ep, kernel)?))
+            });
+            (cname, f)
+        })
+        .collect();
+    let lanes = if s.batch > 1 { format!("{} x ", s.batch) } else { String::new() };
+    let epilogue: String = [(s.bias, "+bias"), (s.activation != nextflow_ops::Activation::None, "+act"), (s.residual, "+residual")]
+        .into_iter()
+        .filter_map(|(on, what)| on.then_some(what))
+        .collect();
+    let name = if name.is_empty() { String::new() } else { format!("{name} ") };
+    Ok(Case {
+        family: "matmul",
+        shape: format!("{name}{lanes}{}x{} · {}x{}{epilogue} {}", s.m, s.k, s.k, s.n, s.dtype),
+        key: s.key(device),
+        flops: 2.0 * (s.batch * s.m * s.n * s.k) as f64,
+        bytes: s.dtype.size() as f64 * (s.batch * s.m * s.k + s.k * s.n + s.batch * s.m * s.n) as f64,
+        candidates,
+    })
 }
 
 /// One benchmark case: an op family at one shape, with its candidates.
@@ -293,26 +293,9 @@ fn cases(s: &ModelShapes, device: &Device, max_weight_mb: usize, skipped: &mut V
         if parts > 1 {
             skipped.push(format!("matmul {full_name} [{full_n}x{k}] ({} MB) timed on 1/{parts} of its columns", full_n * k * 4 / 1_000_000));
         }
-        let w = random(&[n, k], 0.05, device)?;
         for &m in &s.rows {
-            let x = random(&[m, k], 1.0, device)?;
-            let wt = w.transpose(0, 1)?;
-            let candidates = autotune::matmul_candidates(device, DType::F32, m)
-                .into_iter()
-                .map(|(cname, kernel)| {
-                    let (x, wt) = (x.clone(), wt.clone());
-                    let f: Box<dyn Fn() -> BoxResult<()>> = Box::new(move || Ok(drop(matmul_with(&x, &wt, Epilogue::default(), kernel)?)));
-                    (cname, f)
-                })
-                .collect();
-            out.push(Case {
-                family: "matmul",
-                shape: format!("{name} {m}x{k} · {k}x{n}"),
-                key: autotune::matmul_key(device, 1, m, n, k, DType::F32),
-                flops: 2.0 * (m * n * k) as f64,
-                bytes: 4.0 * (m * k + k * n + m * n) as f64,
-                candidates,
-            });
+            let shape = MatmulShape { batch: 1, m, n, k, dtype: DType::F32, b_transposed: true, bias: false, activation: nextflow_ops::Activation::None, residual: false };
+            out.push(matmul_case(&name, &shape, device)?);
         }
     }
     out.extend(other_cases(s, device)?);
@@ -413,7 +396,7 @@ pub fn run(args: &BenchArgs, device: &Device) -> BoxResult<()> {
     let config = super::run::config_of(&margs)?;
     let with_weights = args.model.is_some() || args.random_weights || margs.config.is_none();
     let (model, cases) = if with_weights {
-        let (config, seen) = traced(args, device)?;
+        let seen = traced(args, &margs, &config, device)?;
         let mut rows: Vec<usize> = seen.values().map(|s| s.m).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
         let context = rows.iter().sum::<usize>().min(config.backbone.max_position_embeddings);
         if rows.len() > 4 {

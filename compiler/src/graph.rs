@@ -3,13 +3,20 @@
 //! In eager mode every op is realized as it is recorded (a graph of one op).
 
 use crate::{plan, Error, Options, Result};
-use nextflow_ops::{rules, Activation, AttentionOptions, BinaryOp, ReduceOp, Rope, UnaryOp};
+use nextflow_ops::msrq::Codebook;
+use nextflow_ops::sampling::SamplerConfig;
+use nextflow_ops::{rules, Activation, AttentionOptions, BinaryOp, Conv2d, ReduceOp, Resize, Rope, UnaryOp};
 use nextflow_runtime::{broadcast_shape, DType, Device, Layout, Tensor};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
 pub type NodeId = usize;
+
+/// A per-run host value of a graph (a seed, a write offset): [`Graph::param`]. Plans are
+/// keyed by which param an op reads, never by its value, so a step with a new seed or at a
+/// later cache position replays the same plan.
+pub type ParamId = usize;
 
 /// Movement ops: new views of the same buffer, never a kernel.
 #[derive(Clone, Debug, PartialEq)]
@@ -82,6 +89,28 @@ pub enum Op {
     Concat(usize),
     /// `[table, ids]`.
     Embedding,
+    /// `[ids, block 0, block 1, ..]`: rows of a table stored as row blocks (each within one
+    /// GPU binding), gathered by ids.
+    BlockedEmbedding,
+    /// `[x [n, c, h, w]]` resized to `h × w`.
+    Interpolate { h: usize, w: usize, mode: Resize },
+    /// `[x, weight, bias?, residual?]`, nearest ×2 upsampling of `x` first when `upsample2x`.
+    Conv2d { geometry: Conv2d, bias: bool, residual: bool, upsample2x: bool },
+    /// `[x, gamma, beta]`, optionally followed by SiLU.
+    GroupNorm { groups: usize, eps: f32, silu: bool },
+    /// `[q, k, v]` maps `[n, c, h, w]`: single-head attention over the positions.
+    SpatialAttention,
+    /// Index (u32) of the largest value along the last dim.
+    Argmax,
+    /// `[logits, uncond?]` → one id (u32) per row, drawn under the seed in param `seed` at
+    /// sampling step param `step` ([`nextflow_ops::sampling::sample`]).
+    Sample { config: SamplerConfig, seed: ParamId, step: ParamId },
+    /// `[dst, src]`: writes `src` into `dst` along `dim` from the offset in param `start`,
+    /// in place; the node is `dst` afterwards (a KV cache append). `dst` must be an input
+    /// the graph owns ([`Graph::input_owned`]) and that nothing else reads.
+    Store { dim: usize, start: ParamId },
+    /// `[z [rows, dim]]` → the nearest code (u32) of every row.
+    NearestCodes(Arc<Codebook>),
 }
 
 impl Op {
@@ -105,6 +134,8 @@ pub(crate) struct GraphData {
     pub inputs: Vec<Option<Tensor>>,
     /// Inputs whose size along one dim changes from step to step: `(input, dim)`.
     pub dynamic: Vec<(usize, usize)>,
+    /// Per-run host values ([`ParamId`]).
+    pub params: Vec<u64>,
     pub device: Device,
     pub options: Options,
     pub eager: bool,
@@ -140,7 +171,7 @@ impl Graph {
     }
 
     pub fn with_options(device: &Device, options: Options) -> Graph {
-        Graph(Rc::new(RefCell::new(GraphData { nodes: Vec::new(), inputs: Vec::new(), dynamic: Vec::new(), device: device.clone(), options, eager: false })))
+        Graph(Rc::new(RefCell::new(GraphData { nodes: Vec::new(), inputs: Vec::new(), dynamic: Vec::new(), params: Vec::new(), device: device.clone(), options, eager: false })))
     }
 
     /// Eager mode: each op runs as it is recorded (one-op graphs, through the same plan
@@ -198,6 +229,21 @@ impl Graph {
         Ok(lazy)
     }
 
+    /// An input the graph takes over, for a [`Lazy::store`] to write in place: the tensor must
+    /// be the only handle to its buffer (no clone or view of it alive).
+    pub fn input_owned(&self, t: Tensor) -> Result<Lazy> {
+        let lazy = self.input(&t)?;
+        drop(t);
+        Ok(lazy)
+    }
+
+    /// A per-run host value (see [`ParamId`]).
+    pub fn param(&self, value: u64) -> ParamId {
+        let mut g = self.0.borrow_mut();
+        g.params.push(value);
+        g.params.len() - 1
+    }
+
     /// A shape-only input: the graph can be compiled (plans, counts, memory) but not run.
     pub fn placeholder(&self, shape: &[usize], dtype: DType) -> Lazy {
         self.add_input(None, shape, dtype)
@@ -237,15 +283,19 @@ impl Graph {
 
     /// Runs node `id` alone: its inputs (realized or constant) become a one-op graph.
     fn realize_one(&self, id: NodeId) -> Result<Tensor> {
+        let taken = self.take_store_destinations(&[id]);
+        let owned = RefCell::new(taken);
         let g = self.0.borrow();
         let node = &g.nodes[id];
-        let mut one = GraphData { nodes: Vec::new(), inputs: Vec::new(), dynamic: Vec::new(), device: g.device.clone(), options: g.options.clone(), eager: false };
+        let mut one = GraphData { nodes: Vec::new(), inputs: Vec::new(), dynamic: Vec::new(), params: g.params.clone(), device: g.device.clone(), options: g.options.clone(), eager: false };
         let mut inputs = Vec::new();
-        for &u in &node.inputs {
+        let store = matches!(node.op, Op::Store { .. });
+        for (j, &u) in node.inputs.iter().enumerate() {
             let n = &g.nodes[u];
             let op = match n.op {
                 Op::Input(k) => {
-                    one.inputs.push(g.inputs[k].clone());
+                    // A store writes its destination in place: the one-op graph takes it.
+                    one.inputs.push(if store && j == 0 { owned.borrow_mut()[k].take() } else { g.inputs[k].clone() });
                     Op::Input(one.inputs.len() - 1)
                 }
                 Op::Const(c) => Op::Const(c),
@@ -257,7 +307,24 @@ impl Graph {
         one.nodes.push(Node { op: node.op.clone(), inputs, shape: node.shape.clone(), dtype: node.dtype });
         let out = one.nodes.len() - 1;
         let plan = plan::compile_cached(&one, &[out])?;
-        Ok(plan.run(&one.inputs)?.remove(0))
+        let inputs = std::mem::take(&mut one.inputs);
+        Ok(plan.run(inputs, &one.params)?.remove(0))
+    }
+
+    /// The graph's inputs with the destinations of the stores among `nodes` moved out (so
+    /// each is the only handle to its buffer); the others are cloned.
+    fn take_store_destinations(&self, nodes: &[NodeId]) -> Vec<Option<Tensor>> {
+        let mut g = self.0.borrow_mut();
+        let mut inputs = g.inputs.clone();
+        let dsts: Vec<usize> = nodes
+            .iter()
+            .filter(|&&v| matches!(g.nodes[v].op, Op::Store { .. }))
+            .filter_map(|&v| if let Op::Input(k) = g.nodes[g.nodes[v].inputs[0]].op { Some(k) } else { None })
+            .collect();
+        for k in dsts {
+            inputs[k] = g.inputs[k].take();
+        }
+        inputs
     }
 
     /// Compiles (or fetches from the plan cache) the plan that computes `outputs`.
@@ -268,10 +335,13 @@ impl Graph {
     }
 
     /// Computes `outputs`: compiles the graph once per signature, then replays the plan.
+    /// A graph with stores gives up the buffers they write: realize it once.
     pub fn realize(&self, outputs: &[&Lazy]) -> Result<Vec<Tensor>> {
         let plan = self.compile(outputs)?;
-        let inputs = self.0.borrow().inputs.clone();
-        plan.run(&inputs)
+        let stores: Vec<NodeId> = (0..self.len()).collect();
+        let inputs = self.take_store_destinations(&stores);
+        let params = self.0.borrow().params.clone();
+        plan.run(inputs, &params)
     }
 
     fn output_ids(&self, outputs: &[&Lazy]) -> Result<Vec<NodeId>> {
@@ -408,6 +478,31 @@ impl Key {
             Op::Rope(r) => self.0.extend([14, Arc::as_ptr(r) as usize as u64]),
             Op::Concat(d) => self.0.extend([15, *d as u64]),
             Op::Embedding => self.word(16),
+            Op::BlockedEmbedding => self.word(25),
+            Op::Interpolate { h, w, mode } => self.0.extend([17, *h as u64, *w as u64, *mode as u64]),
+            Op::Conv2d { geometry, bias, residual, upsample2x } => {
+                self.0.extend([18, geometry.stride as u64, *bias as u64, *residual as u64, *upsample2x as u64]);
+                self.0.extend(geometry.pad.iter().map(|&p| p as u64));
+            }
+            Op::GroupNorm { groups, eps, silu } => {
+                self.0.extend([19, *groups as u64, *silu as u64]);
+                self.f32(*eps);
+            }
+            Op::SpatialAttention => self.word(20),
+            Op::Argmax => self.word(21),
+            Op::Sample { config, seed, step } => {
+                self.0.extend([22, *seed as u64, *step as u64, config.top_k as u64]);
+                for x in [config.cfg_scale, config.temperature, config.top_p] {
+                    self.f32(x);
+                }
+                match config.id_range {
+                    Some((a, b)) => self.0.extend([a as u64, b as u64]),
+                    None => self.word(u64::MAX),
+                }
+            }
+            Op::Store { dim, start } => self.0.extend([23, *dim as u64, *start as u64]),
+            // The codebook's identity, as for RoPE tables.
+            Op::NearestCodes(c) => self.0.extend([24, Arc::as_ptr(c) as usize as u64]),
         }
     }
 }
@@ -623,6 +718,102 @@ impl Lazy {
         }
         let shape = rules::concat(&parts.iter().map(|p| p.shape.as_slice()).collect::<Vec<_>>(), dim)?;
         first.graph.push(Op::Concat(dim), parts.iter().map(|p| p.id).collect(), shape, first.dtype)
+    }
+
+    /// `self [n, c, h, w]` resized to `h × w` ([`nextflow_ops::interpolate`]).
+    pub fn interpolate(&self, h: usize, w: usize, mode: Resize) -> Result<Lazy> {
+        self.check_float("interpolate")?;
+        let shape = rules::interpolate(&self.shape, h, w)?;
+        self.graph.push(Op::Interpolate { h, w, mode }, vec![self.id], shape.to_vec(), self.dtype)
+    }
+
+    /// Convolution of `self [n, cin, h, w]` (nearest ×2 first when `upsample2x`) by
+    /// `weight [cout, cin, kh, kw]`, plus `bias [cout]` and `residual` (fused).
+    pub fn conv2d(&self, weight: &Lazy, bias: Option<&Lazy>, geometry: Conv2d, upsample2x: bool, residual: Option<&Lazy>) -> Result<Lazy> {
+        self.check_float("conv2d")?;
+        for t in std::iter::once(weight).chain(bias).chain(residual) {
+            self.check_same_dtype("conv2d", t)?;
+        }
+        let shape = rules::conv2d(&self.shape, &weight.shape, bias.map(|b| b.shape()), residual.map(|r| r.shape()), geometry, upsample2x)?;
+        let inputs = [self, weight].into_iter().chain(bias).chain(residual).map(|t| t.id).collect();
+        self.graph.push(Op::Conv2d { geometry, bias: bias.is_some(), residual: residual.is_some(), upsample2x }, inputs, shape.to_vec(), self.dtype)
+    }
+
+    /// GroupNorm of `self [n, c, ..]` (f32 statistics), then SiLU when `silu`.
+    pub fn group_norm(&self, groups: usize, gamma: &Lazy, beta: &Lazy, eps: f32, silu: bool) -> Result<Lazy> {
+        self.check_float("group_norm")?;
+        self.check_same_dtype("group_norm", gamma)?;
+        self.check_same_dtype("group_norm", beta)?;
+        rules::group_norm(&self.shape, groups, &gamma.shape, &beta.shape)?;
+        self.graph.push(Op::GroupNorm { groups, eps, silu }, vec![self.id, gamma.id, beta.id], self.shape.clone(), self.dtype)
+    }
+
+    /// Single-head attention over the positions of maps `[n, c, h, w]`; `self` is q.
+    pub fn spatial_attention(&self, k: &Lazy, v: &Lazy) -> Result<Lazy> {
+        self.check_same_dtype("spatial_attention", k)?;
+        self.check_same_dtype("spatial_attention", v)?;
+        rules::spatial_attention(&self.shape, &k.shape, &v.shape)?;
+        self.graph.push(Op::SpatialAttention, vec![self.id, k.id, v.id], self.shape.clone(), self.dtype)
+    }
+
+    /// Index (u32) of the largest value of every row (the first, on ties).
+    pub fn argmax(&self) -> Result<Lazy> {
+        self.check_float("argmax")?;
+        rules::rows("argmax", &self.shape)?;
+        let shape = self.shape[..self.rank() - 1].to_vec();
+        self.graph.push(Op::Argmax, vec![self.id], shape, DType::U32)
+    }
+
+    /// One id (u32) per row of logits `self [.., vocab]`, under CFG against `uncond` when
+    /// given; draws with the seed and sampling step of params `seed` and `step`.
+    pub fn sample(&self, uncond: Option<&Lazy>, config: &SamplerConfig, seed: ParamId, step: ParamId) -> Result<Lazy> {
+        self.check_float("sample")?;
+        rules::rows("sample", &self.shape)?;
+        let shape = self.shape[..self.rank() - 1].to_vec();
+        if let Some(u) = uncond {
+            self.check_same_dtype("sample", u)?;
+            if u.shape != self.shape {
+                return Err(shape_err("sample", format!("uncond logits {:?} must match the cond logits {:?}", u.shape, self.shape)));
+            }
+        }
+        let params = self.graph.0.borrow().params.len();
+        if seed >= params || step >= params {
+            return Err(Error::Graph(format!("sample reads params {seed} and {step}; the graph has {params}")));
+        }
+        let inputs = std::iter::once(self).chain(uncond).map(|t| t.id).collect();
+        self.graph.push(Op::Sample { config: *config, seed, step }, inputs, shape, DType::U32)
+    }
+
+    /// `self` (an owned input) with `src` written into it along `dim` from the offset in
+    /// param `start`, in place.
+    pub fn store(&self, src: &Lazy, dim: usize, start: ParamId) -> Result<Lazy> {
+        self.check_same_dtype("store", src)?;
+        let at = *self.graph.0.borrow().params.get(start).ok_or_else(|| Error::Graph(format!("store reads param {start}, which the graph lacks")))?;
+        rules::store(&self.shape, &src.shape, dim, at as usize)?;
+        if !matches!(self.graph.0.borrow().nodes[self.id].op, Op::Input(_)) {
+            return Err(Error::Graph("store writes into a graph input (Graph::input_owned)".into()));
+        }
+        self.graph.push(Op::Store { dim, start }, vec![self.id, src.id], self.shape.clone(), self.dtype)
+    }
+
+    /// The nearest code (u32) of every row of `self [rows, dim]` in `codebook`.
+    pub fn nearest_codes(&self, codebook: &Arc<Codebook>) -> Result<Lazy> {
+        self.check_float("nearest_codes")?;
+        if self.rank() != 2 || self.shape[1] != codebook.dim() || self.dtype != codebook.table().dtype() {
+            return Err(shape_err("nearest_codes", format!("z must be [rows, {}] {}, got {:?} {}", codebook.dim(), codebook.table().dtype(), self.shape, self.dtype)));
+        }
+        self.graph.push(Op::NearestCodes(codebook.clone()), vec![self.id], vec![self.shape[0]], DType::U32)
+    }
+
+    /// Rows of the table stored as row blocks `weight` gathered by ids `self`.
+    pub fn blocked_embedding(&self, weight: &nextflow_ops::Weight) -> Result<Lazy> {
+        let mut inputs = vec![self.id];
+        for b in weight.blocks() {
+            inputs.push(self.graph.input(b)?.id);
+        }
+        let mut shape = self.shape.clone();
+        shape.push(weight.cols());
+        self.graph.push(Op::BlockedEmbedding, inputs, shape, weight.dtype())
     }
 
     /// Rows of `self [vocab, dim]` gathered by `ids`.

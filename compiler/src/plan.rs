@@ -353,7 +353,7 @@ fn bytes_of(n: &Node) -> u64 {
 
 /// Whether the op writes a fresh dense buffer (so a later step may overwrite it in place).
 fn fresh_dense(op: &Op) -> bool {
-    !matches!(op, Op::Input(_) | Op::Const(_) | Op::View(_) | Op::Attention(_))
+    !matches!(op, Op::Input(_) | Op::Const(_) | Op::View(_) | Op::Attention(_) | Op::Store { .. })
 }
 
 /// The static cost of running node `v` through its op.
@@ -383,6 +383,26 @@ fn node_cost(nodes: &[Node], v: NodeId, device: &Device) -> Cost {
         Op::Rope(_) => one(4 * elems),
         Op::Concat(_) => Cost { launches: if device.is_cpu() { 1 } else { n.inputs.len() as u64 }, bytes_read: read, bytes_written: out, flops: 0 },
         Op::Embedding => Cost { launches: 1, bytes_read: bytes_of(&nodes[n.inputs[1]]) + out, bytes_written: out, flops: 0 },
+        Op::BlockedEmbedding => Cost { launches: n.inputs.len() as u64 - 1, bytes_read: bytes_of(&nodes[n.inputs[0]]) + out, bytes_written: out, flops: 0 },
+        Op::Interpolate { .. } => one(8 * elems),
+        Op::Conv2d { .. } => {
+            let w = &nodes[n.inputs[1]].shape;
+            one(2 * elems * (w[1] * w[2] * w[3]) as u64)
+        }
+        Op::GroupNorm { .. } => one(6 * elems),
+        // Positions as rows (three copies), attention, and back.
+        Op::SpatialAttention => {
+            let s = &n.shape;
+            let hw = (s[2] * s[3]) as u64;
+            Cost { launches: 5, bytes_read: 2 * read, bytes_written: 4 * out, flops: 4 * elems * hw }
+        }
+        Op::Argmax => one(numel(&nodes[n.inputs[0]].shape)),
+        Op::Sample { .. } => one(8 * numel(&nodes[n.inputs[0]].shape)),
+        Op::NearestCodes(c) => one(3 * elems * (c.vocab() * c.dim()) as u64),
+        Op::Store { .. } => {
+            let src = bytes_of(&nodes[n.inputs[1]]);
+            Cost { launches: if device.is_cpu() { 0 } else { 1 }, bytes_read: src, bytes_written: src, flops: 0 }
+        }
     }
 }
 
@@ -618,7 +638,7 @@ fn compile(g: &GraphData, outputs: &[NodeId]) -> Result<Plan> {
     // Liveness: a view keeps its source's buffer (its root) alive.
     let mut root: Vec<NodeId> = (0..nodes.len()).collect();
     for &v in &order {
-        if let Op::View(_) = nodes[v].op {
+        if let Op::View(_) | Op::Store { .. } = nodes[v].op {
             root[v] = root[nodes[v].inputs[0]];
         }
     }
@@ -743,6 +763,7 @@ impl Plan {
                 StepKind::Node(v) => {
                     let op = match &self.nodes[*v].op {
                         Op::Rope(r) => format!("Rope(head_dim {})", r.head_dim),
+                        Op::NearestCodes(c) => format!("NearestCodes({} codes)", c.vocab()),
                         Op::Attention(o) => format!("Attention({:?})", o.mask),
                         Op::Concat(_) if self.assembled.contains(v) => "Concat (its matmuls wrote it)".into(),
                         op => format!("{op:?}"),
@@ -762,13 +783,16 @@ impl Plan {
         s
     }
 
-    /// Runs the plan on the graph's bound inputs; returns the outputs in order.
-    pub fn run(&self, inputs: &[Option<Tensor>]) -> Result<Vec<Tensor>> {
+    /// Runs the plan on the graph's bound inputs and per-run params; returns the outputs in
+    /// order. A store's destination must be the only handle to its buffer.
+    pub fn run(&self, mut inputs: Vec<Option<Tensor>>, params: &[u64]) -> Result<Vec<Tensor>> {
+        let _scope = nextflow_ops::plan_scope();
         let mut values: Vec<Option<Tensor>> = vec![None; self.nodes.len()];
         for &(v, k) in &self.inputs {
-            let t = inputs.get(k).cloned().flatten().ok_or_else(|| Error::Graph(format!("input {k} is a placeholder: bind a tensor to run the graph")))?;
+            let t = inputs.get_mut(k).and_then(Option::take).ok_or_else(|| Error::Graph(format!("input {k} is a placeholder: bind a tensor to run the graph")))?;
             values[v] = Some(t);
         }
+        let param = |p: usize| params.get(p).copied().ok_or_else(|| Error::Graph(format!("the plan reads param {p}; {} were given", params.len())));
         let get = |values: &[Option<Tensor>], v: NodeId| -> Tensor { values[v].clone().expect("the schedule defines every value before its use") };
         for (i, step) in self.steps.iter().enumerate() {
             match &step.kind {
@@ -787,10 +811,21 @@ impl Plan {
                     nextflow_ops::matmul::matmul_into_with(&ins[0], &ins[1], ep, &view, kernel)?;
                     values[*v] = Some(view);
                 }
+                StepKind::Node(v) if matches!(self.nodes[*v].op, Op::Store { .. }) => {
+                    let Op::Store { dim, start } = self.nodes[*v].op else { unreachable!() };
+                    let (d, src) = (self.nodes[*v].inputs[0], self.nodes[*v].inputs[1]);
+                    let src = get(&values, src);
+                    let mut dst = values[d].take().expect("the schedule defines every value before its use");
+                    nextflow_ops::write_into(&mut dst, dim, param(start)? as usize, &src)?;
+                    values[*v] = Some(dst);
+                }
                 StepKind::Node(v) => {
                     let node = &self.nodes[*v];
                     let ins: Vec<Tensor> = node.inputs.iter().map(|&u| get(&values, u)).collect();
-                    let results = self.run_node(*v, &ins)?;
+                    let results = match node.op {
+                        Op::Sample { config, seed, step } => vec![nextflow_ops::sampling::sample(&ins[0], ins.get(1), &config, param(seed)?, param(step)? as u32)?],
+                        _ => self.run_node(*v, &ins)?,
+                    };
                     for (w, t) in step.writes.iter().zip(results) {
                         values[*w] = Some(t);
                     }
@@ -859,6 +894,17 @@ impl Plan {
             Op::Rope(rope) => one(rope.apply(&ins[0], &ins[1])),
             Op::Concat(dim) => one(ops::concat(&ins.iter().collect::<Vec<_>>(), *dim)),
             Op::Embedding => one(ops::embedding(&ins[0], &ins[1])),
+            Op::BlockedEmbedding => one(ops::Weight::from_blocks(ins[1..].to_vec()).and_then(|w| w.embedding(&ins[0]))),
+            Op::Interpolate { h, w, mode } => one(ops::interpolate(&ins[0], *h, *w, *mode)),
+            Op::Conv2d { geometry, bias, residual, upsample2x } => {
+                let fusion = ops::ConvFusion { residual: residual.then(|| &ins[ins.len() - 1]), upsample2x: *upsample2x };
+                one(ops::conv2d_fused(&ins[0], &ins[1], bias.then(|| &ins[2]), *geometry, fusion))
+            }
+            Op::GroupNorm { groups, eps, silu } => one(ops::group_norm(&ins[0], *groups, &ins[1], &ins[2], *eps, *silu)),
+            Op::SpatialAttention => one(ops::spatial_attention(&ins[0], &ins[1], &ins[2])),
+            Op::Argmax => one(ops::argmax(&ins[0])),
+            Op::NearestCodes(c) => one(c.nearest(&ins[0], 1).and_then(|n| n.indices.reshape(&[ins[0].shape()[0]]))),
+            Op::Sample { .. } | Op::Store { .. } => unreachable!("run by Plan::run (they read params)"),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod embedded;
+pub mod msrq;
 pub mod nextflow;
 pub mod npy;
 pub mod text;

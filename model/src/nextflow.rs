@@ -9,12 +9,14 @@
 use crate::config::{CfgSchedule, Config, InputMode, LevelEmbedding, NextFlowParts, RopeAxes};
 use crate::text::{self, Prefill, TextOptions, TextOutput};
 use crate::tokenizer::TextTokenizer;
-use crate::transformer::{Cache, Linear, Transformer};
+use crate::msrq::lookup;
+use crate::transformer::{graph, Cache, Linear, Transformer};
 use crate::visual::Tokenizer;
 use crate::weights::Weights;
 use crate::{Error, Result};
-use nextflow_ops::sampling::{sample, SamplerConfig};
-use nextflow_ops::{self as ops, grid_positions, interpolate, Activation, Epilogue, Resize};
+use nextflow_compiler::{Graph, Lazy};
+use nextflow_ops::sampling::SamplerConfig;
+use nextflow_ops::{grid_positions, Resize};
 use nextflow_runtime::{DType, Device, Tensor};
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
@@ -27,6 +29,7 @@ pub struct NextFlow {
     /// None with random weights (prompt words are then hashed to text ids).
     pub text: Option<TextTokenizer>,
     adapter_in: Linear,
+    /// Its bias is in `level_bias`.
     adapter_out: Linear,
     /// By schedule length K, per level: adapter_out bias + lvl_embed row + the sinusoid of K,
     /// so the whole visual-row embedding is two matmuls with fused epilogues.
@@ -170,35 +173,48 @@ impl Lanes {
         Ok(Lanes { lanes, rows: rows.len() })
     }
 
-    /// Logits `[rows, positions, code_range]` of every row's last hidden states, in row order.
-    fn logits(&self, model: &NextFlow, code_range: std::ops::Range<usize>) -> Result<Tensor> {
+    /// Logits `[rows, positions, code_range]` of every row's last hidden states, in row
+    /// order, recorded into `g`.
+    fn record_logits(&self, model: &NextFlow, g: &Graph, code_range: std::ops::Range<usize>) -> Result<Lazy> {
         if let [lane] = self.lanes.as_slice() {
             debug_assert!(lane.rows.iter().enumerate().all(|(j, &r)| j == r));
-            return model.transformer.logits(&lane.hidden, code_range);
+            return model.transformer.record_logits(&g.input(&lane.hidden)?, code_range);
         }
-        let mut per_row: Vec<Option<Tensor>> = vec![None; self.rows];
+        let mut per_row: Vec<Option<Lazy>> = vec![None; self.rows];
         for lane in &self.lanes {
-            let l = model.transformer.logits(&lane.hidden, code_range.clone())?;
+            let l = model.transformer.record_logits(&g.input(&lane.hidden)?, code_range.clone())?;
             for (j, &row) in lane.rows.iter().enumerate() {
                 per_row[row] = Some(l.narrow(0, j, 1)?);
             }
         }
-        let per_row: Vec<Tensor> = per_row.into_iter().map(|t| t.expect("every row is in a lane")).collect();
-        Ok(ops::concat(&per_row.iter().collect::<Vec<_>>(), 0)?)
+        let per_row: Vec<Lazy> = per_row.into_iter().map(|t| t.expect("every row is in a lane")).collect();
+        Ok(Lazy::concat(&per_row.iter().collect::<Vec<_>>(), 0)?)
     }
 
-    /// Feeds the map of scale `k` (`feats [n, h·w, C]`, image `i` serving rows `i` and
-    /// `n + i`) at `size`; `bois[r]` is row `r`'s `<boi>` position.
-    fn forward_map(&mut self, model: &NextFlow, feats: &Tensor, bois: &[usize], k: usize, size: [usize; 2], k_total: usize) -> Result<()> {
-        let n = feats.shape()[0];
+    /// Each lane's input rows of a map embedded as `x [n, h·w, D]` (image `i` serves rows
+    /// `i` and `n + i`), recorded into `x`'s graph.
+    fn record_inputs(&self, x: &Lazy) -> Result<Vec<Lazy>> {
+        let n = x.shape()[0];
+        self.lanes
+            .iter()
+            .map(|lane| {
+                if lane.rows.len() == n && lane.rows.iter().enumerate().all(|(j, &r)| j == r) {
+                    return Ok(x.clone());
+                }
+                let parts: Vec<Lazy> = lane.rows.iter().map(|&r| x.narrow(0, r % n, 1)).collect::<std::result::Result<_, _>>()?;
+                Ok(Lazy::concat(&parts.iter().collect::<Vec<_>>(), 0)?)
+            })
+            .collect()
+    }
+
+    /// Feeds each lane its embedded rows `inputs[lane]` of the map of scale `k` at `size`;
+    /// `bois[r]` is row `r`'s `<boi>` position.
+    fn forward_map(&mut self, model: &NextFlow, inputs: &[Tensor], bois: &[usize], k: usize, size: [usize; 2]) -> Result<()> {
         let positions_n = size[0] * size[1];
-        for lane in &mut self.lanes {
-            let lane_feats: Vec<Tensor> = lane.rows.iter().map(|&r| feats.narrow(0, r % n, 1)).collect::<std::result::Result<_, _>>()?;
-            let lane_feats = ops::concat(&lane_feats.iter().collect::<Vec<_>>(), 0)?;
+        for (lane, x) in self.lanes.iter_mut().zip(inputs) {
             let positions: Vec<f32> = lane.rows.iter().flat_map(|&r| model.map_positions(bois[r] + k, size[0], size[1])).collect();
             let positions = Tensor::from_slice(&positions, &[lane.rows.len(), positions_n, 3], model.device())?;
-            let x = model.embed_map(&lane_feats, model.level(k), k_total)?;
-            lane.hidden = model.transformer.forward(&x, &positions, &[positions_n], &mut lane.cache)?;
+            lane.hidden = model.transformer.forward(x, &positions, &[positions_n], &mut lane.cache)?;
         }
         Ok(())
     }
@@ -269,7 +285,7 @@ impl NextFlow {
         let tokenizer = Tokenizer::load(w, &parts.tokenizer, dtype, device)?;
         let (d, c) = (b.hidden_size, parts.tokenizer.code_dim());
         let adapter_in = Linear::load(w, "model.mm_projector.0", d, c, true, dtype, device)?;
-        let adapter_out = Linear::load(w, "model.mm_projector.2", d, d, true, dtype, device)?;
+        let adapter_out = Linear { bias: None, ..Linear::load(w, "model.mm_projector.2", d, d, true, dtype, device)? };
         let k_max = parts.tokenizer.max_scales();
         let cpu = Device::cpu();
         let lvl: Vec<f32> = w.get("model.lvl_embed.weight", &[k_max + 1, d], DType::F32, &cpu)?.to_vec()?;
@@ -280,8 +296,9 @@ impl NextFlow {
             let pe = if parts.visual.scale_length_embedding { scale_length_embedding(k, d) } else { vec![0.0; d] };
             let rows = (0..=k_max)
                 .map(|l| {
-                    let row: Vec<f32> = (0..d).map(|i| bias[i] + lvl[l * d + i] + pe[i]).collect();
-                    Ok(ops::cast(&Tensor::from_slice(&row, &[d], device)?, dtype)?)
+                    // Summed in f32, rounded once to `dtype`.
+                    let row: Vec<f64> = (0..d).map(|i| (bias[i] + lvl[l * d + i] + pe[i]) as f64).collect();
+                    Ok(Tensor::from_f64(&row, dtype, &[d], device)?)
                 })
                 .collect::<Result<Vec<_>>>()?;
             level_bias.insert(k, rows);
@@ -351,28 +368,31 @@ impl NextFlow {
         Ok(kept)
     }
 
-    /// Visual-row embeddings `[b, n, D]` of map features `[b, n, code_dim]`.
-    fn embed_map(&self, features: &Tensor, level: usize, n_scales: usize) -> Result<Tensor> {
+    /// Visual-row embeddings `[b, n, D]` of map features `[b, n, code_dim]`:
+    /// `adapter_out(gelu(adapter_in(x))) + level bias`, two matmuls with fused epilogues.
+    fn record_map(&self, features: &Lazy, level: usize, n_scales: usize) -> Result<Lazy> {
         let bias = self.level_bias.get(&n_scales).ok_or_else(|| Error::Input(format!("no schedule of {n_scales} scales in this model")))?;
-        let ep = Epilogue { bias: self.adapter_in.bias.as_ref(), activation: Activation::GeluErf, residual: None };
-        let h = self.adapter_in.weight.matmul_t(features, ep)?;
-        let ep = Epilogue { bias: Some(&bias[level]), ..Default::default() };
-        Ok(self.adapter_out.weight.matmul_t(&h, ep)?)
+        let h = self.adapter_in.record(features, None)?.gelu()?;
+        Ok(self.adapter_out.record(&h, None)?.add(&features.graph().input(&bias[level])?)?)
+    }
+
+    /// Row embeddings `[1, len, D]` of a sequence, recorded into `g`.
+    fn record_sequence(&self, g: &Graph, seq: &Sequence) -> Result<Lazy> {
+        let device = self.device();
+        let parts: Vec<Lazy> = seq
+            .segments
+            .iter()
+            .map(|s| match s {
+                Segment::Text { ids, .. } => self.transformer.record_embed(g, &Tensor::from_slice(ids, &[1, ids.len()], device)?),
+                Segment::Map { features, level, n_scales, .. } => self.record_map(&g.input(features)?, *level, *n_scales),
+            })
+            .collect::<Result<_>>()?;
+        Ok(Lazy::concat(&parts.iter().collect::<Vec<_>>(), 1)?)
     }
 
     /// Row embeddings `[1, len, D]` of a sequence.
     fn embed(&self, seq: &Sequence) -> Result<Tensor> {
-        let device = self.device();
-        let parts: Vec<Tensor> = seq
-            .segments
-            .iter()
-            .map(|s| match s {
-                Segment::Text { ids, .. } => self.transformer.embed(&Tensor::from_slice(ids, &[1, ids.len()], device)?),
-                Segment::Map { features, level, n_scales, .. } => self.embed_map(features, *level, *n_scales),
-            })
-            .collect::<Result<_>>()?;
-        let refs: Vec<&Tensor> = parts.iter().collect();
-        Ok(ops::concat(&refs, 1)?)
+        Ok(self.record_sequence(&graph(self.device()), seq)?.realize()?)
     }
 
     /// The level row of input map `k` (1-based: made from the codes of scale `k`).
@@ -393,25 +413,51 @@ impl NextFlow {
         pos
     }
 
-    /// Next-scale input from scale `k`'s codes `[b, C, h, w]`: (map `[b, C, h', w']`, state).
-    fn next_input(&self, codes: &Tensor, state: Option<&Tensor>, size: [usize; 2]) -> Result<(Tensor, Option<Tensor>)> {
+    /// Next-scale input from scale `k`'s codes `[b, C, h, w]` and the state so far: (map
+    /// `[b, C, h', w']`, the next state).
+    fn record_next_input(&self, codes: &Lazy, state: Option<&Lazy>, size: [usize; 2]) -> Result<(Lazy, Option<Lazy>)> {
         match self.parts().visual.input_mode {
-            InputMode::Residual => Ok((interpolate(codes, size[0], size[1], Resize::Bicubic)?, None)),
+            InputMode::Residual => Ok((codes.interpolate(size[0], size[1], Resize::Bicubic)?, None)),
             InputMode::Accumulated => {
                 let f = match state {
-                    Some(s) => ops::binary(s, codes, ops::BinaryOp::Add)?,
-                    None => ops::contiguous(codes)?,
+                    Some(s) => s.add(codes)?,
+                    None => codes.clone(),
                 };
-                let f = interpolate(&f, size[0], size[1], Resize::Bicubic)?;
+                let f = f.interpolate(size[0], size[1], Resize::Bicubic)?;
                 Ok((f.clone(), Some(f)))
             }
         }
     }
 
     /// `[b, C, h, w]` → `[b, h·w, C]` rows.
-    fn as_rows(x: &Tensor) -> Result<Tensor> {
+    fn as_rows(x: &Lazy) -> Result<Lazy> {
         let (b, c, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
-        Ok(ops::contiguous(&x.permute(&[0, 2, 3, 1])?)?.reshape(&[b, h * w, c])?)
+        Ok(x.permute(&[0, 2, 3, 1])?.reshape(&[b, h * w, c])?)
+    }
+
+    /// The input maps 1..=`n_maps` of an image's per-scale `indices`, as map segments whose
+    /// rows sit at `p_s = boi + k`: one graph.
+    fn context_maps(&self, indices: &[Tensor], n_maps: usize, boi: usize) -> Result<Vec<Segment>> {
+        let scales = &self.parts().tokenizer.scales;
+        let g = graph(self.device());
+        let table = g.input(self.tokenizer.codebook.table())?;
+        let (mut state, mut rows) = (None, Vec::new());
+        for k in 1..=n_maps {
+            let [h, w] = scales[k - 1];
+            let size = scales[k.min(scales.len() - 1)];
+            let (x, s) = self.record_next_input(&lookup(&table, &g.input(&indices[k - 1])?, h, w)?, state.as_ref(), size)?;
+            state = s;
+            rows.push(Self::as_rows(&x)?);
+        }
+        let rows = g.realize(&rows.iter().collect::<Vec<_>>())?;
+        Ok(rows
+            .into_iter()
+            .zip(1..)
+            .map(|(features, k)| {
+                let size = scales[k.min(scales.len() - 1)];
+                Segment::Map { features, level: self.level(k), n_scales: scales.len(), positions: self.map_positions(boi + k, size[0], size[1]) }
+            })
+            .collect())
     }
 
     /// Appends a context image (understanding, editing source): `<boi>`, maps 1..K (or
@@ -421,15 +467,7 @@ impl NextFlow {
         let boi = seq.position;
         seq.text(&[self.id("<boi>")]);
         let n_maps = if self.parts().visual.context_last_scale { scales.len() } else { scales.len() - 1 };
-        let mut state = None;
-        for k in 1..=n_maps {
-            let [h, w] = scales[k - 1];
-            let size = scales[k.min(scales.len() - 1)];
-            let codes = self.tokenizer.codebook.lookup(&indices[k - 1], h, w)?;
-            let (x, s) = self.next_input(&codes, state.as_ref(), size)?;
-            state = s;
-            seq.segments.push(Segment::Map { features: Self::as_rows(&x)?, level: self.level(k), n_scales: scales.len(), positions: self.map_positions(boi + k, size[0], size[1]) });
-        }
+        seq.segments.extend(self.context_maps(indices, n_maps, boi)?);
         seq.position = boi + n_maps + 1;
         seq.text(&[self.id("<eoi>")]);
         Ok(())
@@ -441,22 +479,22 @@ impl NextFlow {
         let device = self.device();
         let len = seqs.iter().map(Sequence::len).max().unwrap_or(0);
         let d = self.config.backbone.hidden_size;
+        let g = graph(device);
         let mut rows = Vec::new();
         let mut positions = Vec::new();
         for s in seqs {
             let pad = len - s.len();
-            let x = self.embed(s)?;
+            let x = self.record_sequence(&g, s)?;
             rows.push(if pad > 0 {
-                let zeros = Tensor::from_f64(&vec![0.0; pad * d], self.dtype(), &[1, pad, d], device)?;
-                ops::concat(&[&zeros, &x], 1)?
+                let zeros = g.input(&Tensor::from_f64(&vec![0.0; pad * d], self.dtype(), &[1, pad, d], device)?)?;
+                Lazy::concat(&[&zeros, &x], 1)?
             } else {
                 x
             });
             positions.extend(std::iter::repeat_n(0f32, pad * 3));
             positions.extend(s.positions());
         }
-        let refs: Vec<&Tensor> = rows.iter().collect();
-        let x = ops::concat(&refs, 0)?;
+        let x = Lazy::concat(&rows.iter().collect::<Vec<_>>(), 0)?.realize()?;
         let positions = Tensor::from_slice(&positions, &[seqs.len(), len, 3], device)?;
         // The rows share one segment structure (see `lanes`); padding keys are excluded by
         // kv_starts.
@@ -530,34 +568,48 @@ impl NextFlow {
         let t0 = Instant::now();
         let mut lanes = Lanes::prefill(self, &rows, extra)?;
         timings.prefill = t0.elapsed();
-        let (codebook, code_range) = (&self.tokenizer.codebook, self.code_range());
+        let code_range = self.code_range();
         let mut indices = Vec::new();
         let mut state: Option<Tensor> = None;
         let k_total = scales.len();
         for (k, &[h, w]) in scales.iter().enumerate() {
             let t = Instant::now();
-            let logits = lanes.logits(self, code_range.clone())?; // [rows, h·w, codes]
+            // One graph per scale: the head, the sampler, and (before the last scale) the
+            // next scale's input rows from the codes so far.
+            let g = graph(self.device());
+            let logits = lanes.record_logits(self, &g, code_range.clone())?; // [rows, h·w, codes]
             let weight = match opts.cfg_schedule {
                 CfgSchedule::Constant => opts.cfg_scale,
                 CfgSchedule::Linear => 1.0 + (opts.cfg_scale - 1.0) * (k as f32 / (k_total.max(2) - 1) as f32),
             };
             let config = SamplerConfig { cfg_scale: weight - 1.0, temperature: opts.temperature, top_k: opts.top_k, top_p: opts.top_p, id_range: None };
-            let draw = |i: usize| -> Result<Tensor> {
-                let uncond = if guided { Some(logits.narrow(0, n + i, 1)?) } else { None };
-                Ok(sample(&logits.narrow(0, i, 1)?, uncond.as_ref(), &config, seeds[i], k as u32)?)
-            };
-            let idx = if n == 1 {
-                draw(0)?
-            } else {
-                let per_image = (0..n).map(draw).collect::<Result<Vec<_>>>()?;
-                ops::concat(&per_image.iter().collect::<Vec<_>>(), 0)?
+            let step = g.param(k as u64);
+            let per_image = (0..n)
+                .map(|i| {
+                    let uncond = if guided { Some(logits.narrow(0, n + i, 1)?) } else { None };
+                    Ok(logits.narrow(0, i, 1)?.sample(uncond.as_ref(), &config, g.param(seeds[i]), step)?)
+                })
+                .collect::<Result<Vec<Lazy>>>()?;
+            let idx = match per_image.as_slice() {
+                [one] => one.clone(),
+                _ => Lazy::concat(&per_image.iter().collect::<Vec<_>>(), 0)?,
             }; // [n, h·w]
-            indices.push(idx.clone());
             if k + 1 < k_total {
                 // The next scale's input from the codes so far, fed to every lane.
-                let (x, s) = self.next_input(&codebook.lookup(&idx, h, w)?, state.as_ref(), scales[k + 1])?;
-                state = s;
-                lanes.forward_map(self, &Self::as_rows(&x)?, &bois, k + 1, scales[k + 1], k_total)?;
+                let table = g.input(self.tokenizer.codebook.table())?;
+                let s = state.as_ref().map(|s| g.input(s)).transpose()?;
+                let (x, s) = self.record_next_input(&lookup(&table, &idx, h, w)?, s.as_ref(), scales[k + 1])?;
+                let x = self.record_map(&Self::as_rows(&x)?, self.level(k + 1), k_total)?;
+                let inputs = lanes.record_inputs(&x)?;
+                let outputs: Vec<&Lazy> = [&idx].into_iter().chain(s.as_ref()).chain(&inputs).collect();
+                let mut out = g.realize(&outputs)?.into_iter();
+                indices.push(out.next().expect("indices"));
+                if s.is_some() {
+                    state = out.next();
+                }
+                lanes.forward_map(self, &out.collect::<Vec<_>>(), &bois, k + 1, scales[k + 1])?;
+            } else {
+                indices.push(idx.realize()?);
             }
             self.device().sync()?;
             timings.scales.push(t.elapsed());
@@ -638,10 +690,10 @@ impl NextFlow {
         seq.text(&self.encode_words(question)?);
         let v = &self.parts().vocabulary;
         let hidden = self.forward_sequence(&seq, &mut |_, _| Ok(()))?;
-        let last = hidden.narrow(1, seq.len() - 1, 1)?;
+        let g = graph(self.device());
+        let last = g.input(&hidden)?.narrow(1, seq.len() - 1, 1)?;
         let first_word = v.specials.len();
-        let logits = self.transformer.logits(&last, first_word..v.code_start())?;
-        let best = ops::argmax(&logits)?.to_vec::<u32>()?[0];
+        let best = self.transformer.record_logits(&last, first_word..v.code_start())?.argmax()?.realize()?.to_vec::<u32>()?[0];
         Ok(first_word as u32 + best)
     }
 
@@ -669,15 +721,7 @@ impl NextFlow {
         let boi = seq.position;
         seq.text(&[self.id("<boi>")]);
         let scales = &self.parts().tokenizer.scales;
-        let mut state = None;
-        for k in 1..scales.len() {
-            let [h, w] = scales[k - 1];
-            let size = scales[k];
-            let codes = self.tokenizer.codebook.lookup(&indices[k - 1], h, w)?;
-            let (x, s) = self.next_input(&codes, state.as_ref(), size)?;
-            state = s;
-            seq.segments.push(Segment::Map { features: Self::as_rows(&x)?, level: self.level(k), n_scales: scales.len(), positions: self.map_positions(boi + k, size[0], size[1]) });
-        }
+        seq.segments.extend(self.context_maps(indices, scales.len() - 1, boi)?);
         seq.position = boi + scales.len();
         Ok(seq)
     }

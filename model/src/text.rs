@@ -2,7 +2,7 @@
 //! greedy or sampled (temperature, top-k, top-p, repetition penalty, seed), until a stop
 //! token or the token budget; each token is handed to the caller as soon as it exists.
 
-use crate::transformer::{Cache, Transformer};
+use crate::transformer::{graph, Cache, Transformer};
 use crate::{Error, Result};
 use nextflow_ops::sampling::{sample, SamplerConfig};
 use nextflow_ops::text_positions;
@@ -153,9 +153,9 @@ pub fn generate_from(model: &Transformer, prefill: Prefill, opts: &TextOptions, 
     let mut last = hidden.narrow(1, len - 1, 1)?;
     let mut decode_start = None;
     for step in 0..max_new_tokens {
-        let logits = model.logits(&last, 0..limit)?; // [1, 1, limit]
         let id = if host_side {
-            let mut row: Vec<f32> = nextflow_ops::cast(&logits, DType::F32)?.to_vec()?;
+            let logits = model.record_logits(&graph(&device).input(&last)?, 0..limit)?;
+            let mut row: Vec<f32> = logits.cast(DType::F32)?.realize()?.to_vec()?;
             if opts.keep_logits {
                 out.logits.extend_from_slice(&row);
             }
@@ -165,7 +165,7 @@ pub fn generate_from(model: &Transformer, prefill: Prefill, opts: &TextOptions, 
             let host = Tensor::from_slice(&row, &[1, limit], &Device::cpu())?;
             sample(&host, None, &config, opts.seed, step as u32)?.to_vec::<u32>()?[0]
         } else {
-            sample(&logits.reshape(&[1, limit])?, None, &config, opts.seed, step as u32)?.to_vec::<u32>()?[0]
+            model.sample_next(&last, 0..limit, &config, opts.seed, step as u64)?[0]
         };
         if step == 0 {
             out.prefill = start.elapsed();

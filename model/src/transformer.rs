@@ -9,9 +9,8 @@
 use crate::config::Backbone;
 use crate::weights::Weights;
 use crate::Result;
-use nextflow_ops::{
-    self as ops, AttentionOptions, Epilogue, KvCache, Mask, Rope, Weight,
-};
+use nextflow_ops::sampling::SamplerConfig;
+use nextflow_ops::{self as ops, AttentionOptions, KvCache, Mask, Rope, Weight};
 use nextflow_compiler::{Graph, Lazy};
 use nextflow_runtime::{DType, Device, Tensor};
 use std::sync::Arc;
@@ -35,13 +34,18 @@ impl Linear {
     /// Several projections of the same input as one: weights (and biases) stacked by rows,
     /// into one tensor when that fits one binding of the device, else as the parts' blocks.
     pub fn fused(parts: &[Linear]) -> Result<Linear> {
-        let biases: Option<Vec<&Tensor>> = parts.iter().map(|p| p.bias.as_ref()).collect();
-        let bias = biases.map(|b| ops::concat(&b, 0)).transpose()?;
         let device = parts[0].weight.device();
+        let rows = |t: &[&Tensor]| -> Result<Tensor> {
+            let g = graph(device);
+            let lazy = t.iter().map(|t| g.input(t)).collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok(Lazy::concat(&lazy.iter().collect::<Vec<_>>(), 0)?.realize()?)
+        };
+        let biases: Option<Vec<&Tensor>> = parts.iter().map(|p| p.bias.as_ref()).collect();
+        let bias = biases.map(|b| rows(&b)).transpose()?;
         let bytes: u64 = parts.iter().map(|p| (p.weight.rows() * p.weight.cols() * p.weight.dtype().size()) as u64).sum();
         let singles: Option<Vec<&Tensor>> = parts.iter().map(|p| p.weight.single()).collect();
         let weight = match singles {
-            Some(w) if bytes <= device.max_buffer_bytes() => Weight::from(ops::concat(&w, 0)?),
+            Some(w) if bytes <= device.max_buffer_bytes() => Weight::from(rows(&w)?),
             _ => Weight::stack(&parts.iter().map(|p| &p.weight).collect::<Vec<_>>())?,
         };
         Linear { weight, bias }.placed()
@@ -53,16 +57,6 @@ impl Linear {
     /// image's CPU time). GPUs keep the checkpoint's layout.
     fn placed(self) -> Result<Linear> {
         Ok(Linear { weight: self.weight.map(cpu_column_major)?, bias: self.bias })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.weight.matmul_t(x, Epilogue { bias: self.bias.as_ref(), ..Default::default() })?)
-    }
-
-    /// `x·wᵀ + b + residual`, the add fused into the matmul.
-    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let ep = Epilogue { bias: self.bias.as_ref(), residual: Some(residual), ..Default::default() };
-        Ok(self.weight.matmul_t(x, ep)?)
     }
 
     /// Records `x·wᵀ + b (+ residual)` into `x`'s graph: one matmul per weight block (bias
@@ -166,9 +160,12 @@ impl Layer {
         let g = graph(device);
         let h = g.input(x)?.rms_norm(&g.input(&self.input_layernorm)?, eps)?;
         let [q, k, v] = a.qkv(&h, &g.input(positions)?, rope, eps)?;
-        let [q, k, v]: [Tensor; 3] = g.realize(&[&q, &k, &v])?.try_into().expect("three outputs");
-        cache.append(&k, &v)?;
-        drop((k, v));
+        let (keys, values, len) = cache.take()?;
+        let at = g.param(len as u64);
+        let keys = g.input_owned(keys)?.store(&k, 2, at)?;
+        let values = g.input_owned(values)?.store(&v, 2, at)?;
+        let [q, keys, values]: [Tensor; 3] = g.realize(&[&q, &keys, &values])?.try_into().expect("three outputs");
+        cache.put(keys, values, len + s)?;
 
         let g = graph(device);
         let residual = g.input(x)?;
@@ -285,14 +282,17 @@ impl Transformer {
 
     /// Embeddings `[batch, seq, hidden]` of token ids `[batch, seq]` (u32).
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        match self.embed_tokens.single() {
-            Some(table) => {
-                let g = graph(&self.device);
-                Ok(g.input(table)?.embedding(&g.input(ids)?)?.realize()?)
-            }
+        Ok(self.record_embed(&graph(&self.device), ids)?.realize()?)
+    }
+
+    /// [`Transformer::embed`] recorded into `g`.
+    pub fn record_embed(&self, g: &Graph, ids: &Tensor) -> Result<Lazy> {
+        let ids = g.input(ids)?;
+        Ok(match self.embed_tokens.single() {
+            Some(table) => g.input(table)?.embedding(&ids)?,
             // A table split into blocks (larger than one GPU binding) gathers from each.
-            None => Ok(self.embed_tokens.embedding(ids)?),
-        }
+            None => ids.blocked_embedding(&self.embed_tokens)?,
+        })
     }
 
     /// Runs the decoder over new rows `x [batch, seq, hidden]` at `positions [batch|1, seq, 3]`
@@ -348,8 +348,22 @@ impl Transformer {
 
     /// Logits `[.., rows.len()]` of the head rows `rows` (all rows: `0..vocab`).
     pub fn logits(&self, hidden: &Tensor, rows: std::ops::Range<usize>) -> Result<Tensor> {
+        self.record_logits(&graph(&self.device).input(hidden)?, rows)?.realize().map_err(Into::into)
+    }
+
+    /// [`Transformer::logits`] recorded into `hidden`'s graph.
+    pub fn record_logits(&self, hidden: &Lazy, rows: std::ops::Range<usize>) -> Result<Lazy> {
         let head = Linear { weight: self.lm_head.narrow_rows(rows.start, rows.len())?, bias: None };
-        Ok(head.record(&graph(&self.device).input(hidden)?, None)?.realize()?)
+        head.record(hidden, None)
+    }
+
+    /// One id per row of `hidden [b, 1, D]`, drawn from the logits of head rows `rows`
+    /// (ids relative to `rows.start`) with `seed` at sampling step `step`: one graph.
+    pub fn sample_next(&self, hidden: &Tensor, rows: std::ops::Range<usize>, config: &SamplerConfig, seed: u64, step: u64) -> Result<Vec<u32>> {
+        let g = graph(&self.device);
+        let logits = self.record_logits(&g.input(hidden)?, rows)?;
+        let ids = logits.sample(None, config, g.param(seed), g.param(step))?;
+        Ok(ids.realize()?.to_vec()?)
     }
 
     pub fn num_layers(&self) -> usize {

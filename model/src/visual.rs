@@ -5,12 +5,15 @@
 //! `quantize.embedding_{vqkd,vqgan}.weight`, `post_quant_conv.*`, `decoder.*`.
 
 use crate::config::VisualTokenizer as Cfg;
-use crate::transformer::Linear;
+use crate::msrq;
+use crate::transformer::{graph, Linear};
 use crate::weights::Weights;
 use crate::Result;
-use nextflow_ops::msrq::{self, Codebook};
-use nextflow_ops::{self as ops, conv2d, conv2d_fused, group_norm, spatial_attention, Conv2d, ConvFusion, UnaryOp};
+use nextflow_compiler::Lazy;
+use nextflow_ops::msrq::Codebook;
+use nextflow_ops::{self as ops, Conv2d};
 use nextflow_runtime::{DType, Device, Tensor};
+use std::sync::Arc;
 
 /// A conv layer: weight `[cout, cin, k, k]`, bias, geometry.
 struct Conv {
@@ -27,13 +30,14 @@ impl Conv {
             geometry,
         })
     }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(conv2d(x, &self.weight, Some(&self.bias), self.geometry)?)
+    fn forward(&self, x: &Lazy) -> Result<Lazy> {
+        self.forward_fused(x, false, None)
     }
 
-    /// With an upsampling of `x` before and/or a residual added after, fused.
-    fn forward_fused(&self, x: &Tensor, fusion: ConvFusion) -> Result<Tensor> {
-        Ok(conv2d_fused(x, &self.weight, Some(&self.bias), self.geometry, fusion)?)
+    /// With a nearest ×2 upsampling of `x` before and/or a residual added after, fused.
+    fn forward_fused(&self, x: &Lazy, upsample2x: bool, residual: Option<&Lazy>) -> Result<Lazy> {
+        let g = x.graph();
+        Ok(x.conv2d(&g.input(&self.weight)?, Some(&g.input(&self.bias)?), self.geometry, upsample2x, residual)?)
     }
 }
 
@@ -52,8 +56,9 @@ impl Norm {
             groups: groups.min(channels),
         })
     }
-    fn forward(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
-        Ok(group_norm(x, self.groups, &self.gamma, &self.beta, 1e-6, silu)?)
+    fn forward(&self, x: &Lazy, silu: bool) -> Result<Lazy> {
+        let g = x.graph();
+        Ok(x.group_norm(self.groups, &g.input(&self.gamma)?, &g.input(&self.beta)?, 1e-6, silu)?)
     }
 }
 
@@ -75,13 +80,13 @@ impl ResBlock {
             shortcut: if cin != cout { Some(Conv::load(w, &format!("{p}.nin_shortcut"), cin, cout, 1, Conv2d::same(1), dt, dev)?) } else { None },
         })
     }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Lazy) -> Result<Lazy> {
         let h = self.conv1.forward(&self.norm1.forward(x, true)?)?;
         let skip = match &self.shortcut {
             Some(c) => c.forward(x)?,
             None => x.clone(),
         };
-        self.conv2.forward_fused(&self.norm2.forward(&h, true)?, ConvFusion { residual: Some(&skip), ..Default::default() })
+        self.conv2.forward_fused(&self.norm2.forward(&h, true)?, false, Some(&skip))
     }
 }
 
@@ -99,10 +104,10 @@ impl AttnBlock {
         let conv = |n: &str| Conv::load(w, &format!("{p}.{n}"), c, c, 1, Conv2d::same(1), dt, dev);
         Ok(AttnBlock { norm: Norm::load(w, &format!("{p}.norm"), c, groups, dt, dev)?, q: conv("q")?, k: conv("k")?, v: conv("v")?, proj_out: conv("proj_out")? })
     }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Lazy) -> Result<Lazy> {
         let t = self.norm.forward(x, false)?;
-        let a = spatial_attention(&self.q.forward(&t)?, &self.k.forward(&t)?, &self.v.forward(&t)?)?;
-        self.proj_out.forward_fused(&a, ConvFusion { residual: Some(x), ..Default::default() })
+        let a = self.q.forward(&t)?.spatial_attention(&self.k.forward(&t)?, &self.v.forward(&t)?)?;
+        self.proj_out.forward_fused(&a, false, Some(x))
     }
 }
 
@@ -116,12 +121,12 @@ enum Block {
 }
 
 impl Block {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Lazy) -> Result<Lazy> {
         match self {
             Block::Res(b) => b.forward(x),
             Block::Attn(b) => b.forward(x),
             Block::Down(c) => c.forward(x),
-            Block::Up(c) => c.forward_fused(x, ConvFusion { upsample2x: true, ..Default::default() }),
+            Block::Up(c) => c.forward_fused(x, true, None),
         }
     }
 }
@@ -135,7 +140,7 @@ struct ConvNet {
 }
 
 impl ConvNet {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Lazy) -> Result<Lazy> {
         let mut x = self.conv_in.forward(x)?;
         for b in &self.blocks {
             x = b.forward(&x)?;
@@ -217,7 +222,7 @@ impl Teacher {
         let last = Conv::load(w, &format!("encoder_vqkd.features.{at}"), cin, cin, 3, Conv2d::same(3), dt, dev)?;
         Ok(Teacher { layers, last, channels: cin })
     }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Lazy) -> Result<Lazy> {
         let mut x = x.clone();
         for (conv, norm) in &self.layers {
             x = norm.forward(&conv.forward(&x)?, true)?;
@@ -237,7 +242,8 @@ struct Encoding {
 /// The tokenizer: codebook, decoder, and (optionally) the encoder side.
 pub struct Tokenizer {
     pub cfg: Cfg,
-    pub codebook: Codebook,
+    /// Shared with the plans that search it (a plan names the codebook by address).
+    pub codebook: Arc<Codebook>,
     encoding: Option<Encoding>,
     post_quant_conv: Conv,
     decoder: ConvNet,
@@ -251,7 +257,7 @@ impl Tokenizer {
         let pixel = w.get("quantize.embedding_vqgan.weight", &[n, t.pixel_dim], DType::F32, &Device::cpu())?;
         let codebook = Codebook::dual(&semantic, &pixel, 1.0, t.pixel_weight)?;
         let table = ops::cast(codebook.table(), dt)?.to_device(dev)?;
-        let codebook = Codebook::dual(&table.narrow(1, 0, t.semantic_dim)?, &table.narrow(1, t.semantic_dim, t.pixel_dim)?, 1.0, t.pixel_weight)?;
+        let codebook = Arc::new(Codebook::dual(&table.narrow(1, 0, t.semantic_dim)?, &table.narrow(1, t.semantic_dim, t.pixel_dim)?, 1.0, t.pixel_weight)?);
         let encoding = if w.contains("encoder.conv_in.weight") && !w.is_random() {
             let teacher = Teacher::load(w, t, dt, dev)?;
             let ct = teacher.channels;
@@ -284,15 +290,17 @@ impl Tokenizer {
         self.encoding.is_some()
     }
 
-    /// `image [b, 3, S, S]` in [-1, 1] → features `[b, semantic + pixel, G, G]`.
+    /// `image [b, 3, S, S]` in [-1, 1] → features `[b, semantic + pixel, G, G]`, one graph.
     pub fn features(&self, image: &Tensor) -> Result<Tensor> {
         let e = self.encoding.as_ref().ok_or_else(|| crate::Error::Input("this checkpoint has no image encoder: it cannot read images".into()))?;
-        let teacher = e.teacher.forward(image)?; // [b, ct, G, G]
+        let g = graph(image.device());
+        let image = g.input(image)?;
+        let teacher = e.teacher.forward(&image)?; // [b, ct, G, G]
         let cells = teacher.permute(&[0, 2, 3, 1])?;
-        let hidden = ops::unary(&e.task.0.forward(&cells)?, UnaryOp::Tanh)?;
-        let semantic = e.task.1.forward(&hidden)?.permute(&[0, 3, 1, 2])?;
-        let pixel = e.quant_conv.forward(&e.encoder.forward(image)?)?;
-        Ok(ops::concat(&[&ops::contiguous(&semantic)?, &pixel], 1)?)
+        let hidden = e.task.0.record(&cells, None)?.tanh()?;
+        let semantic = e.task.1.record(&hidden, None)?.permute(&[0, 3, 1, 2])?;
+        let pixel = e.quant_conv.forward(&e.encoder.forward(&image)?)?;
+        Ok(Lazy::concat(&[&semantic, &pixel], 1)?.realize()?)
     }
 
     /// Image → per-scale indices `[b, h·w]` (u32).
@@ -312,9 +320,11 @@ impl Tokenizer {
     pub fn decode_scales(&self, indices: &[Tensor], scales: &[[usize; 2]]) -> Result<Tensor> {
         let schedule: Vec<(usize, usize)> = scales.iter().map(|&[h, w]| (h, w)).collect();
         let grid = *schedule.last().ok_or_else(|| crate::Error::Input("an empty schedule has no image".into()))?;
-        let f_hat = msrq::decode(indices, &self.codebook, &schedule, grid, None)?;
+        let g = graph(self.codebook.table().device());
+        let indices = indices.iter().map(|t| g.input(t)).collect::<std::result::Result<Vec<_>, _>>()?;
+        let f_hat = msrq::record_decode(&g.input(self.codebook.table())?, &indices, &schedule, grid, None)?;
         let pixel = f_hat.narrow(1, self.cfg.semantic_dim, self.cfg.pixel_dim)?;
-        self.decoder.forward(&self.post_quant_conv.forward(&ops::contiguous(&pixel)?)?)
+        Ok(self.decoder.forward(&self.post_quant_conv.forward(&pixel)?)?.realize()?)
     }
 }
 
@@ -323,7 +333,7 @@ impl Tokenizer {
 pub fn to_rgb8(images: &Tensor) -> Result<Vec<Vec<u8>>> {
     let (b, c, h, w) = (images.shape()[0], images.shape()[1], images.shape()[2], images.shape()[3]);
     assert_eq!(c, 3, "RGB images");
-    let v: Vec<f32> = ops::cast(images, DType::F32)?.to_vec()?;
+    let v: Vec<f32> = graph(images.device()).input(images)?.cast(DType::F32)?.realize()?.to_vec()?;
     Ok((0..b)
         .map(|i| {
             let img = &v[i * 3 * h * w..(i + 1) * 3 * h * w];
@@ -334,11 +344,12 @@ pub fn to_rgb8(images: &Tensor) -> Result<Vec<Vec<u8>>> {
 
 /// RGB8 (`S·S·3`) → `[1, 3, S, S]` in [-1, 1] (`x / 127.5 − 1`, as ShapeWorld's training).
 pub fn from_rgb8(rgb: &[u8], size: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let mut v = vec![0f32; 3 * size * size];
+    let mut v = vec![0f64; 3 * size * size];
     for p in 0..size * size {
         for ch in 0..3 {
-            v[ch * size * size + p] = rgb[p * 3 + ch] as f32 / 127.5 - 1.0;
+            v[ch * size * size + p] = (rgb[p * 3 + ch] as f32 / 127.5 - 1.0) as f64;
         }
     }
-    Ok(ops::cast(&Tensor::from_slice(&v, &[1, 3, size, size], device)?, dtype)?)
+    // f32 values, rounded once to `dtype` on the host.
+    Ok(Tensor::from_f64(&v, dtype, &[1, 3, size, size], device)?)
 }

@@ -456,9 +456,12 @@ pub fn grid_positions(scale_pos: f32, h: usize, w: usize, c: f32) -> Vec<f32> {
 /// Per-layer key/value cache `[batch, kv_heads, capacity, head_dim]`; attention reads
 /// [`KvCache::keys`] / [`KvCache::values`] (views of the filled part) without copies.
 pub struct KvCache {
-    k: Tensor,
-    v: Tensor,
+    /// The key and value buffers `[batch, kv_heads, capacity, head_dim]` (`None` while a
+    /// graph that appends to them holds them, see [`KvCache::take`]).
+    k: Option<Tensor>,
+    v: Option<Tensor>,
     len: usize,
+    capacity: usize,
 }
 
 impl KvCache {
@@ -466,9 +469,10 @@ impl KvCache {
         let zeros = vec![0u8; batch * kv_heads * capacity * head_dim * dtype.size()];
         let shape = [batch, kv_heads, capacity, head_dim];
         Ok(KvCache {
-            k: Tensor::from_bytes(&zeros, dtype, &shape, device)?,
-            v: Tensor::from_bytes(&zeros, dtype, &shape, device)?,
+            k: Some(Tensor::from_bytes(&zeros, dtype, &shape, device)?),
+            v: Some(Tensor::from_bytes(&zeros, dtype, &shape, device)?),
             len: 0,
+            capacity,
         })
     }
 
@@ -479,37 +483,53 @@ impl KvCache {
         self.len == 0
     }
     pub fn capacity(&self) -> usize {
-        self.k.shape()[2]
+        self.capacity
+    }
+
+    fn buffers(&self) -> (&Tensor, &Tensor) {
+        match (&self.k, &self.v) {
+            (Some(k), Some(v)) => (k, v),
+            _ => panic!("the KV cache's buffers were taken and not put back"),
+        }
     }
 
     /// The cached keys `[batch, kv_heads, len, head_dim]` (a view).
     pub fn keys(&self) -> Tensor {
-        self.k.narrow(2, 0, self.len).expect("len <= capacity")
+        self.buffers().0.narrow(2, 0, self.len).expect("len <= capacity")
     }
     pub fn values(&self) -> Tensor {
-        self.v.narrow(2, 0, self.len).expect("len <= capacity")
+        self.buffers().1.narrow(2, 0, self.len).expect("len <= capacity")
     }
 
     /// Appends `k`/`v [batch, kv_heads, s, head_dim]`. Views from `keys()`/`values()` must
     /// have been dropped (the buffers are written in place).
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
+        let (mut kb, mut vb, len) = self.take()?;
         let s = k.shape().get(2).copied().unwrap_or(0);
-        let expected = [self.k.shape()[0], self.k.shape()[1], s, self.k.shape()[3]];
-        for t in [k, v] {
-            if t.shape() != expected {
-                return Err(Error::Shape { op: "kv_cache", msg: format!("append expects {expected:?}, got {:?}", t.shape()) });
-            }
-            crate::check_same("kv_cache", &self.k, t)?;
+        let written = write_into(&mut kb, 2, len, k).and_then(|_| write_into(&mut vb, 2, len, v));
+        self.put(kb, vb, if written.is_ok() { len + s } else { len })?;
+        written
+    }
+
+    /// Moves the buffers out, with the cached length, for a graph that appends to them in
+    /// place; [`KvCache::put`] gives them back. Views from `keys()`/`values()` must have
+    /// been dropped first.
+    pub fn take(&mut self) -> Result<(Tensor, Tensor, usize)> {
+        match (self.k.take(), self.v.take()) {
+            (Some(k), Some(v)) => Ok((k, v, self.len)),
+            _ => Err(Error::Shape { op: "kv_cache", msg: "the buffers are already taken".into() }),
         }
-        if self.len + s > self.capacity() {
+    }
+
+    /// Puts back the buffers of [`KvCache::take`], now holding `len` positions.
+    pub fn put(&mut self, k: Tensor, v: Tensor, len: usize) -> Result<()> {
+        if len > self.capacity || k.shape() != v.shape() || k.shape().get(2) != Some(&self.capacity) {
             return Err(Error::Shape {
                 op: "kv_cache",
-                msg: format!("{} cached + {s} new tokens exceed the capacity of {}", self.len, self.capacity()),
+                msg: format!("{len} cached positions in buffers {:?} / {:?} (capacity {})", k.shape(), v.shape(), self.capacity),
             });
         }
-        write_into(&mut self.k, 2, self.len, k)?;
-        write_into(&mut self.v, 2, self.len, v)?;
-        self.len += s;
+        (self.k, self.v, self.len) = (Some(k), Some(v), len);
         Ok(())
     }
 }
@@ -517,10 +537,8 @@ impl KvCache {
 /// Copies `src` into `dst.narrow(dim, start, src.shape()[dim])` in place.
 pub fn write_into(dst: &mut Tensor, dim: usize, start: usize, src: &Tensor) -> Result<()> {
     crate::check_same("write_into", dst, src)?;
-    let view = dst.layout().narrow(dim, start, src.shape().get(dim).copied().unwrap_or(0))?;
-    if view.shape() != src.shape() {
-        return Err(Error::Shape { op: "write_into", msg: format!("cannot write {:?} into {:?}", src.shape(), view.shape()) });
-    }
+    crate::rules::store(dst.shape(), src.shape(), dim, start)?;
+    let view = dst.layout().narrow(dim, start, src.shape()[dim])?;
     let device = dst.device().clone();
     let dtype = dst.dtype();
     let busy = || Error::Shape { op: "write_into", msg: "the destination buffer is shared by a live view".into() };

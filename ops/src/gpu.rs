@@ -8,6 +8,8 @@ use nextflow_shaders::{elementwise, gather, reduce, ELEMENTWISE_CUBE, ROW_CUBE};
 
 thread_local! {
     static GPU_LAUNCHES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    static OUTSIDE_PLANS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    static PLAN_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 /// Kernels this thread has launched on GPU devices so far (each `with_client!` body
@@ -16,8 +18,33 @@ pub fn gpu_launches() -> u64 {
     GPU_LAUNCHES.with(|c| c.get())
 }
 
+/// Of [`gpu_launches`], those launched while no compiled plan was running: model code that
+/// called a kernel itself instead of realizing a graph (tests keep this at zero).
+pub fn gpu_launches_outside_plans() -> u64 {
+    OUTSIDE_PLANS.with(|c| c.get())
+}
+
+/// Marks the kernels this thread launches until the guard drops as a plan's own (the
+/// compiler holds one while it runs a plan; plans may nest).
+pub fn plan_scope() -> PlanScope {
+    PLAN_DEPTH.with(|d| d.set(d.get() + 1));
+    PlanScope(())
+}
+
+/// See [`plan_scope`].
+pub struct PlanScope(());
+
+impl Drop for PlanScope {
+    fn drop(&mut self) {
+        PLAN_DEPTH.with(|d| d.set(d.get() - 1));
+    }
+}
+
 pub(crate) fn count_launch() {
     GPU_LAUNCHES.with(|c| c.set(c.get() + 1));
+    if PLAN_DEPTH.with(|d| d.get()) == 0 {
+        OUTSIDE_PLANS.with(|c| c.set(c.get() + 1));
+    }
 }
 
 /// Runs `$body` with `$c` bound to the device's cubecl client, whatever its runtime

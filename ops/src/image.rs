@@ -107,13 +107,8 @@ pub fn interpolate_nhwc(x: &Tensor, out_h: usize, out_w: usize, mode: Resize) ->
 /// `channels_last`: the result is an NCHW view over a dense NHWC buffer.
 fn resize(x: &Tensor, out_h: usize, out_w: usize, mode: Resize, channels_last: bool) -> Result<Tensor> {
     crate::check_float("interpolate", x)?;
-    if x.rank() != 4 {
-        return Err(Error::Shape { op: "interpolate", msg: format!("expected [n, c, h, w], got {:?}", x.shape()) });
-    }
+    crate::rules::interpolate(x.shape(), out_h, out_w)?;
     let (n, c, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
-    if h == 0 || w == 0 || out_h == 0 || out_w == 0 {
-        return Err(Error::Shape { op: "interpolate", msg: format!("cannot resize {h}x{w} to {out_h}x{out_w}") });
-    }
     let out_layout = if channels_last {
         Layout::contiguous(&[n, out_h, out_w, c]).permute(&[0, 3, 1, 2])?
     } else {
@@ -179,7 +174,7 @@ impl Conv2d {
     pub fn downsample() -> Conv2d {
         Conv2d { stride: 2, pad: [0, 1, 0, 1] }
     }
-    fn out_size(&self, h: usize, w: usize, kh: usize, kw: usize) -> Option<(usize, usize)> {
+    pub(crate) fn out_size(&self, h: usize, w: usize, kh: usize, kw: usize) -> Option<(usize, usize)> {
         let hh = (h + self.pad[0] + self.pad[1]).checked_sub(kh)? / self.stride + 1;
         let ww = (w + self.pad[2] + self.pad[3]).checked_sub(kw)? / self.stride + 1;
         Some((hh, ww))
@@ -449,33 +444,15 @@ pub fn conv2d_fused(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2
 
 /// [`conv2d_fused`] with a chosen CPU algorithm (GPUs always run the direct kernel).
 pub fn conv2d_with(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2d, fusion: ConvFusion, algorithm: ConvAlgorithm) -> Result<Tensor> {
-    let err = |msg: String| Err(Error::Shape { op: "conv2d", msg });
     crate::check_float("conv2d", x)?;
     crate::check_same("conv2d", x, weight)?;
-    if x.rank() != 4 || weight.rank() != 4 || weight.shape()[1] != x.shape()[1] {
-        return err(format!("expected x [n, cin, h, w] and weight [cout, cin, kh, kw], got {:?} and {:?}", x.shape(), weight.shape()));
+    for t in bias.iter().chain(fusion.residual.as_ref()) {
+        crate::check_same("conv2d", x, t)?;
     }
+    let [n, cout, oh, ow] = crate::rules::conv2d(x.shape(), weight.shape(), bias.map(|b| b.shape()), fusion.residual.map(|r| r.shape()), p, fusion.upsample2x)?;
     let up = if fusion.upsample2x { 2 } else { 1 };
-    let (n, cin, h, w) = (x.shape()[0], x.shape()[1], up * x.shape()[2], up * x.shape()[3]);
-    let (cout, kh, kw) = (weight.shape()[0], weight.shape()[2], weight.shape()[3]);
-    if let Some(b) = bias {
-        crate::check_same("conv2d", x, b)?;
-        if b.shape() != [cout] {
-            return err(format!("bias has shape {:?}, expected [{cout}]", b.shape()));
-        }
-    }
-    if p.stride == 0 {
-        return err("stride must be >= 1".into());
-    }
-    let Some((oh, ow)) = p.out_size(h, w, kh, kw) else {
-        return err(format!("a {kh}x{kw} kernel does not fit a padded {h}x{w} input"));
-    };
-    if let Some(r) = fusion.residual {
-        crate::check_same("conv2d", x, r)?;
-        if r.shape() != [n, cout, oh, ow] {
-            return err(format!("residual has shape {:?}, expected [{n}, {cout}, {oh}, {ow}]", r.shape()));
-        }
-    }
+    let (cin, h, w) = (x.shape()[1], up * x.shape()[2], up * x.shape()[3]);
+    let (kh, kw) = (weight.shape()[2], weight.shape()[3]);
     let subpixel = fusion.upsample2x && (kh, kw) == (3, 3) && p == Conv2d::same(3) && algorithm == ConvAlgorithm::Tiled;
     let cpu_path = |t: &[Tensor]| -> Result<Tensor> {
         let (x, wt) = (&t[0], &t[1]);
@@ -590,21 +567,12 @@ fn group_norm_group_f32(x: &[f32], first_channel: usize, spatial: usize, gamma: 
 /// GroupNorm over `x [n, c, *spatial]` with `groups` groups, f32 statistics, per-channel
 /// `gamma`/`beta` `[c]`, optionally followed by SiLU (the decoder's `Normalize` + act).
 pub fn group_norm(x: &Tensor, groups: usize, gamma: &Tensor, beta: &Tensor, eps: f32, silu: bool) -> Result<Tensor> {
-    let err = |msg: String| Err(Error::Shape { op: "group_norm", msg });
     crate::check_float("group_norm", x)?;
     crate::check_same("group_norm", x, gamma)?;
     crate::check_same("group_norm", x, beta)?;
-    if x.rank() < 2 {
-        return err(format!("expected [n, c, ...], got {:?}", x.shape()));
-    }
+    crate::rules::group_norm(x.shape(), groups, gamma.shape(), beta.shape())?;
     let (n, c) = (x.shape()[0], x.shape()[1]);
     let spatial: usize = x.shape()[2..].iter().product();
-    if groups == 0 || c % groups != 0 {
-        return err(format!("{groups} groups do not divide {c} channels"));
-    }
-    if gamma.shape() != [c] || beta.shape() != [c] {
-        return err(format!("gamma {:?} and beta {:?} must be [{c}]", gamma.shape(), beta.shape()));
-    }
     let group_len = c / groups * spatial;
     let cpu_path = |t: &[Tensor]| -> Result<Tensor> {
         let xs = cpu::read_f32(&t[0]);
@@ -646,9 +614,7 @@ pub fn group_norm(x: &Tensor, groups: usize, gamma: &Tensor, beta: &Tensor, eps:
 pub fn spatial_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     crate::check_same("spatial_attention", q, k)?;
     crate::check_same("spatial_attention", q, v)?;
-    if q.rank() != 4 || q.shape() != k.shape() || q.shape() != v.shape() {
-        return Err(Error::Shape { op: "spatial_attention", msg: format!("q, k, v must share one [n, c, h, w] shape, got {:?}, {:?}, {:?}", q.shape(), k.shape(), v.shape()) });
-    }
+    crate::rules::spatial_attention(q.shape(), k.shape(), v.shape())?;
     let (n, c, h, w) = (q.shape()[0], q.shape()[1], q.shape()[2], q.shape()[3]);
     // [n, c, h, w] -> [n, 1, h·w, c], positions as rows.
     let rows = |t: &Tensor| -> Result<Tensor> { contiguous(&contiguous(t)?.reshape(&[n, c, h * w])?.transpose(1, 2)?)?.unsqueeze(1) };

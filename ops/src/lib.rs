@@ -29,7 +29,7 @@ pub use image::{conv2d, conv2d_fused, conv2d_with, group_norm, interpolate, inte
 pub use blocked::Weight;
 pub use matmul::{linear, matmul, matmul_into, Activation, Epilogue};
 pub use table::{OpEntry, OP_TABLE};
-pub use gpu::gpu_launches;
+pub use gpu::{gpu_launches, gpu_launches_outside_plans, plan_scope, PlanScope};
 
 /// An uninitialised dense tensor on a GPU device (its kernels write it whole: e.g. the
 /// matmuls that each fill a column block).

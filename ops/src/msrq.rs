@@ -1,10 +1,9 @@
 //! Multi-scale residual quantization (spec §1–§2): nearest-code search (plain squared L2
-//! or TokenFlow's dual codebook with a shared index), and the encode / decode loops over a
-//! schedule of `(h, w)` scales, with VAR's optional phi blend.
+//! or TokenFlow's dual codebook with a shared index) and VAR's phi tick tables. The encode
+//! and decode loops over a schedule are graphs of the model crate (`nextflow_model::msrq`).
 
 use crate::gpu::{self, array, buffer, with_client, with_dtype};
-use crate::image::{conv2d, interpolate, Conv2d, Resize};
-use crate::{binary, contiguous, cpu, embedding, BinaryOp};
+use crate::{contiguous, cpu};
 use cubecl::prelude::*;
 use nextflow_runtime::{cubecl, DType, Error, Result, Tensor};
 use num_traits::Float;
@@ -166,13 +165,6 @@ impl Codebook {
         }));
         Ok(Nearest { indices, distances })
     }
-
-    /// Codes of `indices [b, h·w]` as a feature map `[b, dim, h, w]` (a view).
-    pub fn lookup(&self, indices: &Tensor, h: usize, w: usize) -> Result<Tensor> {
-        let b = indices.shape()[0];
-        let rows = embedding(&self.table, &contiguous(indices)?.reshape(&[b * h * w])?)?;
-        rows.reshape(&[b, h, w, self.dim()])?.permute(&[0, 3, 1, 2])
-    }
 }
 
 /// VAR's quant_resi: `phi(h) = (1 − r)·h + r·conv3x3(h)` with one of several convs per scale.
@@ -202,83 +194,4 @@ impl Phi {
         }
         best
     }
-
-    fn apply(&self, h: &Tensor, k: usize, scales: usize) -> Result<Tensor> {
-        let (w, b) = &self.convs[self.select(k, scales)];
-        let conv = conv2d(h, w, Some(b), Conv2d::same(3))?;
-        let r = self.ratio as f64;
-        let keep = Tensor::from_f64(&[1.0 - r], h.dtype(), &[1], h.device())?;
-        let mix = Tensor::from_f64(&[r], h.dtype(), &[1], h.device())?;
-        binary(&binary(h, &keep, BinaryOp::Mul)?, &binary(&conv, &mix, BinaryOp::Mul)?, BinaryOp::Add)
-    }
-}
-
-/// What [`encode`] returns.
-#[derive(Clone, Debug)]
-pub struct Encoding {
-    /// Per scale `[b, h_k·w_k]` u32, row-major cells.
-    pub indices: Vec<Tensor>,
-    /// Σ of the (upsampled, phi-blended) codes: the map the decoder sees.
-    pub f_hat: Tensor,
-    /// ‖f − f_hat‖ after each scale.
-    pub residual_norms: Vec<f64>,
-}
-
-fn check_schedule(op: &'static str, schedule: &[(usize, usize)], h: usize, w: usize) -> Result<()> {
-    if schedule.is_empty() || schedule.iter().any(|&(a, b)| a == 0 || b == 0 || a > h || b > w) {
-        return Err(Error::Shape { op, msg: format!("schedule {schedule:?} must be non-empty, each (h, w) within {h}x{w}") });
-    }
-    Ok(())
-}
-
-/// MSRQ encode of `f [b, dim, h, w]` (spec §1.2–1.3): per scale, area-downsample the
-/// residual, pick the nearest codes, bicubic-upsample them back, (phi), accumulate,
-/// subtract. The last scale is usually the full grid, where both resizes are identities.
-pub fn encode(f: &Tensor, codebook: &Codebook, schedule: &[(usize, usize)], phi: Option<&Phi>) -> Result<Encoding> {
-    if f.rank() != 4 || f.shape()[1] != codebook.dim() {
-        return Err(Error::Shape { op: "msrq_encode", msg: format!("f must be [b, {}, h, w], got {:?}", codebook.dim(), f.shape()) });
-    }
-    let (b, c, h, w) = (f.shape()[0], f.shape()[1], f.shape()[2], f.shape()[3]);
-    check_schedule("msrq_encode", schedule, h, w)?;
-    let mut rest = contiguous(f)?;
-    let mut f_hat = Tensor::from_f64(&vec![0.0; b * c * h * w], f.dtype(), f.shape(), f.device())?;
-    let (mut indices, mut norms) = (Vec::new(), Vec::new());
-    for (k, &(hk, wk)) in schedule.iter().enumerate() {
-        let z = interpolate(&rest, hk, wk, Resize::Area)?;
-        let rows = contiguous(&z.permute(&[0, 2, 3, 1])?)?.reshape(&[b * hk * wk, c])?;
-        let idx = codebook.nearest(&rows, 1)?.indices.reshape(&[b, hk * wk])?;
-        let mut up = interpolate(&codebook.lookup(&idx, hk, wk)?, h, w, Resize::Bicubic)?;
-        if let Some(phi) = phi {
-            up = phi.apply(&up, k, schedule.len())?;
-        }
-        f_hat = binary(&f_hat, &up, BinaryOp::Add)?;
-        rest = binary(&rest, &up, BinaryOp::Sub)?;
-        norms.push(rest.to_f64_vec()?.iter().map(|v| v * v).sum::<f64>().sqrt());
-        indices.push(idx);
-    }
-    Ok(Encoding { indices, f_hat, residual_norms: norms })
-}
-
-/// MSRQ decode: `f_hat = Σ_k phi(bicubic(code(idx_k), h × w))`, the same arithmetic, in the
-/// same order, as [`encode`] accumulates.
-pub fn decode(indices: &[Tensor], codebook: &Codebook, schedule: &[(usize, usize)], out_hw: (usize, usize), phi: Option<&Phi>) -> Result<Tensor> {
-    let (h, w) = out_hw;
-    check_schedule("msrq_decode", schedule, h, w)?;
-    if indices.len() != schedule.len() {
-        return Err(Error::Shape { op: "msrq_decode", msg: format!("{} index maps for {} scales", indices.len(), schedule.len()) });
-    }
-    let b = indices[0].shape()[0];
-    let dtype = codebook.table().dtype();
-    let mut f_hat = Tensor::from_f64(&vec![0.0; b * codebook.dim() * h * w], dtype, &[b, codebook.dim(), h, w], codebook.table().device())?;
-    for (k, (idx, &(hk, wk))) in indices.iter().zip(schedule).enumerate() {
-        if idx.shape() != [b, hk * wk] {
-            return Err(Error::Shape { op: "msrq_decode", msg: format!("scale {k} indices {:?}, expected [{b}, {}]", idx.shape(), hk * wk) });
-        }
-        let mut up = interpolate(&codebook.lookup(idx, hk, wk)?, h, w, Resize::Bicubic)?;
-        if let Some(phi) = phi {
-            up = phi.apply(&up, k, schedule.len())?;
-        }
-        f_hat = binary(&f_hat, &up, BinaryOp::Add)?;
-    }
-    Ok(f_hat)
 }

@@ -59,6 +59,11 @@ fn main() -> ExitCode {
     if cli.stats {
         eprintln!("stats: {}", nextflow::compiler::counters());
         eprintln!("stats: {}", nextflow::compiler::autotune::usage());
+        eprintln!(
+            "stats: {} GPU kernel launches, {} of them outside compiled plans",
+            nextflow::ops::gpu_launches(),
+            nextflow::ops::gpu_launches_outside_plans()
+        );
     }
     match result {
         Ok(()) => ExitCode::SUCCESS,

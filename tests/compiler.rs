@@ -645,6 +645,36 @@ fn generate_takes_its_matmul_kernels_from_the_autotune_cache() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// One path: every kernel that generate, understand and edit launch belongs to a compiled
+/// plan (the model records graphs; it never calls a kernel itself).
+#[test]
+fn the_model_launches_no_kernel_outside_a_compiled_plan() {
+    if Device::open("vulkan").is_err() {
+        println!("SKIPPED: no Vulkan device (CPU ops launch no GPU kernels to attribute)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("nextflow-one-path-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (png, edited) = (dir.join("x.png"), dir.join("e.png"));
+    let (png, edited) = (png.to_str().unwrap(), edited.to_str().unwrap());
+    let runs: [&[&str]; 3] = [
+        &["--stats", "generate", "--device", "vulkan", "-p", "a red circle above a blue square", "-o", png, "--force"],
+        &["--stats", "understand", "--device", "vulkan", "-i", png, "-p", "what color is the circle?"],
+        &["--stats", "edit", "--device", "vulkan", "-i", png, "-p", "make the circle green", "-o", edited, "--force"],
+    ];
+    for args in runs {
+        let (_, stderr) = nextflow_in(&dir, args, &[]);
+        let line = stderr.lines().find(|l| l.contains("GPU kernel launches")).unwrap_or_else(|| panic!("no launch stats in {stderr}"));
+        let numbers: Vec<u64> = line.split(|c: char| !c.is_ascii_digit()).filter(|w| !w.is_empty()).map(|w| w.parse().unwrap()).collect();
+        let [launches, outside] = numbers[..2].try_into().unwrap();
+        println!("vulkan {}: {launches} kernel launches, {outside} outside compiled plans", args[1]);
+        assert!(launches > 0, "{args:?} launched nothing on the GPU: {stderr}");
+        assert_eq!(outside, 0, "{args:?}: kernels launched outside compiled plans: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// One shape rule per op: a lazy graph refuses bad operands of matmul, concat and RMSNorm
 /// with the eager op's own message.
 #[test]

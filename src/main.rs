@@ -55,6 +55,7 @@ fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
     nextflow::cli::ui::set_quiet(cli.quiet);
+    nextflow::compiler::measure_memory(cli.stats);
     let result = run::preflight(&cli).and_then(|()| main_impl(&cli));
     if cli.stats {
         eprintln!("stats: {}", nextflow::compiler::counters());

@@ -675,6 +675,36 @@ fn the_model_launches_no_kernel_outside_a_compiled_plan() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The memory plan's peak is what a run holds: over a tiny generation and an answer on every
+/// device, every plan run's measured peak of live intermediate buffers equals its reported
+/// peak.
+#[test]
+fn every_plan_run_holds_exactly_its_reported_peak() {
+    use nextflow_model::{embedded, nextflow::NextFlow, Config, TextTokenizer, Weights};
+    for device in devices() {
+        let config = Config::from_json(embedded::CONFIG).unwrap();
+        let w = Weights::from_static(embedded::NAME, embedded::WEIGHTS).unwrap();
+        let text = TextTokenizer::from_bytes(embedded::TOKENIZER, None).unwrap();
+        let model = NextFlow::from_parts(config, &w, Some(text), DType::F32, &device).unwrap();
+        nextflow_compiler::measure_memory(true);
+        let before = counters();
+        let g = model.text_to_image("a red circle above a blue square", None, 1, &model.default_image_options(), &mut |_, _, _| {}).unwrap();
+        let answer = model.answer_word(&g.indices, "what color is the circle?").unwrap();
+        let used = counters() - before;
+        nextflow_compiler::measure_memory(false);
+        println!(
+            "{}: {} plan runs, largest peak {} B planned, {} B measured; answer id {answer}",
+            device.info().spec(),
+            used.realizes,
+            used.peak_plan_bytes,
+            used.measured_peak_plan_bytes
+        );
+        assert!(used.realizes > 50, "{}: the model ran {} plans", device.info().spec(), used.realizes);
+        assert_eq!(used.peak_mismatches, 0, "{}: plan runs whose measured peak differs from the plan's", device.info().spec());
+        assert_eq!(used.peak_plan_bytes, used.measured_peak_plan_bytes, "{}", device.info().spec());
+    }
+}
+
 /// One shape rule per op: a lazy graph refuses bad operands of matmul, concat and RMSNorm
 /// with the eager op's own message.
 #[test]

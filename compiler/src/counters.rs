@@ -30,6 +30,11 @@ pub struct Counters {
     /// The largest memory plan run so far: peak bytes of its intermediates alive at once
     /// (a high-water mark, so a difference of two snapshots keeps the later one's).
     pub peak_plan_bytes: u64,
+    /// With [`measure_memory`] on: the largest peak of intermediate buffers actually alive
+    /// at once in a plan run (distinct buffers, inputs excluded), and the plan runs whose
+    /// measured peak differed from their memory plan's.
+    pub measured_peak_plan_bytes: u64,
+    pub peak_mismatches: u64,
 }
 
 impl std::ops::Sub for Counters {
@@ -44,6 +49,8 @@ impl std::ops::Sub for Counters {
             plan_hits: self.plan_hits - o.plan_hits,
             realizes: self.realizes - o.realizes,
             peak_plan_bytes: self.peak_plan_bytes,
+            measured_peak_plan_bytes: self.measured_peak_plan_bytes,
+            peak_mismatches: self.peak_mismatches - o.peak_mismatches,
         }
     }
 }
@@ -61,12 +68,34 @@ impl std::fmt::Display for Counters {
             self.compiles,
             self.plan_hits,
             self.peak_plan_bytes as f64 / 1e6
-        )
+        )?;
+        if self.measured_peak_plan_bytes > 0 {
+            write!(f, " (measured {:.3} MB; {} plan runs measured otherwise than planned)", self.measured_peak_plan_bytes as f64 / 1e6, self.peak_mismatches)?;
+        }
+        Ok(())
     }
 }
 
 thread_local! {
     static COUNTERS: Cell<Counters> = Cell::new(Counters::default());
+    static MEASURE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Measure each plan run's real peak of live intermediate buffers on this thread (off by
+/// default: it walks the plan's values after every step). `--stats` and tests turn it on.
+pub fn measure_memory(on: bool) {
+    MEASURE.with(|m| m.set(on));
+}
+
+pub(crate) fn measuring() -> bool {
+    MEASURE.with(|m| m.get())
+}
+
+pub(crate) fn measured(reported: u64, measured: u64) {
+    update(|c| {
+        c.measured_peak_plan_bytes = c.measured_peak_plan_bytes.max(measured);
+        c.peak_mismatches += (reported != measured) as u64;
+    });
 }
 
 /// This thread's counters so far.

@@ -20,7 +20,7 @@ mod plan;
 /// Re-exported for `--json` output of the CLI (the autotune cache's own format).
 pub use serde_json;
 
-pub use counters::{counters, Cost, Counters};
+pub use counters::{counters, measure_memory, Cost, Counters};
 pub use graph::{Graph, Lazy, Node, NodeId, Op, ViewOp};
 pub use plan::{clear_plan_cache, Plan, PlanStats, Step, StepKind};
 

@@ -792,6 +792,10 @@ impl Plan {
             let t = inputs.get_mut(k).and_then(Option::take).ok_or_else(|| Error::Graph(format!("input {k} is a placeholder: bind a tensor to run the graph")))?;
             values[v] = Some(t);
         }
+        // Buffers the plan did not allocate (inputs, constants): not part of its peak.
+        let foreign: Option<HashSet<*const nextflow_runtime::Storage>> = counters::measuring()
+            .then(|| values.iter().flatten().chain(self.consts.values()).map(|t| t.storage() as *const _).collect());
+        let mut measured_peak = 0u64;
         let param = |p: usize| params.get(p).copied().ok_or_else(|| Error::Graph(format!("the plan reads param {p}; {} were given", params.len())));
         let get = |values: &[Option<Tensor>], v: NodeId| -> Tensor { values[v].clone().expect("the schedule defines every value before its use") };
         for (i, step) in self.steps.iter().enumerate() {
@@ -850,11 +854,17 @@ impl Plan {
                 }
                 _ => counters::record(&step.cost),
             }
+            if let Some(foreign) = &foreign {
+                measured_peak = measured_peak.max(live_bytes(&values, foreign));
+            }
             for &v in &self.free_after[i] {
                 values[v] = None;
             }
         }
         counters::realized(self.stats.peak_bytes);
+        if foreign.is_some() {
+            counters::measured(self.stats.peak_bytes, measured_peak);
+        }
         Ok(self.outputs.iter().map(|&o| get(&values, o)).collect())
     }
 
@@ -907,6 +917,22 @@ impl Plan {
             Op::Sample { .. } | Op::Store { .. } => unreachable!("run by Plan::run (they read params)"),
         }
     }
+}
+
+/// Bytes of the distinct buffers `values` hold, those in `foreign` excluded.
+fn live_bytes(values: &[Option<Tensor>], foreign: &HashSet<*const nextflow_runtime::Storage>) -> u64 {
+    let mut seen = HashSet::new();
+    let mut bytes = 0u64;
+    for t in values.iter().flatten() {
+        let s = t.storage() as *const nextflow_runtime::Storage;
+        if !foreign.contains(&s) && seen.insert(s) {
+            bytes += match t.storage() {
+                nextflow_runtime::Storage::Cpu(b) => b.bytes().len() as u64,
+                nextflow_runtime::Storage::Gpu(g) => g.bytes as u64,
+            };
+        }
+    }
+    bytes
 }
 
 /// A view of `t`; a reshape its strides cannot express reads a dense copy first.

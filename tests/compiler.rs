@@ -705,6 +705,34 @@ fn every_plan_run_holds_exactly_its_reported_peak() {
     }
 }
 
+/// The plan is what runs: a replayed plan takes every intermediate buffer from its arena and
+/// allocates only its output, and computes the same values.
+#[test]
+fn a_replayed_plan_allocates_only_its_output() {
+    for device in devices() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut t = |shape: &[usize]| Tensor::from_f64(&(0..shape.iter().product::<usize>()).map(|_| rng.random_range(-1.0..1.0)).collect::<Vec<_>>(), DType::F32, shape, &device).unwrap();
+        let (x, w1, b1, w2, norm) = (t(&[8, 32]), t(&[32, 64]), t(&[64]), t(&[64, 32]), t(&[32]));
+        let run = || -> (Vec<f32>, Counters) {
+            let before = counters();
+            let g = Graph::new(&device);
+            let h = g.input(&x).unwrap().matmul(&g.input(&w1).unwrap()).unwrap().add(&g.input(&b1).unwrap()).unwrap().gelu().unwrap();
+            let y = h.matmul(&g.input(&w2).unwrap()).unwrap().silu().unwrap().mul(&h.narrow(1, 0, 32).unwrap()).unwrap();
+            let out = y.rms_norm(&g.input(&norm).unwrap(), 1e-6).unwrap().realize().unwrap();
+            (out.to_vec().unwrap(), counters() - before)
+        };
+        let runs: Vec<(Vec<f32>, Counters)> = (0..3).map(|_| run()).collect();
+        let first = &runs[0].1;
+        println!("{}: buffers per run (allocated, reused): {:?}", device.info().spec(), runs.iter().map(|(_, c)| (c.buffers_allocated, c.buffers_reused)).collect::<Vec<_>>());
+        assert!(first.buffers_allocated >= 2, "{}: the first run allocates its intermediates: {first:?}", device.info().spec());
+        for (values, used) in &runs[1..] {
+            assert_eq!(used.buffers_allocated, 1, "{}: a replay allocated more than its output: {used:?}", device.info().spec());
+            assert_eq!(used.buffers_reused, first.buffers_allocated + first.buffers_reused - 1, "{}", device.info().spec());
+            assert_eq!(values, &runs[0].0, "{}: a replay computed other values", device.info().spec());
+        }
+    }
+}
+
 /// One shape rule per op: a lazy graph refuses bad operands of matmul, concat and RMSNorm
 /// with the eager op's own message.
 #[test]

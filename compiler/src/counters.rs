@@ -35,6 +35,9 @@ pub struct Counters {
     /// measured peak differed from their memory plan's.
     pub measured_peak_plan_bytes: u64,
     pub peak_mismatches: u64,
+    /// Buffers plan runs allocated fresh, and those their plans' arenas served again.
+    pub buffers_allocated: u64,
+    pub buffers_reused: u64,
 }
 
 impl std::ops::Sub for Counters {
@@ -51,6 +54,8 @@ impl std::ops::Sub for Counters {
             peak_plan_bytes: self.peak_plan_bytes,
             measured_peak_plan_bytes: self.measured_peak_plan_bytes,
             peak_mismatches: self.peak_mismatches - o.peak_mismatches,
+            buffers_allocated: self.buffers_allocated - o.buffers_allocated,
+            buffers_reused: self.buffers_reused - o.buffers_reused,
         }
     }
 }
@@ -69,6 +74,7 @@ impl std::fmt::Display for Counters {
             self.plan_hits,
             self.peak_plan_bytes as f64 / 1e6
         )?;
+        write!(f, "; {} buffers allocated, {} reused from plan arenas", self.buffers_allocated, self.buffers_reused)?;
         if self.measured_peak_plan_bytes > 0 {
             write!(f, " (measured {:.3} MB; {} plan runs measured otherwise than planned)", self.measured_peak_plan_bytes as f64 / 1e6, self.peak_mismatches)?;
         }
@@ -117,6 +123,13 @@ pub(crate) fn record(cost: &Cost) {
         c.bytes_read += cost.bytes_read;
         c.bytes_written += cost.bytes_written;
         c.flops += cost.flops;
+    });
+}
+
+pub(crate) fn buffers(allocated: u64, reused: u64) {
+    update(|c| {
+        c.buffers_allocated += allocated;
+        c.buffers_reused += reused;
     });
 }
 

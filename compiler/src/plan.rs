@@ -97,6 +97,9 @@ pub struct Plan {
     device: Device,
     autotune: bool,
     pub stats: PlanStats,
+    /// The buffers of its intermediates, kept between runs (a replay allocates only its
+    /// outputs).
+    arena: RefCell<nextflow_runtime::Arena>,
 }
 
 /// Plans kept per thread before the cache starts over.
@@ -743,7 +746,20 @@ fn compile(g: &GraphData, outputs: &[NodeId]) -> Result<Plan> {
         }
     }
     let inputs = order.iter().filter_map(|&v| if let Op::Input(k) = nodes[v].op { Some((v, k)) } else { None }).collect();
-    Ok(Plan { nodes, steps, outputs: outputs.to_vec(), free_after, consts, inputs, into, assembled, device: g.device.clone(), autotune: g.options.autotune, stats })
+    Ok(Plan {
+        nodes,
+        steps,
+        outputs: outputs.to_vec(),
+        free_after,
+        consts,
+        inputs,
+        into,
+        assembled,
+        device: g.device.clone(),
+        autotune: g.options.autotune,
+        stats,
+        arena: RefCell::default(),
+    })
 }
 
 impl Plan {
@@ -785,8 +801,18 @@ impl Plan {
 
     /// Runs the plan on the graph's bound inputs and per-run params; returns the outputs in
     /// order. A store's destination must be the only handle to its buffer.
-    pub fn run(&self, mut inputs: Vec<Option<Tensor>>, params: &[u64]) -> Result<Vec<Tensor>> {
+    pub fn run(&self, inputs: Vec<Option<Tensor>>, params: &[u64]) -> Result<Vec<Tensor>> {
         let _scope = nextflow_ops::plan_scope();
+        // Its own arena serves the run's allocations and takes back the values it frees.
+        let arena = std::mem::take(&mut *self.arena.borrow_mut());
+        let (before_fresh, before_reused) = (arena.fresh, arena.reused);
+        let (result, arena) = nextflow_runtime::with_arena(arena, || self.run_steps(inputs, params));
+        counters::buffers(arena.fresh - before_fresh, arena.reused - before_reused);
+        *self.arena.borrow_mut() = arena;
+        result
+    }
+
+    fn run_steps(&self, mut inputs: Vec<Option<Tensor>>, params: &[u64]) -> Result<Vec<Tensor>> {
         let mut values: Vec<Option<Tensor>> = vec![None; self.nodes.len()];
         for &(v, k) in &self.inputs {
             let t = inputs.get_mut(k).and_then(Option::take).ok_or_else(|| Error::Graph(format!("input {k} is a placeholder: bind a tensor to run the graph")))?;
@@ -858,7 +884,9 @@ impl Plan {
                 measured_peak = measured_peak.max(live_bytes(&values, foreign));
             }
             for &v in &self.free_after[i] {
-                values[v] = None;
+                if let Some(t) = values[v].take() {
+                    nextflow_runtime::reclaim(t);
+                }
             }
         }
         counters::realized(self.stats.peak_bytes);

@@ -201,7 +201,7 @@ impl Attention {
         };
         let q_pos0 = skv - sq;
         let blocks = sq.div_ceil(BLOCK);
-        let mut out = vec![0f32; b * sq * hq * d];
+        let mut out = nextflow_runtime::CpuBuffer::zeros_f32(b * sq * hq * d);
         let out_rows = crate::pool::SendPtr(out.as_mut_ptr());
         // Tasks own disjoint output rows; scratch (scores, block output) is per thread.
         crate::pool::for_each(b * hq * blocks, &|task| {
@@ -412,7 +412,7 @@ impl Rope {
             *cache = Some(((pos.to_vec(), self.inv_freq.clone(), self.axis.clone()), t.clone()));
             t
         });
-        let mut out = vec![0f32; b * h * s * d];
+        let mut out = nextflow_runtime::CpuBuffer::zeros_f32(b * h * s * d);
         crate::pool::chunks_mut(&mut out, d * s.max(1), &|start, plane| {
             let bh = start / (d * s.max(1));
             let bi = bh / h;

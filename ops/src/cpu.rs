@@ -186,7 +186,7 @@ fn swiglu_rows(gate: &Tensor, up: &Tensor, shape: &[usize]) -> Option<Tensor> {
     let (gs, us) = (gate.strides()[gate.rank() - 2], up.strides()[up.rank() - 2]);
     let (gb, ub) = (cpu_buffer(gate).as_slice::<f32>(), cpu_buffer(up).as_slice::<f32>());
     let (go, uo) = (gate.layout().offset(), up.layout().offset());
-    let mut out = vec![0f32; rows * n];
+    let mut out = nextflow_runtime::CpuBuffer::zeros_f32(rows * n);
     par_fill_rows(&mut out, n, |start, c| {
         for (i, o) in c.chunks_mut(n).enumerate() {
             let r = start / n + i;

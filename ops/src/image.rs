@@ -116,7 +116,7 @@ fn resize(x: &Tensor, out_h: usize, out_w: usize, mode: Resize, channels_last: b
     };
     let cpu_path = |x: &Tensor| -> Result<Tensor> {
         let planes = cpu::read_f32(x);
-        let mut out = vec![0f32; n * c * out_h * out_w];
+        let mut out = nextflow_runtime::CpuBuffer::zeros_f32(n * c * out_h * out_w);
         let plane = out_h * out_w;
         crate::pool::chunks_mut(&mut out, plane, &|start, o| {
             let i = start / plane;
@@ -472,7 +472,7 @@ pub fn conv2d_with(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, p: Conv2d
                 (0..n * cout).for_each(|r| v.resize(v.len() + plane, b[r % cout]));
                 v
             }
-            (None, None) => vec![0f32; n * cout * plane],
+            (None, None) => nextflow_runtime::CpuBuffer::zeros_f32(n * cout * plane),
         };
         if let (Some(_), Some(b)) = (fusion.residual, &bs) {
             out.chunks_mut(plane.max(1)).enumerate().for_each(|(r, o)| {
@@ -577,7 +577,7 @@ pub fn group_norm(x: &Tensor, groups: usize, gamma: &Tensor, beta: &Tensor, eps:
     let cpu_path = |t: &[Tensor]| -> Result<Tensor> {
         let xs = cpu::read_f32(&t[0]);
         let (g, b) = (cpu::read_f32(&t[1]), cpu::read_f32(&t[2]));
-        let mut out = vec![0f32; xs.len()];
+        let mut out = nextflow_runtime::CpuBuffer::zeros_f32(xs.len());
         let per_group = c / groups;
         let len = group_len.max(1);
         crate::pool::chunks_mut(&mut out, len, &|start, o| {

@@ -344,7 +344,7 @@ fn cpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize]) -> Res
     // Not zero-filled: the GEMMs write every element (`read_dst` false) before anything
     // reads it; only raw pointers reach the memory until then, and set_len comes last.
     let total = batch * m * n;
-    let mut out = Vec::<f32>::with_capacity(total);
+    let mut out = nextflow_runtime::CpuBuffer::reserve_f32(total);
     let (sa, sb) = (cpu::buffer_f32(&a32), cpu::buffer_f32(&b32));
     let dst_all = crate::pool::SendPtr(out.as_mut_ptr());
     if k == 0 {

@@ -17,7 +17,7 @@ pub use record::RecordRuntime;
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use layout::{broadcast_shape, contiguous_strides, Layout};
-pub use storage::{poison_outputs, set_poison_outputs, CpuBuffer, GpuBuffer, Storage};
+pub use storage::{poison_outputs, reclaim, set_poison_outputs, with_arena, Arena, CpuBuffer, GpuBuffer, Storage};
 pub use tensor::Tensor;
 
 /// Re-exported so upper layers name cubecl through one pinned version.

@@ -28,7 +28,42 @@ impl CpuBuffer {
     }
 
     pub fn filled(len: usize, byte: u8) -> CpuBuffer {
-        CpuBuffer { words: vec![u32::from_ne_bytes([byte; 4]); len.div_ceil(4)], len }
+        let word = u32::from_ne_bytes([byte; 4]);
+        match arena_take_cpu(len.div_ceil(4)) {
+            Some(mut words) => {
+                words.fill(word);
+                CpuBuffer { words, len }
+            }
+            None => CpuBuffer { words: vec![word; len.div_ceil(4)], len },
+        }
+    }
+
+    /// An empty f32 vector with room for exactly `n` values, from the running plan's arena
+    /// where it has one: the caller writes all `n` (through raw pointers) and sets the length.
+    pub fn reserve_f32(n: usize) -> Vec<f32> {
+        match arena_take_cpu(n) {
+            Some(words) => {
+                let mut words = std::mem::ManuallyDrop::new(words);
+                // SAFETY: f32 and u32 share size and alignment; the length becomes 0.
+                unsafe { Vec::from_raw_parts(words.as_mut_ptr() as *mut f32, 0, words.capacity()) }
+            }
+            None => Vec::with_capacity(n),
+        }
+    }
+
+    /// `n` zeroed f32 values, in a buffer of the running plan's arena where one is free.
+    pub fn zeros_f32(n: usize) -> Vec<f32> {
+        match arena_take_cpu(n) {
+            Some(words) => {
+                let mut words = std::mem::ManuallyDrop::new(words);
+                // SAFETY: as in `from_f32_vec`, the other way round; every u32 bit pattern
+                // is a valid f32, and the buffer is zeroed below.
+                let mut v = unsafe { Vec::from_raw_parts(words.as_mut_ptr() as *mut f32, words.len(), words.capacity()) };
+                v.fill(0.0);
+                v
+            }
+            None => vec![0f32; n],
+        }
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -63,6 +98,96 @@ pub enum Storage {
 }
 
 static POISON: AtomicBool = AtomicBool::new(false);
+
+/// Buffers a compiled plan keeps from one run to the next: the values it frees return here
+/// (by exact size) and its later allocations take them back, so a replayed plan allocates
+/// only its outputs. Installed for the length of a run ([`with_arena`]).
+#[derive(Debug, Default)]
+pub struct Arena {
+    cpu: std::collections::HashMap<usize, Vec<Vec<u32>>>,
+    gpu: std::collections::HashMap<usize, Vec<GpuBuffer>>,
+    /// Bytes it holds.
+    held: u64,
+    /// Allocations it could not serve (made fresh) and those it served, while installed.
+    pub fresh: u64,
+    pub reused: u64,
+}
+
+/// Bytes all arenas of a thread may hold; a buffer beyond it is freed, not kept (plans of
+/// many prompt lengths would otherwise each keep their prefill's buffers).
+const ARENA_BUDGET: u64 = 512 << 20;
+
+thread_local! {
+    static ARENA: std::cell::RefCell<Option<Arena>> = const { std::cell::RefCell::new(None) };
+    static HELD: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f` with `arena` serving this thread's buffer allocations (the previous arena, if
+/// any, is restored after); returns what `f` returns and the arena.
+pub fn with_arena<R>(arena: Arena, f: impl FnOnce() -> R) -> (R, Arena) {
+    let previous = ARENA.with(|a| a.borrow_mut().replace(arena));
+    let r = f();
+    let arena = ARENA.with(|a| std::mem::replace(&mut *a.borrow_mut(), previous)).expect("installed above");
+    (r, arena)
+}
+
+/// Gives the buffer of `t` to the installed arena when `t` is its last handle (else, or
+/// with no arena or over budget, just drops it).
+pub fn reclaim(t: crate::Tensor) {
+    let Some(storage) = t.into_storage() else { return };
+    ARENA.with(|a| {
+        let mut a = a.borrow_mut();
+        let Some(arena) = a.as_mut() else { return };
+        let bytes = match &storage {
+            Storage::Cpu(b) => b.words.len() as u64 * 4,
+            Storage::Gpu(g) => g.bytes as u64,
+        };
+        if HELD.with(|h| h.get()) + bytes > ARENA_BUDGET {
+            return;
+        }
+        HELD.with(|h| h.set(h.get() + bytes));
+        arena.held += bytes;
+        match storage {
+            Storage::Cpu(b) => arena.cpu.entry(b.words.len()).or_default().push(b.words),
+            Storage::Gpu(g) => arena.gpu.entry(g.bytes).or_default().push(g),
+        }
+    });
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        let held = self.held;
+        let _ = HELD.try_with(|h| h.set(h.get().saturating_sub(held)));
+    }
+}
+
+/// Counts an allocation against the installed arena, serving it from `take` when it can.
+fn from_arena<T>(take: impl FnOnce(&mut Arena) -> Option<(T, u64)>) -> Option<T> {
+    ARENA.with(|a| {
+        let mut a = a.borrow_mut();
+        let arena = a.as_mut()?;
+        match take(arena) {
+            Some((t, bytes)) => {
+                arena.reused += 1;
+                arena.held -= bytes;
+                HELD.with(|h| h.set(h.get() - bytes));
+                Some(t)
+            }
+            None => {
+                arena.fresh += 1;
+                None
+            }
+        }
+    })
+}
+
+fn arena_take_cpu(words: usize) -> Option<Vec<u32>> {
+    from_arena(|a| a.cpu.get_mut(&words).and_then(Vec::pop).map(|w| (w, words as u64 * 4)))
+}
+
+fn arena_take_gpu(bytes: usize) -> Option<GpuBuffer> {
+    from_arena(|a| a.gpu.get_mut(&bytes).and_then(Vec::pop).map(|g| (g, bytes as u64)))
+}
 
 /// When on, every output buffer is filled with 0xFF bytes (NaN for floats, MAX for ints)
 /// before a kernel writes it, so that an element a kernel forgets to write fails a test.
@@ -146,6 +271,11 @@ impl Device {
                     Ok(s)
                 }
             };
+        }
+        if !self.is_cpu() {
+            if let Some(g) = arena_take_gpu(bytes) {
+                return Ok(Storage::Gpu(g));
+            }
         }
         let gpu = |handle| Storage::Gpu(GpuBuffer { handle, bytes });
         Ok(match self.client() {

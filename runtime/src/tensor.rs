@@ -64,6 +64,10 @@ impl Tensor {
         &self.storage
     }
     /// The buffer for writing in place, if no other tensor or view shares it.
+    /// The buffer itself when this is its last handle.
+    pub fn into_storage(self) -> Option<Storage> {
+        Arc::try_unwrap(self.storage).ok()
+    }
     pub fn storage_mut(&mut self) -> Option<&mut Storage> {
         Arc::get_mut(&mut self.storage)
     }

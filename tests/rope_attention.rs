@@ -72,3 +72,38 @@ fn fused_attention_of_a_3d_roped_block_equals_the_unfused_reference() {
         }
     }
 }
+
+/// Every GPU attention kernel setting the autotune cache may choose computes what the
+/// default computes, bit for bit (the queries per cube change, not the arithmetic of one
+/// query), over query counts that fill, underfill and straddle every block size.
+#[test]
+fn every_attention_kernel_candidate_computes_the_default_result() {
+    use nextflow_ops::{attention_with, AttentionKernel};
+    for info in &discover().devices {
+        let device = Device::open_info(info).unwrap();
+        if device.is_cpu() {
+            continue; // one CPU path
+        }
+        for &(sq, skv) in &[(1usize, 9usize), (5, 5), (70, 90), (130, 140)] {
+            let mut seed = 11u64;
+            let mut t = |shape: &[usize]| {
+                let n: usize = shape.iter().product();
+                let v: Vec<f64> = (0..n)
+                    .map(|_| {
+                        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        ((seed >> 33) as f64 / (1u64 << 31) as f64) * 2.0 - 1.0
+                    })
+                    .collect();
+                Tensor::from_f64(&v, DType::F32, shape, &device).unwrap()
+            };
+            let (q, k, v) = (t(&[2, 4, sq, 32]), t(&[2, 2, skv, 32]), t(&[2, 2, skv, 32]));
+            let segments: Vec<usize> = [skv - sq, sq].into_iter().filter(|&n| n > 0).collect();
+            let opts = AttentionOptions { mask: Some(Mask::Segments(segments)), kv_starts: Some(vec![0, 1]), ..Default::default() };
+            let want = attention(&q, &k, &v, &opts).unwrap().to_vec::<f32>().unwrap();
+            for kernel in AttentionKernel::CANDIDATES {
+                let got = attention_with(&q, &k, &v, &opts, kernel).unwrap().to_vec::<f32>().unwrap();
+                assert_eq!(got, want, "{}: {} over {sq} queries x {skv} keys", info.spec(), kernel.name());
+            }
+        }
+    }
+}

@@ -6,7 +6,7 @@
 
 use crate::{Error, Result};
 use nextflow_ops::matmul::{cmma_available, matmul_with, MatmulKernel, GEMV_MAX_ROWS, MATMUL_TILES};
-use nextflow_ops::Epilogue;
+use nextflow_ops::{attention_with, AttentionKernel, AttentionOptions, Epilogue};
 use nextflow_runtime::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -36,10 +36,10 @@ static CACHE: Mutex<Option<TuneCache>> = Mutex::new(None);
 static USED: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
 /// Keys timed in this process (tuning on, or `bench kernels`).
 static TIMED: AtomicU64 = AtomicU64::new(0);
-/// GPU matmul launches without a cache winner (the default kernel ran).
+/// GPU matmul and attention launches without a cache winner (the default kernel ran).
 static DEFAULTS: AtomicU64 = AtomicU64::new(0);
-/// Matmuls requested while [`trace`] runs: key → the largest shape of that key.
-static TRACE: Mutex<Option<BTreeMap<String, MatmulShape>>> = Mutex::new(None);
+/// Kernels requested while [`trace`] runs: key → the largest shape of that key.
+static TRACE: Mutex<Option<BTreeMap<String, Traced>>> = Mutex::new(None);
 static TRACING: AtomicBool = AtomicBool::new(false);
 
 /// Where the cache lives.
@@ -198,9 +198,51 @@ impl MatmulShape {
     }
 }
 
-/// Runs `f` and returns every matmul key it asked a kernel for, with the largest shape of
-/// each (the rows the key's bucket must serve). Tracing is process-wide; one at a time.
-pub fn trace<T>(device: &Device, f: impl FnOnce() -> T) -> (T, BTreeMap<String, MatmulShape>) {
+/// One attention as a model runs it (`q [batch, heads, sq, d]` over `k`/`v
+/// [batch, kv_heads, skv, d]`): what `bench kernels --model` times again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub batch: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub sq: usize,
+    pub skv: usize,
+    pub head_dim: usize,
+    pub dtype: DType,
+}
+
+impl AttentionShape {
+    fn of(q: &Tensor, k: &Tensor) -> AttentionShape {
+        let (b, hq, sq, d) = (q.shape()[0], q.shape()[1], q.shape()[2], q.shape()[3]);
+        AttentionShape { batch: b, heads: hq, kv_heads: k.shape()[1], sq, skv: k.shape()[2], head_dim: d, dtype: q.dtype() }
+    }
+
+    /// Queries and keys bucketed (both grow from step to step).
+    pub fn key(&self, device: &Device) -> String {
+        format!("attention|b{}q{}kv{}h{}/{}d{}|{}|{}", self.batch, bucket(self.sq), bucket(self.skv), self.heads, self.kv_heads, self.head_dim, self.dtype, device_id(device))
+    }
+}
+
+/// A traced kernel request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Traced {
+    Matmul(MatmulShape),
+    Attention(AttentionShape),
+}
+
+impl Traced {
+    /// Its size within its key's bucket: rows, or queries × keys.
+    fn size(&self) -> usize {
+        match self {
+            Traced::Matmul(s) => s.m,
+            Traced::Attention(s) => s.sq * s.skv,
+        }
+    }
+}
+
+/// Runs `f` and returns every key it asked a kernel for, with the largest shape of each
+/// (the rows the key's bucket must serve). Tracing is process-wide; one at a time.
+pub fn trace<T>(device: &Device, f: impl FnOnce() -> T) -> (T, BTreeMap<String, Traced>) {
     *TRACE.lock().unwrap_or_else(|e| e.into_inner()) = Some(BTreeMap::new());
     TRACING.store(true, Ordering::SeqCst);
     let out = f();
@@ -210,11 +252,11 @@ pub fn trace<T>(device: &Device, f: impl FnOnce() -> T) -> (T, BTreeMap<String, 
     (out, seen)
 }
 
-fn traced(device: &Device, shape: MatmulShape) {
+fn traced(key: &str, shape: Traced) {
     let mut guard = TRACE.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(seen) = guard.as_mut() {
-        let entry = seen.entry(shape.key(device)).or_insert_with(|| shape.clone());
-        if shape.m > entry.m {
+        let entry = seen.entry(key.to_string()).or_insert_with(|| shape.clone());
+        if shape.size() > entry.size() {
             *entry = shape;
         }
     }
@@ -225,7 +267,8 @@ fn traced(device: &Device, shape: MatmulShape) {
 pub struct Usage {
     /// Cache winners that realized plans launched: key → launches.
     pub used: BTreeMap<String, u64>,
-    /// GPU matmul launches that found no winner in the cache and ran the default kernel.
+    /// GPU matmul and attention launches that found no winner in the cache and ran the
+    /// default kernel.
     pub defaults: u64,
     /// Keys timed (tuning on, or `bench kernels`).
     pub timed: u64,
@@ -249,7 +292,7 @@ impl std::fmt::Display for Usage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "matmul kernels: {} launches ran {} tuned kernels from the autotune cache, {} ran the default kernel; {} shapes timed now",
+            "matmul and attention kernels: {} launches ran {} tuned kernels from the autotune cache, {} ran the default kernel; {} shapes timed now",
             self.launches(),
             self.used.len(),
             self.defaults,
@@ -317,30 +360,77 @@ pub fn tune_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, reps: usize) -> Result
 pub fn matmul_kernel(a: &Tensor, b: &Tensor, ep: &Epilogue, tune: bool) -> Result<MatmulKernel> {
     let device = a.device();
     let shape = MatmulShape::of(a, b, ep);
+    let key = shape.key(device);
     if TRACING.load(Ordering::Relaxed) {
-        traced(device, shape.clone());
+        traced(&key, Traced::Matmul(shape.clone()));
     }
     if device.is_cpu() {
         return Ok(MatmulKernel::Auto);
     }
-    let key = shape.key(device);
-    let choice = match with_cache(|c| c.entries.get(&key).map(|e| e.choice.clone()))? {
+    let candidates = || matmul_candidates(device, a.dtype(), shape.m);
+    Ok(choose(&key, candidates, || Ok(tune_matmul(a, b, ep, 3)?.choice), tune)?.unwrap_or(MatmulKernel::Auto))
+}
+
+/// The cached (or, tuning on, just timed) winner of `key` among `candidates`, counted in
+/// [`usage`]; `None` (counted as a default) when there is none.
+fn choose<K>(key: &str, candidates: impl Fn() -> Vec<(String, K)>, tune_now: impl FnOnce() -> Result<String>, tune: bool) -> Result<Option<K>> {
+    let choice = match with_cache(|c| c.entries.get(key).map(|e| e.choice.clone()))? {
         Some(choice) => choice,
-        None if tune => tune_matmul(a, b, ep, 3)?.choice,
+        None if tune => tune_now()?,
         None => {
             DEFAULTS.fetch_add(1, Ordering::Relaxed);
-            return Ok(MatmulKernel::Auto);
+            return Ok(None);
         }
     };
-    match matmul_candidates(device, a.dtype(), shape.m).into_iter().find(|(name, _)| *name == choice) {
+    match candidates().into_iter().find(|(name, _)| *name == choice) {
         Some((_, kernel)) => {
-            *USED.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default() += 1;
-            Ok(kernel)
+            *USED.lock().unwrap_or_else(|e| e.into_inner()).entry(key.to_string()).or_default() += 1;
+            Ok(Some(kernel))
         }
         // A winner this build no longer offers: the default.
         None => {
             DEFAULTS.fetch_add(1, Ordering::Relaxed);
-            Ok(MatmulKernel::Auto)
+            Ok(None)
         }
     }
+}
+
+/// The attention candidates of a GPU, by name (the CPU has one path).
+pub fn attention_candidates(device: &Device) -> Vec<(String, AttentionKernel)> {
+    if device.is_cpu() {
+        return vec![("blocked (cpu)".into(), AttentionKernel::default())];
+    }
+    AttentionKernel::CANDIDATES.iter().map(|k| (k.name(), *k)).collect()
+}
+
+/// Times every attention candidate of a shape and records the fastest.
+pub fn tune_attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions, reps: usize) -> Result<TuneEntry> {
+    let device = q.device();
+    let mut entry = TuneEntry::default();
+    let mut best = f64::INFINITY;
+    for (name, kernel) in attention_candidates(device) {
+        let secs = time(device, reps, || attention_with(q, k, v, options, kernel).map(drop).map_err(Error::from))?;
+        entry.timings_us.insert(name.clone(), secs * 1e6);
+        if secs < best {
+            best = secs;
+            entry.choice = name;
+        }
+    }
+    record(&AttentionShape::of(q, k).key(device), entry.clone())?;
+    Ok(entry)
+}
+
+/// The kernel for an attention: the cached winner, else (tuning on) the winner of a timing
+/// run, else the default.
+pub fn attention_kernel(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions, tune: bool) -> Result<AttentionKernel> {
+    let device = q.device();
+    let shape = AttentionShape::of(q, k);
+    let key = shape.key(device);
+    if TRACING.load(Ordering::Relaxed) {
+        traced(&key, Traced::Attention(shape));
+    }
+    if device.is_cpu() {
+        return Ok(AttentionKernel::default());
+    }
+    Ok(choose(&key, || attention_candidates(device), || Ok(tune_attention(q, k, v, options, 3)?.choice), tune)?.unwrap_or_default())
 }

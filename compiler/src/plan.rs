@@ -928,7 +928,10 @@ impl Plan {
             }
             Op::Reduce(op) => one(ops::reduce(&ins[0], *op)),
             Op::Softmax => one(ops::softmax(&ins[0])),
-            Op::Attention(options) => one(ops::attention(&ins[0], &ins[1], &ins[2], options)),
+            Op::Attention(options) => {
+                let kernel = autotune::attention_kernel(&ins[0], &ins[1], &ins[2], options, self.autotune)?;
+                one(ops::attention_with(&ins[0], &ins[1], &ins[2], options, kernel))
+            }
             Op::Rope(rope) => one(rope.apply(&ins[0], &ins[1])),
             Op::Concat(dim) => one(ops::concat(&ins.iter().collect::<Vec<_>>(), *dim)),
             Op::Embedding => one(ops::embedding(&ins[0], &ins[1])),

@@ -34,11 +34,39 @@ pub struct AttentionOptions {
     pub scale: Option<f32>,
 }
 
+/// Launch settings of the GPU attention kernel (the CPU has one path): queries per cube.
+/// The autotune cache chooses them per shape (`nextflow bench kernels`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AttentionKernel {
+    pub block_q: u32,
+}
+
+impl Default for AttentionKernel {
+    fn default() -> AttentionKernel {
+        AttentionKernel { block_q: 64 }
+    }
+}
+
+impl AttentionKernel {
+    /// Every setting a GPU may run, by name.
+    pub const CANDIDATES: [AttentionKernel; 4] =
+        [AttentionKernel { block_q: 16 }, AttentionKernel { block_q: 32 }, AttentionKernel { block_q: 64 }, AttentionKernel { block_q: 128 }];
+
+    pub fn name(&self) -> String {
+        format!("flash q{}", self.block_q)
+    }
+}
+
 /// `softmax(q·kᵀ·scale + mask)·v` per head. `q [b, hq, sq, d]`, `k`/`v [b, hkv, skv, d]`
 /// (any strides with a dense last dim, e.g. views of a KV cache or of a fused QKV matmul),
 /// `hkv` dividing `hq`. Returns `[b, hq, sq, d]` whose buffer is laid out `[b, sq, hq, d]`,
 /// so `.transpose(1, 2)` then `reshape` to `[b, sq, hq·d]` is free.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions) -> Result<Tensor> {
+    attention_with(q, k, v, options, AttentionKernel::default())
+}
+
+/// [`attention`] with the GPU kernel's launch settings chosen.
+pub fn attention_with(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions, kernel: AttentionKernel) -> Result<Tensor> {
     let err = |msg: String| Err(Error::Shape { op: "attention", msg });
     crate::check_float("attention", q)?;
     crate::check_same("attention", q, k)?;
@@ -85,7 +113,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions)
     if !crate::on_gpu(q.device(), &[q.dtype()]) {
         return crate::via_cpu(&[&q, &k, &v], |h| Ok(run.cpu(&h[0], &h[1], &h[2])));
     }
-    run.gpu(&q, &k, &v)
+    run.gpu(&q, &k, &v, kernel)
 }
 
 struct Attention {
@@ -119,7 +147,7 @@ impl Attention {
         Layout::contiguous(&[b, sq, hq, d]).permute(&[0, 2, 1, 3]).expect("valid permutation")
     }
 
-    fn gpu(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    fn gpu(&self, q: &Tensor, k: &Tensor, v: &Tensor, kernel: AttentionKernel) -> Result<Tensor> {
         let (b, hq, sq, d) = (q.shape()[0], q.shape()[1], q.shape()[2], q.shape()[3]);
         let (hkv, skv) = (k.shape()[1], k.shape()[2]);
         let device = q.device();
@@ -147,7 +175,7 @@ impl Attention {
         };
         // Two f32 tiles of block_kv × d must fit 16 KiB of shared memory (wgpu's floor).
         let block_kv = (2048 / d).max(1);
-        let block_q = 64u32;
+        let block_q = kernel.block_q;
         let dtype = q.dtype();
         with_client!(device, c => {
             let (geo, seg, lens) = (upload_u32(c, &geometry), upload_u32(c, &segments), upload_u32(c, &kv_ranges));

@@ -24,7 +24,7 @@ use nextflow_runtime::{broadcast_shape, DType, Device, Error, Result, Tensor};
 use nextflow_shaders::{elementwise, reduce as kernels};
 
 pub use nextflow_runtime as runtime;
-pub use attention::{attention, grid_positions, text_positions, write_into, AttentionOptions, KvCache, Mask, Rope};
+pub use attention::{attention, attention_with, grid_positions, text_positions, write_into, AttentionKernel, AttentionOptions, KvCache, Mask, Rope};
 pub use image::{conv2d, conv2d_fused, conv2d_with, group_norm, interpolate, interpolate_nhwc, spatial_attention, Conv2d, ConvAlgorithm, ConvFusion, Resize};
 pub use blocked::Weight;
 pub use matmul::{linear, matmul, matmul_into, Activation, Epilogue};

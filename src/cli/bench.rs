@@ -8,7 +8,7 @@
 //! `nextflow bench image`: times whole text-to-image generations in one process (warm-up
 //! runs first), per stage: prefill, each scale, decoder.
 
-use nextflow_compiler::autotune::{self, MatmulShape, TuneEntry};
+use nextflow_compiler::autotune::{self, AttentionShape, MatmulShape, Traced, TuneEntry};
 use nextflow_compiler::serde_json;
 use nextflow_compiler::{Graph, Options};
 use nextflow_ops::matmul::matmul_with;
@@ -160,11 +160,11 @@ fn model_args(args: &BenchArgs) -> super::ModelArgs {
     super::ModelArgs { model: args.model.clone(), config, random_weights: args.random_weights, dtype: super::DTypeArg::Auto, force: args.force }
 }
 
-/// The matmuls the model's runs ask a kernel for (key → largest shape), traced from one
+/// The kernels the model's runs ask for (key → largest shape), traced from one
 /// generation of `--prompt` per canvas the model was trained on (CFG batch as its sampler
 /// sets it) and a short text reply; for a text model, the prompt's prefill and 8 decode
 /// steps.
-fn traced(args: &BenchArgs, margs: &super::ModelArgs, config: &nextflow_model::Config, device: &Device) -> BoxResult<std::collections::BTreeMap<String, MatmulShape>> {
+fn traced(args: &BenchArgs, margs: &super::ModelArgs, config: &nextflow_model::Config, device: &Device) -> BoxResult<std::collections::BTreeMap<String, Traced>> {
     use nextflow_model::text::{self, TextOptions};
     use std::ops::ControlFlow;
     let (result, seen) = autotune::trace(device, || -> BoxResult<()> {
@@ -195,9 +195,43 @@ fn operand(batch: usize, m: usize, n: usize, scale: f64, dtype: DType, device: &
     Ok(if dtype == DType::F32 { t } else { nextflow_ops::cast(&t, dtype)? })
 }
 
-/// One case per traced matmul key.
-fn traced_cases(seen: &std::collections::BTreeMap<String, MatmulShape>, device: &Device) -> BoxResult<Vec<Case>> {
-    seen.values().map(|s| matmul_case("", s, device)).collect()
+/// One case per traced key.
+fn traced_cases(seen: &std::collections::BTreeMap<String, Traced>, device: &Device) -> BoxResult<Vec<Case>> {
+    seen.values()
+        .map(|t| match t {
+            Traced::Matmul(s) => matmul_case("", s, device),
+            Traced::Attention(s) => attention_case(s, device),
+        })
+        .collect()
+}
+
+/// The candidates of one attention shape on random operands (the newest `sq` of `skv` keys,
+/// block-causal: the queries see every earlier key and each other).
+fn attention_case(s: &AttentionShape, device: &Device) -> BoxResult<Case> {
+    let (q, k, v) = (
+        operand(s.batch * s.heads, s.sq, s.head_dim, 1.0, s.dtype, device)?.reshape(&[s.batch, s.heads, s.sq, s.head_dim])?,
+        operand(s.batch * s.kv_heads, s.skv, s.head_dim, 1.0, s.dtype, device)?.reshape(&[s.batch, s.kv_heads, s.skv, s.head_dim])?,
+        operand(s.batch * s.kv_heads, s.skv, s.head_dim, 1.0, s.dtype, device)?.reshape(&[s.batch, s.kv_heads, s.skv, s.head_dim])?,
+    );
+    let segments: Vec<usize> = [s.skv - s.sq, s.sq].into_iter().filter(|&n| n > 0).collect();
+    let opts = AttentionOptions { mask: Some(Mask::Segments(segments)), ..Default::default() };
+    let candidates = autotune::attention_candidates(device)
+        .into_iter()
+        .map(|(cname, kernel)| {
+            let (q, k, v, opts) = (q.clone(), k.clone(), v.clone(), opts.clone());
+            let f: Box<dyn Fn() -> BoxResult<()>> = Box::new(move || Ok(drop(nextflow_ops::attention_with(&q, &k, &v, &opts, kernel)?)));
+            (cname, f)
+        })
+        .collect();
+    let lanes = if s.batch > 1 { format!("{} x ", s.batch) } else { String::new() };
+    Ok(Case {
+        family: "attention",
+        shape: format!("{lanes}{} queries x {} keys, {}/{} heads of {} {}", s.sq, s.skv, s.heads, s.kv_heads, s.head_dim, s.dtype),
+        key: s.key(device),
+        flops: 4.0 * (s.batch * s.heads * s.sq * s.skv * s.head_dim) as f64,
+        bytes: s.dtype.size() as f64 * (s.batch * (2 * s.heads * s.sq + 2 * s.kv_heads * s.skv) * s.head_dim) as f64,
+        candidates,
+    })
 }
 
 /// The candidates of one matmul shape (`name`: what it is, for the table) on random operands
@@ -345,20 +379,8 @@ fn other_cases(s: &ModelShapes, device: &Device) -> BoxResult<Vec<Case>> {
         });
     }
     for &sq in &s.rows {
-        let skv = s.context.max(sq);
-        let q = random(&[1, s.heads, sq, s.head_dim], 1.0, device)?;
-        let k = random(&[1, s.kv_heads, skv, s.head_dim], 1.0, device)?;
-        let v = random(&[1, s.kv_heads, skv, s.head_dim], 1.0, device)?;
-        let opts = AttentionOptions { mask: Some(Mask::Causal), ..Default::default() };
-        let f: Box<dyn Fn() -> BoxResult<()>> = Box::new(move || Ok(drop(nextflow_ops::attention(&q, &k, &v, &opts)?)));
-        out.push(Case {
-            family: "attention",
-            shape: format!("{sq} queries x {skv} keys, {}/{} heads of {}", s.heads, s.kv_heads, s.head_dim),
-            key: format!("attention|q{}kv{skv}h{}/{}d{}|f32|{dev}", autotune::bucket(sq), s.heads, s.kv_heads, s.head_dim),
-            flops: 4.0 * (s.heads * sq * skv * s.head_dim) as f64,
-            bytes: 4.0 * (2 * s.heads * sq * s.head_dim + 2 * s.kv_heads * skv * s.head_dim) as f64,
-            candidates: vec![("flash".into(), f)],
-        });
+        let shape = AttentionShape { batch: 1, heads: s.heads, kv_heads: s.kv_heads, sq, skv: s.context.max(sq), head_dim: s.head_dim, dtype: DType::F32 };
+        out.push(attention_case(&shape, device)?);
     }
     Ok(out)
 }
@@ -397,15 +419,17 @@ pub fn run(args: &BenchArgs, device: &Device) -> BoxResult<()> {
     let with_weights = args.model.is_some() || args.random_weights || margs.config.is_none();
     let (model, cases) = if with_weights {
         let seen = traced(args, &margs, &config, device)?;
-        let mut rows: Vec<usize> = seen.values().map(|s| s.m).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        let mut rows: Vec<usize> = seen.values().filter_map(|t| if let Traced::Matmul(s) = t { Some(s.m) } else { None }).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
         let context = rows.iter().sum::<usize>().min(config.backbone.max_position_embeddings);
         if rows.len() > 4 {
             // The other families (one kernel each) at a few of the traced row counts.
             rows = vec![rows[0], rows[rows.len() / 2], rows[rows.len() - 1]];
         }
         let mut cases = traced_cases(&seen, device)?;
-        cases.extend(other_cases(&ModelShapes::of(&config, rows, context), device)?);
-        (format!("{} (traced: {} matmul shapes)", super::run::describe(&margs), seen.len()), cases)
+        // The other families (elementwise, norms; attention is traced) at those rows.
+        let others = other_cases(&ModelShapes::of(&config, rows, context), device)?;
+        cases.extend(others.into_iter().filter(|c| c.family != "attention"));
+        (format!("{} (traced: {} matmul and attention shapes)", super::run::describe(&margs), seen.len()), cases)
     } else {
         let rows = if config.backbone.hidden_size > 1024 { vec![1, 4] } else { vec![1, 16, 163] };
         let shapes = ModelShapes::of(&config, rows, 256);

@@ -593,7 +593,7 @@ fn nextflow_in(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (S
 /// `--stats`' autotune line: (launches from cache winners, distinct winners, launches of the
 /// default kernel, shapes timed).
 fn autotune_stats(stderr: &str) -> [u64; 4] {
-    let line = stderr.lines().find(|l| l.starts_with("stats: matmul and attention kernels:")).unwrap_or_else(|| panic!("no autotune stats in {stderr}"));
+    let line = stderr.lines().find(|l| l.starts_with("stats: matmul, attention and norm kernels:")).unwrap_or_else(|| panic!("no autotune stats in {stderr}"));
     let numbers: Vec<u64> = line.split(|c: char| !c.is_ascii_digit()).filter(|w| !w.is_empty()).map(|w| w.parse().unwrap()).collect();
     numbers[..4].try_into().unwrap()
 }
@@ -602,7 +602,7 @@ fn autotune_stats(stderr: &str) -> [u64; 4] {
 /// `generate` launches; after `bench kernels` (traced from the model's own runs) a tuning
 /// `generate` times nothing and every matmul takes a winner from the cache.
 #[test]
-fn generate_takes_its_matmul_kernels_from_the_autotune_cache() {
+fn generate_takes_its_kernels_from_the_autotune_cache() {
     let Ok(device) = Device::open("vulkan") else {
         println!("SKIPPED: no Vulkan device (the CPU has one matmul path, nothing to choose)");
         return;
@@ -637,12 +637,14 @@ fn generate_takes_its_matmul_kernels_from_the_autotune_cache() {
     let tuned = autotune::load(&dir.join("autotune.json")).unwrap();
     let matmuls = tuned.entries.keys().filter(|k| k.starts_with("matmul|")).count();
     let attentions = tuned.entries.keys().filter(|k| k.starts_with("attention|")).count();
-    assert!(matmuls >= 10 && attentions >= 3 && doc["timed"].as_u64().unwrap() as usize >= matmuls + attentions, "{json}");
+    let norms = tuned.entries.keys().filter(|k| k.starts_with("norm|")).count();
+    let all = matmuls + attentions + norms;
+    assert!(matmuls >= 10 && attentions >= 3 && norms >= 3 && doc["timed"].as_u64().unwrap() as usize >= all, "{json}");
     let (_, stderr) = nextflow_in(&dir, &generate, &[("NEXTFLOW_AUTOTUNE", "1")]);
     let [from_cache, winners, defaults, timed] = autotune_stats(&stderr);
     assert_eq!((defaults, timed), (0, 0), "generate after bench re-timed or fell back: {stderr}");
-    assert!(from_cache > 0 && winners as usize > matmuls.min(attentions) && winners as usize <= matmuls + attentions, "{stderr}");
-    println!("vulkan: bench kernels timed {matmuls} matmul and {attentions} attention shapes; generate then ran {from_cache} launches on {winners} of them, none timed or default");
+    assert!(from_cache > 0 && winners as usize > matmuls && winners as usize <= all, "{stderr}");
+    println!("vulkan: bench kernels timed {matmuls} matmul, {attentions} attention and {norms} norm shapes; generate then ran {from_cache} launches on {winners} of them, none timed or default");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -107,3 +107,43 @@ fn every_attention_kernel_candidate_computes_the_default_result() {
         }
     }
 }
+
+/// Every GPU norm kernel setting (threads per row) the autotune cache may choose matches the
+/// CPU result (NMSE <= 1e-10: the reduction order changes, not the formula), for RMSNorm,
+/// add + RMSNorm and GroupNorm over rows shorter and longer than every block.
+#[test]
+fn every_norm_kernel_candidate_matches_the_cpu() {
+    use nextflow_ops::{add_rms_norm_with, group_norm_with, rms_norm_with, NormKernel};
+    let cpu = Device::cpu();
+    for info in &discover().devices {
+        let device = Device::open_info(info).unwrap();
+        if device.is_cpu() {
+            continue; // one CPU path: the reference
+        }
+        for &n in &[7usize, 96, 1000] {
+            let mut seed = n as u64;
+            let mut values = |len: usize| -> Vec<f64> {
+                (0..len)
+                    .map(|_| {
+                        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        ((seed >> 33) as f64 / (1u64 << 31) as f64) * 2.0 - 1.0
+                    })
+                    .collect()
+            };
+            let (xv, rv, wv, gv) = (values(6 * n), values(6 * n), values(n), values(6));
+            let on = |v: &[f64], shape: &[usize], d: &Device| Tensor::from_f64(v, DType::F32, shape, d).unwrap();
+            let f64s = |t: Tensor| t.to_f64_vec().unwrap();
+            let want_rms = f64s(nextflow_ops::rms_norm(&on(&xv, &[6, n], &cpu), &on(&wv, &[n], &cpu), 1e-6).unwrap());
+            let want_add = f64s(nextflow_ops::add_rms_norm(&on(&xv, &[6, n], &cpu), &on(&rv, &[6, n], &cpu), &on(&wv, &[n], &cpu), 1e-6).unwrap().1);
+            let want_group = f64s(nextflow_ops::group_norm(&on(&xv, &[1, 6, n], &cpu), 3, &on(&gv, &[6], &cpu), &on(&gv, &[6], &cpu), 1e-6, true).unwrap());
+            for kernel in NormKernel::CANDIDATES {
+                let (x, r, w, g) = (on(&xv, &[6, n], &device), on(&rv, &[6, n], &device), on(&wv, &[n], &device), on(&gv, &[6], &device));
+                let what = format!("{}: {} over rows of {n}", info.spec(), kernel.name());
+                assert!(nmse(&f64s(rms_norm_with(&x, &w, 1e-6, kernel).unwrap()), &want_rms) <= 1e-10, "rms_norm {what}");
+                assert!(nmse(&f64s(add_rms_norm_with(&x, &r, &w, 1e-6, kernel).unwrap().1), &want_add) <= 1e-10, "add_rms_norm {what}");
+                let grouped = group_norm_with(&on(&xv, &[1, 6, n], &device), 3, &g, &g, 1e-6, true, kernel).unwrap();
+                assert!(nmse(&f64s(grouped), &want_group) <= 1e-10, "group_norm {what}");
+            }
+        }
+    }
+}

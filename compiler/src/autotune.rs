@@ -6,7 +6,7 @@
 
 use crate::{Error, Result};
 use nextflow_ops::matmul::{cmma_available, matmul_with, MatmulKernel, GEMV_MAX_ROWS, MATMUL_TILES};
-use nextflow_ops::{attention_with, AttentionKernel, AttentionOptions, Epilogue};
+use nextflow_ops::{attention_with, AttentionKernel, AttentionOptions, Epilogue, NormKernel};
 use nextflow_runtime::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -36,7 +36,7 @@ static CACHE: Mutex<Option<TuneCache>> = Mutex::new(None);
 static USED: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
 /// Keys timed in this process (tuning on, or `bench kernels`).
 static TIMED: AtomicU64 = AtomicU64::new(0);
-/// GPU matmul and attention launches without a cache winner (the default kernel ran).
+/// GPU matmul, attention and norm launches without a cache winner (the default kernel ran).
 static DEFAULTS: AtomicU64 = AtomicU64::new(0);
 /// Kernels requested while [`trace`] runs: key → the largest shape of that key.
 static TRACE: Mutex<Option<BTreeMap<String, Traced>>> = Mutex::new(None);
@@ -223,11 +223,37 @@ impl AttentionShape {
     }
 }
 
+/// Which norm kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormKind {
+    Rms,
+    /// Residual add + RMSNorm (two outputs).
+    AddRms,
+    /// GroupNorm (a row is one group of one image).
+    Group,
+}
+
+/// One norm as a model runs it: `rows` independent rows of `n` values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NormShape {
+    pub kind: NormKind,
+    pub rows: usize,
+    pub n: usize,
+    pub dtype: DType,
+}
+
+impl NormShape {
+    pub fn key(&self, device: &Device) -> String {
+        format!("norm|{:?}|rows{}n{}|{}|{}", self.kind, bucket(self.rows), self.n, self.dtype, device_id(device))
+    }
+}
+
 /// A traced kernel request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Traced {
     Matmul(MatmulShape),
     Attention(AttentionShape),
+    Norm(NormShape),
 }
 
 impl Traced {
@@ -236,6 +262,7 @@ impl Traced {
         match self {
             Traced::Matmul(s) => s.m,
             Traced::Attention(s) => s.sq * s.skv,
+            Traced::Norm(s) => s.rows,
         }
     }
 }
@@ -292,7 +319,7 @@ impl std::fmt::Display for Usage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "matmul and attention kernels: {} launches ran {} tuned kernels from the autotune cache, {} ran the default kernel; {} shapes timed now",
+            "matmul, attention and norm kernels: {} launches ran {} tuned kernels from the autotune cache, {} ran the default kernel; {} shapes timed now",
             self.launches(),
             self.used.len(),
             self.defaults,
@@ -393,6 +420,43 @@ fn choose<K>(key: &str, candidates: impl Fn() -> Vec<(String, K)>, tune_now: imp
             Ok(None)
         }
     }
+}
+
+/// The norm candidates of a GPU, by name (the CPU has one path).
+pub fn norm_candidates(device: &Device) -> Vec<(String, NormKernel)> {
+    if device.is_cpu() {
+        return vec![("rows (cpu)".into(), NormKernel::default())];
+    }
+    NormKernel::CANDIDATES.iter().map(|k| (k.name(), *k)).collect()
+}
+
+/// Times `run` with every norm candidate of `shape` and records the fastest.
+pub fn tune_norm(shape: &NormShape, device: &Device, reps: usize, run: &dyn Fn(NormKernel) -> Result<()>) -> Result<TuneEntry> {
+    let mut entry = TuneEntry::default();
+    let mut best = f64::INFINITY;
+    for (name, kernel) in norm_candidates(device) {
+        let secs = time(device, reps, || run(kernel))?;
+        entry.timings_us.insert(name.clone(), secs * 1e6);
+        if secs < best {
+            best = secs;
+            entry.choice = name;
+        }
+    }
+    record(&shape.key(device), entry.clone())?;
+    Ok(entry)
+}
+
+/// The kernel for a norm of `shape`: the cached winner, else (tuning on) the winner of
+/// timing `run`, else the default.
+pub fn norm_kernel(shape: NormShape, device: &Device, tune: bool, run: &dyn Fn(NormKernel) -> Result<()>) -> Result<NormKernel> {
+    let key = shape.key(device);
+    if TRACING.load(Ordering::Relaxed) {
+        traced(&key, Traced::Norm(shape.clone()));
+    }
+    if device.is_cpu() {
+        return Ok(NormKernel::default());
+    }
+    Ok(choose(&key, || norm_candidates(device), || Ok(tune_norm(&shape, device, 3, run)?.choice), tune)?.unwrap_or_default())
 }
 
 /// The attention candidates of a GPU, by name (the CPU has one path).

@@ -5,6 +5,7 @@
 
 use crate::counters::{self, Cost};
 use crate::graph::{Graph, GraphData, Node, NodeId, Op, ViewOp};
+use crate::autotune::NormKind;
 use crate::{autotune, Error, Result};
 use nextflow_ops::fused::{fused_elementwise, FusedInstr, FusedProgram};
 use nextflow_ops::matmul::matmul_with;
@@ -905,6 +906,15 @@ impl Plan {
         Ok((ep, kernel))
     }
 
+    /// The norm kernel for `x` (rows along the last dim; GroupNorm: `groups` per image).
+    fn norm_kernel(&self, kind: NormKind, x: &Tensor, groups: usize, run: &dyn Fn(nextflow_ops::NormKernel) -> Result<()>) -> Result<nextflow_ops::NormKernel> {
+        let (rows, n) = match kind {
+            NormKind::Group => (x.shape()[0] * groups, x.numel() / (x.shape()[0] * groups).max(1)),
+            _ => (x.numel() / x.shape().last().copied().unwrap_or(1).max(1), x.shape().last().copied().unwrap_or(1)),
+        };
+        autotune::norm_kernel(autotune::NormShape { kind, rows, n, dtype: x.dtype() }, x.device(), self.autotune, run)
+    }
+
     fn run_node(&self, v: NodeId, ins: &[Tensor]) -> Result<Vec<Tensor>> {
         use nextflow_ops as ops;
         let node = &self.nodes[v];
@@ -921,9 +931,15 @@ impl Plan {
                 let (ep, kernel) = self.matmul_args(v, ins)?;
                 one(matmul_with(&ins[0], &ins[1], ep, kernel))
             }
-            Op::RmsNorm { eps } => one(ops::rms_norm(&ins[0], &ins[1], *eps)),
+            Op::RmsNorm { eps } => {
+                let run = |k| ops::rms_norm_with(&ins[0], &ins[1], *eps, k).map(drop).map_err(Error::from);
+                let kernel = self.norm_kernel(NormKind::Rms, &ins[0], 1, &run)?;
+                one(ops::rms_norm_with(&ins[0], &ins[1], *eps, kernel))
+            }
             Op::AddRmsNorm { eps } => {
-                let (sum, normed) = ops::add_rms_norm(&ins[0], &ins[1], &ins[2], *eps)?;
+                let run = |k| ops::add_rms_norm_with(&ins[0], &ins[1], &ins[2], *eps, k).map(drop).map_err(Error::from);
+                let kernel = self.norm_kernel(NormKind::AddRms, &ins[0], 1, &run)?;
+                let (sum, normed) = ops::add_rms_norm_with(&ins[0], &ins[1], &ins[2], *eps, kernel)?;
                 Ok(vec![normed, sum])
             }
             Op::Reduce(op) => one(ops::reduce(&ins[0], *op)),
@@ -941,7 +957,11 @@ impl Plan {
                 let fusion = ops::ConvFusion { residual: residual.then(|| &ins[ins.len() - 1]), upsample2x: *upsample2x };
                 one(ops::conv2d_fused(&ins[0], &ins[1], bias.then(|| &ins[2]), *geometry, fusion))
             }
-            Op::GroupNorm { groups, eps, silu } => one(ops::group_norm(&ins[0], *groups, &ins[1], &ins[2], *eps, *silu)),
+            Op::GroupNorm { groups, eps, silu } => {
+                let run = |k| ops::group_norm_with(&ins[0], *groups, &ins[1], &ins[2], *eps, *silu, k).map(drop).map_err(Error::from);
+                let kernel = self.norm_kernel(NormKind::Group, &ins[0], *groups, &run)?;
+                one(ops::group_norm_with(&ins[0], *groups, &ins[1], &ins[2], *eps, *silu, kernel))
+            }
             Op::SpatialAttention => one(ops::spatial_attention(&ins[0], &ins[1], &ins[2])),
             Op::Argmax => one(ops::argmax(&ins[0])),
             Op::NearestCodes(c) => one(c.nearest(&ins[0], 1).and_then(|n| n.indices.reshape(&[ins[0].shape()[0]]))),

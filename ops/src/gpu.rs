@@ -266,28 +266,30 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
     Ok(out)
 }
 
-pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32, kernel: crate::NormKernel) -> Result<Tensor> {
     let (rows, n) = rows_of(x);
     let out = empty(x.device(), x.dtype(), x.shape())?;
+    let block = kernel.block;
     with_client_impl!(x.device(), c => with_dtype_impl!(x.dtype(), E => unsafe {
         reduce::rms_norm_rows::launch_unchecked::<E, _>(
-            c, rows_grid(rows), CubeDim::new_1d(ROW_CUBE), array(buffer(x), x.dtype()), array(buffer(weight), weight.dtype()), array(buffer(&out), out.dtype()), n as u32, rows as u32, eps, ROW_CUBE,
+            c, rows_grid(rows), CubeDim::new_1d(block), array(buffer(x), x.dtype()), array(buffer(weight), weight.dtype()), array(buffer(&out), out.dtype()), n as u32, rows as u32, eps, block,
         )
     }));
     Ok(out)
 }
 
-pub fn add_rms_norm(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+pub fn add_rms_norm(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32, kernel: crate::NormKernel) -> Result<(Tensor, Tensor)> {
+    let block = kernel.block;
     let (rows, n) = rows_of(x);
     let sum = empty(x.device(), x.dtype(), x.shape())?;
     let normed = empty(x.device(), x.dtype(), x.shape())?;
     let dtype = x.dtype();
     with_client_impl!(x.device(), c => with_dtype_impl!(dtype, E => unsafe {
         reduce::add_rms_norm_rows::launch_unchecked::<E, _>(
-            c, rows_grid(rows), CubeDim::new_1d(ROW_CUBE),
+            c, rows_grid(rows), CubeDim::new_1d(block),
             array(buffer(x), dtype), array(buffer(residual), dtype), array(buffer(weight), dtype),
             array(buffer(&sum), dtype), array(buffer(&normed), dtype),
-            n as u32, rows as u32, eps, ROW_CUBE,
+            n as u32, rows as u32, eps, block,
         )
     }));
     Ok((sum, normed))

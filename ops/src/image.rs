@@ -567,6 +567,12 @@ fn group_norm_group_f32(x: &[f32], first_channel: usize, spatial: usize, gamma: 
 /// GroupNorm over `x [n, c, *spatial]` with `groups` groups, f32 statistics, per-channel
 /// `gamma`/`beta` `[c]`, optionally followed by SiLU (the decoder's `Normalize` + act).
 pub fn group_norm(x: &Tensor, groups: usize, gamma: &Tensor, beta: &Tensor, eps: f32, silu: bool) -> Result<Tensor> {
+    group_norm_with(x, groups, gamma, beta, eps, silu, crate::NormKernel::default())
+}
+
+/// [`group_norm`] with the GPU kernel's threads per group chosen.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_with(x: &Tensor, groups: usize, gamma: &Tensor, beta: &Tensor, eps: f32, silu: bool, kernel: crate::NormKernel) -> Result<Tensor> {
     crate::check_float("group_norm", x)?;
     crate::check_same("group_norm", x, gamma)?;
     crate::check_same("group_norm", x, beta)?;
@@ -599,10 +605,10 @@ pub fn group_norm(x: &Tensor, groups: usize, gamma: &Tensor, beta: &Tensor, eps:
     let dtype = x.dtype();
     with_client!(x.device(), cl => with_dtype!(dtype, E => unsafe {
         kernels::group_norm::launch_unchecked::<E, _>(
-            cl, gpu::grid(rows, 1), CubeDim::new_1d(nextflow_shaders::ROW_CUBE),
+            cl, gpu::grid(rows, 1), CubeDim::new_1d(kernel.block),
             array(buffer(&x), dtype), array(buffer(&gamma), dtype), array(buffer(&beta), dtype), array(buffer(&out), dtype),
             group_len as u32, spatial as u32, (c / groups) as u32, groups as u32, rows as u32, eps,
-            nextflow_shaders::ROW_CUBE, silu,
+            kernel.block, silu,
         )
     }));
     Ok(out)

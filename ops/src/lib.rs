@@ -25,7 +25,7 @@ use nextflow_shaders::{elementwise, reduce as kernels};
 
 pub use nextflow_runtime as runtime;
 pub use attention::{attention, attention_with, grid_positions, text_positions, write_into, AttentionKernel, AttentionOptions, KvCache, Mask, Rope};
-pub use image::{conv2d, conv2d_fused, conv2d_with, group_norm, interpolate, interpolate_nhwc, spatial_attention, Conv2d, ConvAlgorithm, ConvFusion, Resize};
+pub use image::{conv2d, conv2d_fused, conv2d_with, group_norm, group_norm_with, interpolate, interpolate_nhwc, spatial_attention, Conv2d, ConvAlgorithm, ConvFusion, Resize};
 pub use blocked::Weight;
 pub use matmul::{linear, matmul, matmul_into, Activation, Epilogue};
 pub use table::{OpEntry, OP_TABLE};
@@ -233,6 +233,33 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
 
 /// RMSNorm over the last dim with an `[n]` weight: `x / sqrt(mean(x²) + eps) · w`.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+    rms_norm_with(x, weight, eps, NormKernel::default())
+}
+
+/// Threads per row of the GPU norm kernels (RMSNorm, add + RMSNorm, GroupNorm; a power of
+/// two): the autotune cache chooses it per shape. The CPU has one path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NormKernel {
+    pub block: u32,
+}
+
+impl Default for NormKernel {
+    fn default() -> NormKernel {
+        NormKernel { block: nextflow_shaders::ROW_CUBE }
+    }
+}
+
+impl NormKernel {
+    /// Every setting a GPU may run.
+    pub const CANDIDATES: [NormKernel; 4] = [NormKernel { block: 32 }, NormKernel { block: 64 }, NormKernel { block: 128 }, NormKernel { block: 256 }];
+
+    pub fn name(&self) -> String {
+        format!("rows x{}", self.block)
+    }
+}
+
+/// [`rms_norm`] with the GPU kernel's threads per row chosen.
+pub fn rms_norm_with(x: &Tensor, weight: &Tensor, eps: f32, kernel: NormKernel) -> Result<Tensor> {
     check_float("rms_norm", x)?;
     check_same("rms_norm", x, weight)?;
     rules::rms_norm("rms_norm", x.shape(), weight.shape(), eps)?;
@@ -242,7 +269,7 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
     if !on_gpu(x.device(), &[x.dtype()]) {
         return via_cpu(&[x, weight], |h| Ok(cpu::rms_norm(&h[0], &h[1], eps)));
     }
-    gpu::rms_norm(&contiguous(x)?, &contiguous(weight)?, eps)
+    gpu::rms_norm(&contiguous(x)?, &contiguous(weight)?, eps, kernel)
 }
 
 /// Rows of a `[vocab, dim]` table gathered by u32/i32 ids: output `ids.shape + [dim]`.
@@ -324,6 +351,11 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 /// Fused residual add + RMSNorm: returns `(x + residual, rms_norm(x + residual) · weight)`,
 /// the new residual stream and the normalized input of the next block.
 pub fn add_rms_norm(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+    add_rms_norm_with(x, residual, weight, eps, NormKernel::default())
+}
+
+/// [`add_rms_norm`] with the GPU kernel's threads per row chosen.
+pub fn add_rms_norm_with(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32, kernel: NormKernel) -> Result<(Tensor, Tensor)> {
     check_same("add_rms_norm", x, residual)?;
     if x.shape() != residual.shape() {
         return Err(Error::Shape { op: "add_rms_norm", msg: format!("x {:?} and residual {:?} differ", x.shape(), residual.shape()) });
@@ -336,5 +368,5 @@ pub fn add_rms_norm(x: &Tensor, residual: &Tensor, weight: &Tensor, eps: f32) ->
     check_float("add_rms_norm", x)?;
     check_same("add_rms_norm", x, weight)?;
     rules::rms_norm("add_rms_norm", x.shape(), weight.shape(), eps)?;
-    gpu::add_rms_norm(&contiguous(x)?, &contiguous(residual)?, &contiguous(weight)?, eps)
+    gpu::add_rms_norm(&contiguous(x)?, &contiguous(residual)?, &contiguous(weight)?, eps, kernel)
 }

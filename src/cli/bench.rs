@@ -8,7 +8,7 @@
 //! `nextflow bench image`: times whole text-to-image generations in one process (warm-up
 //! runs first), per stage: prefill, each scale, decoder.
 
-use nextflow_compiler::autotune::{self, AttentionShape, MatmulShape, Traced, TuneEntry};
+use nextflow_compiler::autotune::{self, AttentionShape, MatmulShape, NormKind, NormShape, Traced, TuneEntry};
 use nextflow_compiler::serde_json;
 use nextflow_compiler::{Graph, Options};
 use nextflow_ops::matmul::matmul_with;
@@ -201,9 +201,43 @@ fn traced_cases(seen: &std::collections::BTreeMap<String, Traced>, device: &Devi
         .map(|t| match t {
             Traced::Matmul(s) => matmul_case("", s, device),
             Traced::Attention(s) => attention_case(s, device),
+            Traced::Norm(s) => norm_case(s, device),
         })
         .collect()
 }
+
+/// The candidates of one norm shape on random rows (GroupNorm: one channel per group).
+fn norm_case(s: &NormShape, device: &Device) -> BoxResult<Case> {
+    let x = operand(1, s.rows, s.n, 1.0, s.dtype, device)?;
+    let r = operand(1, s.rows, s.n, 1.0, s.dtype, device)?;
+    let w = operand(1, 1, s.n, 1.0, s.dtype, device)?.reshape(&[s.n])?;
+    let per_group = operand(1, 1, s.rows, 1.0, s.dtype, device)?.reshape(&[s.rows])?;
+    let kind = s.kind;
+    let candidates = autotune::norm_candidates(device)
+        .into_iter()
+        .map(|(cname, kernel)| {
+            let (x, r, w, per_group) = (x.clone(), r.clone(), w.clone(), per_group.clone());
+            let f: Box<dyn Fn() -> BoxResult<()>> = Box::new(move || {
+                match kind {
+                    NormKind::Rms => drop(nextflow_ops::rms_norm_with(&x, &w, 1e-6, kernel)?),
+                    NormKind::AddRms => drop(nextflow_ops::add_rms_norm_with(&x, &r, &w, 1e-6, kernel)?),
+                    NormKind::Group => drop(nextflow_ops::group_norm_with(&x.unsqueeze(0)?, x.shape()[0], &per_group, &per_group, 1e-6, true, kernel)?),
+                }
+                Ok(())
+            });
+            (cname, f)
+        })
+        .collect();
+    Ok(Case {
+        family: "norm",
+        shape: format!("{:?} {} rows of {} {}", s.kind, s.rows, s.n, s.dtype),
+        key: s.key(device),
+        flops: 5.0 * (s.rows * s.n) as f64,
+        bytes: s.dtype.size() as f64 * (2 * s.rows * s.n) as f64,
+        candidates,
+    })
+}
+
 
 /// The candidates of one attention shape on random operands (the newest `sq` of `skv` keys,
 /// block-causal: the queries see every earlier key and each other).
@@ -366,17 +400,7 @@ fn other_cases(s: &ModelShapes, device: &Device) -> BoxResult<Vec<Case>> {
             bytes: 4.0 * 3.0 * (m * s.inter) as f64,
             candidates,
         });
-        let x = random(&[m, s.hidden], 1.0, device)?;
-        let w = random(&[s.hidden], 1.0, device)?;
-        let f: Box<dyn Fn() -> BoxResult<()>> = Box::new(move || Ok(drop(nextflow_ops::rms_norm(&x, &w, 1e-6)?)));
-        out.push(Case {
-            family: "rms_norm",
-            shape: format!("{m}x{}", s.hidden),
-            key: format!("rms_norm|rows{}n{}|f32|{dev}", autotune::bucket(m), s.hidden),
-            flops: 4.0 * (m * s.hidden) as f64,
-            bytes: 4.0 * (2 * m * s.hidden + s.hidden) as f64,
-            candidates: vec![("rows".into(), f)],
-        });
+        out.push(norm_case(&NormShape { kind: NormKind::Rms, rows: m, n: s.hidden, dtype: DType::F32 }, device)?);
     }
     for &sq in &s.rows {
         let shape = AttentionShape { batch: 1, heads: s.heads, kv_heads: s.kv_heads, sq, skv: s.context.max(sq), head_dim: s.head_dim, dtype: DType::F32 };
@@ -426,10 +450,10 @@ pub fn run(args: &BenchArgs, device: &Device) -> BoxResult<()> {
             rows = vec![rows[0], rows[rows.len() / 2], rows[rows.len() - 1]];
         }
         let mut cases = traced_cases(&seen, device)?;
-        // The other families (elementwise, norms; attention is traced) at those rows.
+        // SwiGLU fused or not at those rows (matmuls, attention and norms are traced).
         let others = other_cases(&ModelShapes::of(&config, rows, context), device)?;
-        cases.extend(others.into_iter().filter(|c| c.family != "attention"));
-        (format!("{} (traced: {} matmul and attention shapes)", super::run::describe(&margs), seen.len()), cases)
+        cases.extend(others.into_iter().filter(|c| c.family == "elementwise"));
+        (format!("{} (traced: {} matmul, attention and norm shapes)", super::run::describe(&margs), seen.len()), cases)
     } else {
         let rows = if config.backbone.hidden_size > 1024 { vec![1, 4] } else { vec![1, 16, 163] };
         let shapes = ModelShapes::of(&config, rows, 256);

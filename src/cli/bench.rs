@@ -1,6 +1,6 @@
 //! `nextflow bench kernels`: times every candidate kernel at the shapes a model runs, prints a
 //! table, and saves the winners in the autotune cache, from which `generate` and `chat` (every
-//! matmul node of their plans) take their kernels. With weights (the embedded model,
+//! matmul, attention and norm node of their plans) take their kernels. With weights (the embedded model,
 //! `--model DIR`, `--random-weights`) the shapes are traced from real runs of the model: one
 //! generation per canvas it was trained on, with its CFG batch, and a short text reply; a
 //! built-in config without weights gives its projections at decode and small prefill rows.

@@ -10,7 +10,8 @@
 //! 4. a plan cache keyed by graph signature, so a repeated step compiles once and replays.
 //!
 //! Eager mode ([`Graph::eager`]) runs each op as its own one-op graph. Setting
-//! `NEXTFLOW_NO_FUSION=1` compiles every op to its own launch, for comparison.
+//! `NEXTFLOW_NO_FUSION=1` compiles every op to its own launch, and `NEXTFLOW_NO_ARENA=1`
+//! makes every run allocate its buffers afresh, for comparison.
 
 pub mod autotune;
 mod counters;

@@ -804,6 +804,9 @@ impl Plan {
     /// order. A store's destination must be the only handle to its buffer.
     pub fn run(&self, inputs: Vec<Option<Tensor>>, params: &[u64]) -> Result<Vec<Tensor>> {
         let _scope = nextflow_ops::plan_scope();
+        if !arenas_on() {
+            return self.run_steps(inputs, params);
+        }
         // Its own arena serves the run's allocations and takes back the values it frees.
         let arena = std::mem::take(&mut *self.arena.borrow_mut());
         let (before_fresh, before_reused) = (arena.fresh, arena.reused);
@@ -968,6 +971,12 @@ impl Plan {
             Op::Sample { .. } | Op::Store { .. } => unreachable!("run by Plan::run (they read params)"),
         }
     }
+}
+
+/// Plans keep their buffers between runs unless `NEXTFLOW_NO_ARENA=1` (for comparison).
+fn arenas_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| !std::env::var("NEXTFLOW_NO_ARENA").is_ok_and(|v| !v.is_empty() && v != "0"))
 }
 
 /// Bytes of the distinct buffers `values` hold, those in `foreign` excluded.

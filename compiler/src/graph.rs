@@ -283,8 +283,9 @@ impl Graph {
 
     /// Runs node `id` alone: its inputs (realized or constant) become a one-op graph.
     fn realize_one(&self, id: NodeId) -> Result<Tensor> {
-        let taken = self.take_store_destinations(&[id]);
-        let owned = RefCell::new(taken);
+        // A store's destination moves into the one-op graph (it is written in place).
+        let is_store = matches!(self.0.borrow().nodes[id].op, Op::Store { .. });
+        let owned = RefCell::new(if is_store { self.take_store_destinations(&[id]) } else { Vec::new() });
         let g = self.0.borrow();
         let node = &g.nodes[id];
         let mut one = GraphData { nodes: Vec::new(), inputs: Vec::new(), dynamic: Vec::new(), params: g.params.clone(), device: g.device.clone(), options: g.options.clone(), eager: false };

@@ -566,7 +566,7 @@ pub fn write_into(dst: &mut Tensor, dim: usize, start: usize, src: &Tensor) -> R
         Storage::Gpu(g) => {
             let g = g.clone();
             if crate::on_gpu(&device, &[dtype]) {
-                gpu::unary_into(src, &g, dtype, &view, nextflow_shaders::elementwise::OP_COPY)
+                gpu::unary_into(src, &g, dtype, &view, nextflow_shaders::elementwise::Unary::Copy)
             } else {
                 // No kernels for this dtype here: patch the bytes on the host.
                 let mut all = device.download(&Storage::Gpu(g))?;

@@ -22,16 +22,16 @@ pub enum Half {
 /// register.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Instr {
-    /// Input `i` at its strided view.
+    /// `Load(i)`: input `i` at its strided view.
     Load(usize),
-    /// `scalars[i]`.
+    /// `Scalar(i)`: `scalars[i]`.
     Scalar(usize),
-    /// A unary function of register `a`.
+    /// `Unary(op, a)`: `op` of register `a`.
     Unary(Unary, usize),
-    /// A binary function of registers `a` and `b`.
+    /// `Binary(op, a, b)`: `op` of registers `a` and `b`.
     Binary(Binary, usize, usize),
-    /// Register `a` rounded to a half type as storing it would round it (casts, and ops
-    /// whose values a graph holds in a half type).
+    /// `Round(half, a)`: register `a` rounded to `half` as storing it would round it (casts,
+    /// and ops whose values a graph holds in a half type).
     Round(Half, usize),
 }
 

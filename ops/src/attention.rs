@@ -168,10 +168,11 @@ impl Attention {
             _ => vec![0],
         };
         let kv_ranges: Vec<u32> = self.kv_starts.iter().zip(&self.kv_lens).flat_map(|(&s, &l)| [s as u32, l as u32]).collect();
+        // The one place `Mask` maps to the kernel's `MaskKind`.
         let mask = match self.mask {
-            Mask::None => kernels::MASK_NONE,
-            Mask::Causal => kernels::MASK_CAUSAL,
-            Mask::Segments(_) => kernels::MASK_SEGMENTS,
+            Mask::None => kernels::MaskKind::None,
+            Mask::Causal => kernels::MaskKind::Causal,
+            Mask::Segments(_) => kernels::MaskKind::Segments,
         };
         // Two f32 tiles of block_kv × d must fit 16 KiB of shared memory (wgpu's floor).
         let block_kv = (2048 / d).max(1);
@@ -594,7 +595,7 @@ pub fn write_into(dst: &mut Tensor, dim: usize, start: usize, src: &Tensor) -> R
         Storage::Gpu(g) => {
             let g = g.clone();
             if crate::on_gpu(&device, &[dtype]) {
-                gpu::unary_into(src, &g, dtype, &view, nextflow_shaders::elementwise::OP_COPY)
+                gpu::unary_into(src, &g, dtype, &view, nextflow_shaders::elementwise::Unary::Copy)
             } else {
                 // No kernels for this dtype here: patch the bytes on the host.
                 let mut all = device.download(&Storage::Gpu(g))?;

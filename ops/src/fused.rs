@@ -32,20 +32,20 @@ pub struct FusedProgram {
 }
 
 impl FusedProgram {
-    /// The comptime encoding the kernel reads: `[kind, op, a, b]` per instruction.
-    fn encode(&self) -> Vec<u32> {
-        let mut out = Vec::with_capacity(4 * self.instrs.len());
-        for i in &self.instrs {
-            out.extend(match *i {
-                FusedInstr::Load(a) => [kernels::FUSED_LOAD, 0, a as u32, 0],
-                FusedInstr::Scalar(a) => [kernels::FUSED_SCALAR, 0, a as u32, 0],
-                FusedInstr::Unary(op, a) => [kernels::FUSED_UNARY, op.kernel_op(), a as u32, 0],
-                FusedInstr::Binary(op, a, b) => [kernels::FUSED_BINARY, op.kernel_op(), a as u32, b as u32],
-                FusedInstr::SiluMul(a, b) => [kernels::FUSED_BINARY, elementwise::OP_SILU_MUL, a as u32, b as u32],
-                FusedInstr::Round(d, a) => [kernels::FUSED_ROUND, if d == DType::BF16 { kernels::ROUND_BF16 } else { kernels::ROUND_F16 }, a as u32, 0],
-            });
-        }
-        out
+    /// The comptime program the kernel reads: the one place instructions map to
+    /// `nextflow_shaders::fused::Instr`.
+    fn encode(&self) -> Vec<kernels::Instr> {
+        self.instrs
+            .iter()
+            .map(|i| match *i {
+                FusedInstr::Load(a) => kernels::Instr::Load(a),
+                FusedInstr::Scalar(a) => kernels::Instr::Scalar(a),
+                FusedInstr::Unary(op, a) => kernels::Instr::Unary(op.kernel_op(), a),
+                FusedInstr::Binary(op, a, b) => kernels::Instr::Binary(op.kernel_op(), a, b),
+                FusedInstr::SiluMul(a, b) => kernels::Instr::Binary(elementwise::Binary::SiluMul, a, b),
+                FusedInstr::Round(d, a) => kernels::Instr::Round(if d == DType::BF16 { kernels::Half::Bf16 } else { kernels::Half::F16 }, a),
+            })
+            .collect()
     }
 
     fn check(&self, inputs: usize) -> Result<()> {
@@ -138,7 +138,6 @@ pub fn fused_elementwise(inputs: &[Tensor], shape: &[usize], program: &FusedProg
     }
     let scalars = if program.scalars.is_empty() { vec![0.0] } else { program.scalars.clone() };
     let code = program.encode();
-    let out_regs: Vec<u32> = program.outputs.iter().map(|&r| r as u32).collect();
     with_client!(device, c => {
         let layout_h = upload_u32(c, &layout);
         let scalars_h = c.create_from_slice(bytemuck::cast_slice(&scalars));
@@ -164,7 +163,7 @@ pub fn fused_elementwise(inputs: &[Tensor], shape: &[usize], program: &FusedProg
                         rank,
                         views.len(),
                         code.clone(),
-                        out_regs.clone(),
+                        program.outputs.clone(),
                     )
                 }
             }};

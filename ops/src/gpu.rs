@@ -158,7 +158,7 @@ pub fn empty(device: &Device, dtype: DType, shape: &[usize]) -> Result<Tensor> {
 }
 
 /// Writes `op(src)` (converted to `dst_dtype`) into the view `dst_layout` of `dst`.
-pub(crate) fn unary_into(src: &Tensor, dst: &GpuBuffer, dst_dtype: DType, dst_layout: &Layout, op: u32) -> Result<()> {
+pub(crate) fn unary_into(src: &Tensor, dst: &GpuBuffer, dst_dtype: DType, dst_layout: &Layout, op: elementwise::Unary) -> Result<()> {
     let (shape, strides) = coalesce(src.shape(), &[src.strides(), dst_layout.strides()]);
     let rank = shape.len();
     let mut layout = vec![src.layout().offset() as u32, dst_layout.offset() as u32];
@@ -188,14 +188,14 @@ pub(crate) fn unary_into(src: &Tensor, dst: &GpuBuffer, dst_dtype: DType, dst_la
     Ok(())
 }
 
-pub fn unary(x: &Tensor, dtype: DType, op: u32) -> Result<Tensor> {
+pub fn unary(x: &Tensor, dtype: DType, op: elementwise::Unary) -> Result<Tensor> {
     let out = empty(x.device(), dtype, x.shape())?;
     unary_into(x, buffer(&out), dtype, out.layout(), op)?;
     Ok(out)
 }
 
 /// `a` and `b` are already broadcast to the output shape.
-pub fn binary(a: &Tensor, b: &Tensor, op: u32) -> Result<Tensor> {
+pub fn binary(a: &Tensor, b: &Tensor, op: elementwise::Binary) -> Result<Tensor> {
     let out = empty(a.device(), a.dtype(), a.shape())?;
     let (shape, strides) = coalesce(a.shape(), &[a.strides(), b.strides(), out.strides()]);
     let rank = shape.len();
@@ -233,7 +233,7 @@ fn rows_of(x: &Tensor) -> (usize, usize) {
     (x.numel() / n, n)
 }
 
-pub fn reduce(x: &Tensor, op: u32) -> Result<Tensor> {
+pub fn reduce(x: &Tensor, op: reduce::Reduce) -> Result<Tensor> {
     let (rows, n) = rows_of(x);
     let out = empty(x.device(), x.dtype(), &x.shape()[..x.rank() - 1])?;
     with_client_impl!(x.device(), c => with_dtype_impl!(x.dtype(), E => unsafe {
@@ -340,7 +340,7 @@ pub fn concat(parts: &[&Tensor], dim: usize, shape: &[usize]) -> Result<Tensor> 
     let mut start = 0;
     for p in parts {
         let view = out.layout().narrow(dim, start, p.shape()[dim])?;
-        unary_into(p, buffer(&out), out.dtype(), &view, elementwise::OP_COPY)?;
+        unary_into(p, buffer(&out), out.dtype(), &view, elementwise::Unary::Copy)?;
         start += p.shape()[dim];
     }
     Ok(out)

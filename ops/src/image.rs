@@ -83,11 +83,12 @@ pub fn resize_plane<T: Float>(plane: &[T], h: usize, w: usize, out_h: usize, out
     }
 }
 
-fn mode_code(mode: Resize) -> u32 {
+/// The kernel's mode: the one place `Resize` maps to `nextflow_shaders`.
+fn kernel_mode(mode: Resize) -> kernels::ResizeMode {
     match mode {
-        Resize::Nearest => kernels::MODE_NEAREST,
-        Resize::Area => kernels::MODE_AREA,
-        Resize::Bicubic => kernels::MODE_BICUBIC,
+        Resize::Nearest => kernels::ResizeMode::Nearest,
+        Resize::Area => kernels::ResizeMode::Area,
+        Resize::Bicubic => kernels::ResizeMode::Bicubic,
     }
 }
 
@@ -151,7 +152,7 @@ fn resize(x: &Tensor, out_h: usize, out_w: usize, mode: Resize, channels_last: b
             kernels::interpolate::launch_unchecked::<E, _>(
                 cl, gpu::grid(numel, 256), CubeDim::new_1d(256),
                 array(buffer(x), dtype), array(buffer(&out), dtype),
-                ArrayArg::from_raw_parts(geo.clone(), geometry.len()), numel as u32, mode_code(mode),
+                ArrayArg::from_raw_parts(geo.clone(), geometry.len()), numel as u32, kernel_mode(mode),
             )
         })
     });

@@ -56,15 +56,16 @@ impl UnaryOp {
     pub const ALL: [UnaryOp; 7] =
         [UnaryOp::Neg, UnaryOp::Exp, UnaryOp::Sqrt, UnaryOp::Rsqrt, UnaryOp::Tanh, UnaryOp::Silu, UnaryOp::GeluErf];
 
-    fn kernel_op(self) -> u32 {
+    /// The kernel's op: the one place the op maps to `nextflow_shaders`.
+    fn kernel_op(self) -> elementwise::Unary {
         match self {
-            UnaryOp::Neg => elementwise::OP_NEG,
-            UnaryOp::Exp => elementwise::OP_EXP,
-            UnaryOp::Sqrt => elementwise::OP_SQRT,
-            UnaryOp::Rsqrt => elementwise::OP_RSQRT,
-            UnaryOp::Tanh => elementwise::OP_TANH,
-            UnaryOp::Silu => elementwise::OP_SILU,
-            UnaryOp::GeluErf => elementwise::OP_GELU_ERF,
+            UnaryOp::Neg => elementwise::Unary::Neg,
+            UnaryOp::Exp => elementwise::Unary::Exp,
+            UnaryOp::Sqrt => elementwise::Unary::Sqrt,
+            UnaryOp::Rsqrt => elementwise::Unary::Rsqrt,
+            UnaryOp::Tanh => elementwise::Unary::Tanh,
+            UnaryOp::Silu => elementwise::Unary::Silu,
+            UnaryOp::GeluErf => elementwise::Unary::GeluErf,
         }
     }
 }
@@ -82,13 +83,14 @@ pub enum BinaryOp {
 impl BinaryOp {
     pub const ALL: [BinaryOp; 5] = [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Max];
 
-    fn kernel_op(self) -> u32 {
+    /// The kernel's op: the one place the op maps to `nextflow_shaders`.
+    fn kernel_op(self) -> elementwise::Binary {
         match self {
-            BinaryOp::Add => elementwise::OP_ADD,
-            BinaryOp::Sub => elementwise::OP_SUB,
-            BinaryOp::Mul => elementwise::OP_MUL,
-            BinaryOp::Div => elementwise::OP_DIV,
-            BinaryOp::Max => elementwise::OP_MAX,
+            BinaryOp::Add => elementwise::Binary::Add,
+            BinaryOp::Sub => elementwise::Binary::Sub,
+            BinaryOp::Mul => elementwise::Binary::Mul,
+            BinaryOp::Div => elementwise::Binary::Div,
+            BinaryOp::Max => elementwise::Binary::Max,
         }
     }
 }
@@ -104,11 +106,12 @@ pub enum ReduceOp {
 impl ReduceOp {
     pub const ALL: [ReduceOp; 3] = [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Mean];
 
-    fn kernel_op(self) -> u32 {
+    /// The kernel's op: the one place the op maps to `nextflow_shaders`.
+    fn kernel_op(self) -> kernels::Reduce {
         match self {
-            ReduceOp::Sum => kernels::REDUCE_SUM,
-            ReduceOp::Max => kernels::REDUCE_MAX,
-            ReduceOp::Mean => kernels::REDUCE_MEAN,
+            ReduceOp::Sum => kernels::Reduce::Sum,
+            ReduceOp::Max => kernels::Reduce::Max,
+            ReduceOp::Mean => kernels::Reduce::Mean,
         }
     }
 }
@@ -168,7 +171,7 @@ pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
     if !on_gpu(x.device(), &[x.dtype(), dtype]) {
         return via_cpu(&[x], |h| cpu::cast(&h[0], dtype));
     }
-    gpu::unary(x, dtype, elementwise::OP_COPY)
+    gpu::unary(x, dtype, elementwise::Unary::Copy)
 }
 
 /// A dense copy of any view (returns `x` itself when it already is dense).
@@ -345,7 +348,7 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if !on_gpu(gate.device(), &[gate.dtype()]) {
         return via_cpu(&[gate, up], f);
     }
-    gpu::binary(&gate.broadcast_to(&shape)?, &up.broadcast_to(&shape)?, elementwise::OP_SILU_MUL)
+    gpu::binary(&gate.broadcast_to(&shape)?, &up.broadcast_to(&shape)?, elementwise::Binary::SiluMul)
 }
 
 /// Fused residual add + RMSNorm: returns `(x + residual, rms_norm(x + residual) · weight)`,

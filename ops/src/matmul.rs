@@ -178,11 +178,12 @@ pub fn matmul_with(a: &Tensor, b: &Tensor, epilogue: Epilogue, kernel: MatmulKer
     gpu_matmul(a, b, &epilogue, &out_shape, kernel, None)
 }
 
-fn act_code(a: Activation) -> u32 {
+/// The kernels' activation: the one place `Activation` maps to `nextflow_shaders`.
+fn kernel_act(a: Activation) -> kernels::Activation {
     match a {
-        Activation::None => kernels::ACT_NONE,
-        Activation::Silu => kernels::ACT_SILU,
-        Activation::GeluErf => kernels::ACT_GELU_ERF,
+        Activation::None => kernels::Activation::None,
+        Activation::Silu => kernels::Activation::Silu,
+        Activation::GeluErf => kernels::Activation::GeluErf,
     }
 }
 
@@ -260,7 +261,7 @@ fn gpu_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, out_shape: &[usize], kernel
     // Absent epilogue operands bind the output buffer; the kernel never reads them.
     let bias_buf = bias.as_ref().map(buffer).unwrap_or(buffer(&out));
     let res_buf = residual.as_ref().map(|(t, _)| buffer(t)).unwrap_or(buffer(&out));
-    let (has_bias, has_res, act) = (bias.is_some(), residual.is_some(), act_code(ep.activation));
+    let (has_bias, has_res, act) = (bias.is_some(), residual.is_some(), kernel_act(ep.activation));
     let dtype = a.dtype();
     let kernel = match kernel {
         MatmulKernel::Auto if m <= GEMV_MAX_ROWS => MatmulKernel::Gemv,

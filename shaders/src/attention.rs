@@ -6,11 +6,16 @@
 
 use cubecl::prelude::*;
 
-pub const MASK_NONE: u32 = 0;
-/// Key `j` is visible to the query at absolute position `p` iff `j <= p`.
-pub const MASK_CAUSAL: u32 = 1;
-/// Iff `segment[j] <= segment[p]`: bidirectional inside a segment, causal across them.
-pub const MASK_SEGMENTS: u32 = 2;
+/// Which keys a query sees — a comptime kernel argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MaskKind {
+    /// Every valid key.
+    None,
+    /// Key `j` is visible to the query at absolute position `p` iff `j <= p`.
+    Causal,
+    /// Iff `segment[j] <= segment[p]`: bidirectional inside a segment, causal across them.
+    Segments,
+}
 
 /// `out[b, h, i, :] = softmax(scale · q[b, h, i] · K[b, h/g]ᵀ + mask) · V[b, h/g]`.
 /// Geometry: `[sq, hq, group, q_pos0, q_off, q_sb, q_sh, q_ss, k_off, k_sb, k_sh, k_ss,
@@ -31,7 +36,7 @@ pub fn flash_attention<E: Numeric>(
     #[comptime] head_dim: usize,
     #[comptime] block_q: u32,
     #[comptime] block_kv: usize,
-    #[comptime] mask: u32,
+    #[comptime] mask: MaskKind,
 ) {
     let sq = geometry[0] as usize;
     let group = geometry[2] as usize;
@@ -62,9 +67,12 @@ pub fn flash_attention<E: Numeric>(
 
     // Keys past the valid length, or (causal) past the cube's last query, are never loaded.
     let mut kv_end = kv_ranges[2 * batch + 1] as usize;
-    if comptime![mask == MASK_CAUSAL] {
-        let last_q = min(first_q + block_q as usize, sq) - 1;
-        kv_end = min(kv_end, q_pos0 + last_q + 1);
+    match mask {
+        MaskKind::Causal => {
+            let last_q = min(first_q + block_q as usize, sq) - 1;
+            kv_end = min(kv_end, q_pos0 + last_q + 1);
+        }
+        MaskKind::None | MaskKind::Segments => {}
     }
     let k_base = geometry[8] as usize + batch * geometry[9] as usize + kv_head * geometry[10] as usize;
     let v_base = geometry[12] as usize + batch * geometry[13] as usize + kv_head * geometry[14] as usize;
@@ -94,11 +102,14 @@ pub fn flash_attention<E: Numeric>(
             for r in 0..rows {
                 let key = t0 + r;
                 let mut visible = true;
-                if comptime![mask == MASK_CAUSAL] {
-                    visible = key <= q_pos;
-                }
-                if comptime![mask == MASK_SEGMENTS] {
-                    visible = segments[key] <= segments[q_pos];
+                match mask {
+                    MaskKind::None => {}
+                    MaskKind::Causal => {
+                        visible = key <= q_pos;
+                    }
+                    MaskKind::Segments => {
+                        visible = segments[key] <= segments[q_pos];
+                    }
                 }
                 if visible {
                     let mut score = 0.0f32;

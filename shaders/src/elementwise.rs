@@ -6,79 +6,65 @@
 
 use cubecl::prelude::*;
 
-pub const OP_COPY: u32 = 0;
-pub const OP_NEG: u32 = 1;
-pub const OP_EXP: u32 = 2;
-pub const OP_SQRT: u32 = 3;
-pub const OP_RSQRT: u32 = 4;
-pub const OP_TANH: u32 = 5;
-pub const OP_SILU: u32 = 6;
-pub const OP_GELU_ERF: u32 = 7;
+/// A float function of one argument, evaluated in f32 — a comptime kernel argument.
+/// `Copy` converts the input type to the output type directly (exact for ints).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Unary {
+    Copy,
+    Neg,
+    Exp,
+    Sqrt,
+    Rsqrt,
+    Tanh,
+    Silu,
+    GeluErf,
+}
 
-pub const OP_ADD: u32 = 0;
-pub const OP_SUB: u32 = 1;
-pub const OP_MUL: u32 = 2;
-pub const OP_DIV: u32 = 3;
-pub const OP_MAX: u32 = 4;
-/// SwiGLU: `silu(a) · b`, always evaluated in f32.
-pub const OP_SILU_MUL: u32 = 5;
+/// A function of two operands in the compute type — a comptime kernel argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Max,
+    /// SwiGLU: `silu(a) · b`, always evaluated in f32.
+    SiluMul,
+}
 
 /// A float unary function, evaluated in f32.
 #[cube]
-pub fn unary_f32(x: f32, #[comptime] op: u32) -> f32 {
-    let mut y = x;
-    if comptime![op == OP_NEG] {
-        y = -x;
-    }
-    if comptime![op == OP_EXP] {
-        y = f32::exp(x);
-    }
-    if comptime![op == OP_SQRT] {
-        y = f32::sqrt(x);
-    }
-    if comptime![op == OP_RSQRT] {
-        y = f32::inverse_sqrt(x);
-    }
-    if comptime![op == OP_TANH] {
+pub fn unary_f32(x: f32, #[comptime] op: Unary) -> f32 {
+    match op {
+        Unary::Copy => x,
+        Unary::Neg => -x,
+        Unary::Exp => f32::exp(x),
+        Unary::Sqrt => f32::sqrt(x),
+        Unary::Rsqrt => f32::inverse_sqrt(x),
         // tanh(x) = 1 - 2/(exp(2x)+1): finite for every x, unlike backends' exp-ratio forms.
-        y = 1.0 - 2.0 / (f32::exp(2.0 * x) + 1.0);
+        Unary::Tanh => 1.0 - 2.0 / (f32::exp(2.0 * x) + 1.0),
+        Unary::Silu => x / (1.0 + f32::exp(-x)),
+        Unary::GeluErf => 0.5 * x * (1.0 + Erf::erf(x * 0.70710677)),
     }
-    if comptime![op == OP_SILU] {
-        y = x / (1.0 + f32::exp(-x));
-    }
-    if comptime![op == OP_GELU_ERF] {
-        y = 0.5 * x * (1.0 + Erf::erf(x * 0.70710677));
-    }
-    y
 }
 
 /// A binary function in the compute type `A` (f32 for floats, the int type for ints).
 #[cube]
-pub fn binary_op<A: Numeric>(a: A, b: A, #[comptime] op: u32) -> A {
-    let mut y = a;
-    if comptime![op == OP_ADD] {
-        y = a + b;
+pub fn binary_op<A: Numeric>(a: A, b: A, #[comptime] op: Binary) -> A {
+    match op {
+        Binary::Add => a + b,
+        Binary::Sub => a - b,
+        Binary::Mul => a * b,
+        Binary::Div => a / b,
+        Binary::Max => select(a > b, a, b),
+        Binary::SiluMul => {
+            let x = f32::cast_from(a);
+            A::cast_from(x / (1.0 + f32::exp(-x)) * f32::cast_from(b))
+        }
     }
-    if comptime![op == OP_SUB] {
-        y = a - b;
-    }
-    if comptime![op == OP_MUL] {
-        y = a * b;
-    }
-    if comptime![op == OP_DIV] {
-        y = a / b;
-    }
-    if comptime![op == OP_MAX] {
-        y = select(a > b, a, b);
-    }
-    if comptime![op == OP_SILU_MUL] {
-        let x = f32::cast_from(a);
-        y = A::cast_from(x / (1.0 + f32::exp(-x)) * f32::cast_from(b));
-    }
-    y
 }
 
-/// `out[view] = op(input[view])`; `OP_COPY` converts `I` to `O` directly (exact for ints),
+/// `out[view] = op(input[view])`; `Unary::Copy` converts `I` to `O` directly (exact for ints),
 /// every other op goes through f32. Layout: `[in_off, out_off, (size, in_stride, out_stride)…]`.
 #[cube(launch_unchecked)]
 pub fn unary_strided<I: Numeric, O: Numeric>(
@@ -87,7 +73,7 @@ pub fn unary_strided<I: Numeric, O: Numeric>(
     layout: &Array<u32>,
     numel: u32,
     #[comptime] rank: usize,
-    #[comptime] op: u32,
+    #[comptime] op: Unary,
 ) {
     let pos = ABSOLUTE_POS;
     if pos >= numel as usize {
@@ -104,10 +90,13 @@ pub fn unary_strided<I: Numeric, O: Numeric>(
         in_at += coord * layout[3 + 3 * d] as usize;
         out_at += coord * layout[4 + 3 * d] as usize;
     }
-    if comptime![op == OP_COPY] {
-        output[out_at] = O::cast_from(input[in_at]);
-    } else {
-        output[out_at] = O::cast_from(unary_f32(f32::cast_from(input[in_at]), op));
+    match op {
+        Unary::Copy => {
+            output[out_at] = O::cast_from(input[in_at]);
+        }
+        _ => {
+            output[out_at] = O::cast_from(unary_f32(f32::cast_from(input[in_at]), op));
+        }
     }
 }
 
@@ -121,7 +110,7 @@ pub fn binary_strided<E: Numeric, A: Numeric>(
     layout: &Array<u32>,
     numel: u32,
     #[comptime] rank: usize,
-    #[comptime] op: u32,
+    #[comptime] op: Binary,
 ) {
     let pos = ABSOLUTE_POS;
     if pos >= numel as usize {

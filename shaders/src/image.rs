@@ -3,9 +3,13 @@
 
 use cubecl::prelude::*;
 
-pub const MODE_NEAREST: u32 = 0;
-pub const MODE_AREA: u32 = 1;
-pub const MODE_BICUBIC: u32 = 2;
+/// An interpolation mode — a comptime kernel argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ResizeMode {
+    Nearest,
+    Area,
+    Bicubic,
+}
 
 /// PyTorch's cubic convolution weights (A = -0.75) for the taps at -1, 0, 1, 2 of offset t.
 #[cube]
@@ -36,7 +40,7 @@ fn cubic_weight(t: f32, #[comptime] tap: u32) -> f32 {
 /// clamped taps). Geometry: `[c, in_h, in_w, out_h, out_w, in_off, in_sn, in_sc, in_sh,
 /// in_sw, out_sn, out_sc, out_sh, out_sw]`; one unit per output element.
 #[cube(launch_unchecked)]
-pub fn interpolate<E: Numeric>(input: &Array<E>, output: &mut Array<E>, geometry: &Array<u32>, numel: u32, #[comptime] mode: u32) {
+pub fn interpolate<E: Numeric>(input: &Array<E>, output: &mut Array<E>, geometry: &Array<u32>, numel: u32, #[comptime] mode: ResizeMode) {
     let pos = ABSOLUTE_POS;
     if pos >= numel as usize {
         terminate!();
@@ -50,55 +54,56 @@ pub fn interpolate<E: Numeric>(input: &Array<E>, output: &mut Array<E>, geometry
     let n = pos / (out_w * out_h * c_len);
     let base = geometry[5] as usize + n * geometry[6] as usize + c * geometry[7] as usize;
     let (sh, sw) = (geometry[8] as usize, geometry[9] as usize);
-    let mut value = 0.0f32;
-    if comptime![mode == MODE_NEAREST] {
-        let mut iy = oy / 2;
-        if out_h != 2 * in_h {
-            iy = min(usize::cast_from(f32::floor(f32::cast_from(oy) * (f32::cast_from(in_h) / f32::cast_from(out_h)))), in_h - 1);
-        }
-        let mut ix = ox / 2;
-        if out_w != 2 * in_w {
-            ix = min(usize::cast_from(f32::floor(f32::cast_from(ox) * (f32::cast_from(in_w) / f32::cast_from(out_w)))), in_w - 1);
-        }
-        value = f32::cast_from(input[base + iy * sh + ix * sw]);
-    }
-    if comptime![mode == MODE_AREA] {
-        let y0 = (oy * in_h) / out_h;
-        let y1 = ((oy + 1) * in_h + out_h - 1) / out_h;
-        let x0 = (ox * in_w) / out_w;
-        let x1 = ((ox + 1) * in_w + out_w - 1) / out_w;
-        let mut sum = 0.0f32;
-        for y in y0..y1 {
-            for x in x0..x1 {
-                sum += f32::cast_from(input[base + y * sh + x * sw]);
+    let value = match mode {
+        ResizeMode::Nearest => {
+            let mut iy = oy / 2;
+            if out_h != 2 * in_h {
+                iy = min(usize::cast_from(f32::floor(f32::cast_from(oy) * (f32::cast_from(in_h) / f32::cast_from(out_h)))), in_h - 1);
             }
+            let mut ix = ox / 2;
+            if out_w != 2 * in_w {
+                ix = min(usize::cast_from(f32::floor(f32::cast_from(ox) * (f32::cast_from(in_w) / f32::cast_from(out_w)))), in_w - 1);
+            }
+            f32::cast_from(input[base + iy * sh + ix * sw])
         }
-        value = sum / f32::cast_from((y1 - y0) * (x1 - x0));
-    }
-    if comptime![mode == MODE_BICUBIC] {
-        let real_y = (f32::cast_from(in_h) / f32::cast_from(out_h)) * (f32::cast_from(oy) + 0.5) - 0.5;
-        let real_x = (f32::cast_from(in_w) / f32::cast_from(out_w)) * (f32::cast_from(ox) + 0.5) - 0.5;
-        let fy = f32::floor(real_y);
-        let fx = f32::floor(real_x);
-        let (ty, tx) = (real_y - fy, real_x - fx);
-        let (iy, ix) = (i32::cast_from(fy), i32::cast_from(fx));
-        let (max_y, max_x) = (in_h as i32 - 1, in_w as i32 - 1);
-        let mut rows = Array::<f32>::new(4usize);
-        #[unroll]
-        for r in 0..4i32 {
-            let y = usize::cast_from(clamp(iy - 1 + r, 0, max_y));
-            let row = base + y * sh;
-            let x0 = usize::cast_from(clamp(ix - 1, 0, max_x));
-            let x1 = usize::cast_from(clamp(ix, 0, max_x));
-            let x2 = usize::cast_from(clamp(ix + 1, 0, max_x));
-            let x3 = usize::cast_from(clamp(ix + 2, 0, max_x));
-            rows[r as usize] = f32::cast_from(input[row + x0 * sw]) * cubic_weight(tx, 0u32)
-                + f32::cast_from(input[row + x1 * sw]) * cubic_weight(tx, 1u32)
-                + f32::cast_from(input[row + x2 * sw]) * cubic_weight(tx, 2u32)
-                + f32::cast_from(input[row + x3 * sw]) * cubic_weight(tx, 3u32);
+        ResizeMode::Area => {
+            let y0 = (oy * in_h) / out_h;
+            let y1 = ((oy + 1) * in_h + out_h - 1) / out_h;
+            let x0 = (ox * in_w) / out_w;
+            let x1 = ((ox + 1) * in_w + out_w - 1) / out_w;
+            let mut sum = 0.0f32;
+            for y in y0..y1 {
+                for x in x0..x1 {
+                    sum += f32::cast_from(input[base + y * sh + x * sw]);
+                }
+            }
+            sum / f32::cast_from((y1 - y0) * (x1 - x0))
         }
-        value = rows[0] * cubic_weight(ty, 0u32) + rows[1] * cubic_weight(ty, 1u32) + rows[2] * cubic_weight(ty, 2u32) + rows[3] * cubic_weight(ty, 3u32);
-    }
+        ResizeMode::Bicubic => {
+            let real_y = (f32::cast_from(in_h) / f32::cast_from(out_h)) * (f32::cast_from(oy) + 0.5) - 0.5;
+            let real_x = (f32::cast_from(in_w) / f32::cast_from(out_w)) * (f32::cast_from(ox) + 0.5) - 0.5;
+            let fy = f32::floor(real_y);
+            let fx = f32::floor(real_x);
+            let (ty, tx) = (real_y - fy, real_x - fx);
+            let (iy, ix) = (i32::cast_from(fy), i32::cast_from(fx));
+            let (max_y, max_x) = (in_h as i32 - 1, in_w as i32 - 1);
+            let mut rows = Array::<f32>::new(4usize);
+            #[unroll]
+            for r in 0..4i32 {
+                let y = usize::cast_from(clamp(iy - 1 + r, 0, max_y));
+                let row = base + y * sh;
+                let x0 = usize::cast_from(clamp(ix - 1, 0, max_x));
+                let x1 = usize::cast_from(clamp(ix, 0, max_x));
+                let x2 = usize::cast_from(clamp(ix + 1, 0, max_x));
+                let x3 = usize::cast_from(clamp(ix + 2, 0, max_x));
+                rows[r as usize] = f32::cast_from(input[row + x0 * sw]) * cubic_weight(tx, 0u32)
+                    + f32::cast_from(input[row + x1 * sw]) * cubic_weight(tx, 1u32)
+                    + f32::cast_from(input[row + x2 * sw]) * cubic_weight(tx, 2u32)
+                    + f32::cast_from(input[row + x3 * sw]) * cubic_weight(tx, 3u32);
+            }
+            rows[0] * cubic_weight(ty, 0u32) + rows[1] * cubic_weight(ty, 1u32) + rows[2] * cubic_weight(ty, 2u32) + rows[3] * cubic_weight(ty, 3u32)
+        }
+    };
     let at = n * geometry[10] as usize + c * geometry[11] as usize + oy * geometry[12] as usize + ox * geometry[13] as usize;
     output[at] = E::cast_from(value);
 }

@@ -36,9 +36,13 @@ pub mod geo {
 }
 use geo::*;
 
-pub const ACT_NONE: u32 = 0;
-pub const ACT_SILU: u32 = 1;
-pub const ACT_GELU_ERF: u32 = 2;
+/// The activation of the epilogue — a comptime kernel argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Activation {
+    None,
+    Silu,
+    GeluErf,
+}
 
 /// The fused epilogue: bias, then activation, then residual add.
 #[cube]
@@ -51,18 +55,21 @@ fn epilogue<E: Numeric>(
     residual: &Array<E>,
     geometry: &Array<u32>,
     #[comptime] has_bias: bool,
-    #[comptime] act: u32,
+    #[comptime] act: Activation,
     #[comptime] has_residual: bool,
 ) -> E {
     let mut v = acc;
     if comptime![has_bias] {
         v += f32::cast_from(bias[j]);
     }
-    if comptime![act == ACT_SILU] {
-        v = v / (1.0 + f32::exp(-v));
-    }
-    if comptime![act == ACT_GELU_ERF] {
-        v = 0.5 * v * (1.0 + Erf::erf(v * 0.70710677));
+    match act {
+        Activation::None => {}
+        Activation::Silu => {
+            v = v / (1.0 + f32::exp(-v));
+        }
+        Activation::GeluErf => {
+            v = 0.5 * v * (1.0 + Erf::erf(v * 0.70710677));
+        }
     }
     if comptime![has_residual] {
         let at = geometry[R_OFFSET] as usize + batch * geometry[R_BATCH] as usize + i * geometry[R_ROW] as usize + j * geometry[R_COL] as usize;
@@ -91,7 +98,7 @@ pub fn matmul_tiled<E: Numeric>(
     #[comptime] a_m_fast: bool,
     #[comptime] b_k_fast: bool,
     #[comptime] has_bias: bool,
-    #[comptime] act: u32,
+    #[comptime] act: Activation,
     #[comptime] has_residual: bool,
 ) {
     let m = geometry[M] as usize;
@@ -195,7 +202,7 @@ pub fn gemv_k_contiguous<E: Numeric>(
     geometry: &Array<u32>,
     #[comptime] block: u32,
     #[comptime] has_bias: bool,
-    #[comptime] act: u32,
+    #[comptime] act: Activation,
     #[comptime] has_residual: bool,
 ) {
     let k = geometry[K] as usize;
@@ -229,7 +236,7 @@ pub fn gemv_n_contiguous<E: Numeric>(
     out: &mut Array<E>,
     geometry: &Array<u32>,
     #[comptime] has_bias: bool,
-    #[comptime] act: u32,
+    #[comptime] act: Activation,
     #[comptime] has_residual: bool,
 ) {
     let (n, k) = (geometry[N] as usize, geometry[K] as usize);
@@ -263,7 +270,7 @@ pub fn matmul_cmma(
     out: &mut Array<half::f16>,
     geometry: &Array<u32>,
     #[comptime] has_bias: bool,
-    #[comptime] act: u32,
+    #[comptime] act: Activation,
     #[comptime] has_residual: bool,
 ) {
     let (m, n, k) = (geometry[M] as usize, geometry[N] as usize, geometry[K] as usize);

@@ -4,9 +4,13 @@
 
 use cubecl::prelude::*;
 
-pub const REDUCE_SUM: u32 = 0;
-pub const REDUCE_MAX: u32 = 1;
-pub const REDUCE_MEAN: u32 = 2;
+/// A reduction over a row — a comptime kernel argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reduce {
+    Sum,
+    Max,
+    Mean,
+}
 
 /// Cube-wide sum (or max) of one f32 per unit; every unit receives the result.
 #[cube]
@@ -65,7 +69,7 @@ pub fn cube_argmax(value: f32, index: u32, values: &mut SharedMemory<f32>, indic
 
 /// `out[row] = sum | max | mean(input[row, :])`.
 #[cube(launch_unchecked)]
-pub fn reduce_rows<E: Numeric>(input: &Array<E>, output: &mut Array<E>, n: u32, rows: u32, #[comptime] op: u32, #[comptime] block: u32) {
+pub fn reduce_rows<E: Numeric>(input: &Array<E>, output: &mut Array<E>, n: u32, rows: u32, #[comptime] op: Reduce, #[comptime] block: u32) {
     let row = CUBE_POS;
     if row >= rows as usize {
         terminate!();
@@ -73,7 +77,7 @@ pub fn reduce_rows<E: Numeric>(input: &Array<E>, output: &mut Array<E>, n: u32, 
     let n = n as usize;
     let base = row * n;
     let mut shared = SharedMemory::<f32>::new(comptime![block as usize]);
-    let is_max = comptime![op == REDUCE_MAX];
+    let is_max = comptime![op == Reduce::Max];
     // f32::MIN, not -inf: WGSL has no infinity literal.
     let mut acc = 0.0f32.runtime();
     if comptime![is_max] {
@@ -82,19 +86,25 @@ pub fn reduce_rows<E: Numeric>(input: &Array<E>, output: &mut Array<E>, n: u32, 
     let mut i = UNIT_POS as usize;
     while i < n {
         let x = f32::cast_from(input[base + i]);
-        if comptime![op == REDUCE_MAX] {
-            acc = f32::max(acc, x);
-        } else {
-            acc += x;
+        match op {
+            Reduce::Max => {
+                acc = f32::max(acc, x);
+            }
+            Reduce::Sum | Reduce::Mean => {
+                acc += x;
+            }
         }
         i += block as usize;
     }
     let total = cube_combine(acc, &mut shared, block, is_max);
     if UNIT_POS == 0 {
-        if comptime![op == REDUCE_MEAN] {
-            output[row] = E::cast_from(total / f32::cast_from(n));
-        } else {
-            output[row] = E::cast_from(total);
+        match op {
+            Reduce::Mean => {
+                output[row] = E::cast_from(total / f32::cast_from(n));
+            }
+            Reduce::Sum | Reduce::Max => {
+                output[row] = E::cast_from(total);
+            }
         }
     }
 }

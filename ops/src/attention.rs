@@ -441,7 +441,7 @@ impl Rope {
             *cache = Some(((pos.to_vec(), self.inv_freq.clone(), self.axis.clone()), t.clone()));
             t
         });
-        let mut out = nextflow_runtime::CpuBuffer::zeros_f32(b * h * s * d);
+        let mut out = nextflow_runtime::CpuBuffer::scratch_f32(b * h * s * d);
         crate::pool::chunks_mut(&mut out, d * s.max(1), &|start, plane| {
             let bh = start / (d * s.max(1));
             let bi = bh / h;

@@ -106,7 +106,7 @@ pub fn read_f32(t: &Tensor) -> Cow<'_, [f32]> {
 /// A new contiguous tensor of `dtype` whose f32 values `f(first_index, chunk)` writes.
 fn write_with(dtype: DType, shape: &[usize], device: &Device, f: impl Fn(usize, &mut [f32]) + Sync) -> Tensor {
     let numel: usize = shape.iter().product();
-    let mut buf = CpuBuffer::filled(numel * dtype.size(), 0);
+    let mut buf = CpuBuffer::scratch(numel * dtype.size());
     match dtype {
         DType::F32 => par_fill(buf.as_mut_slice::<f32>(), f),
         _ => {
@@ -142,7 +142,7 @@ fn map_rows(x: &Tensor, f: impl Fn(&mut [f32]) + Sync + Send) -> Tensor {
         for_rows(c, n, &f);
     };
     if dtype == DType::F32 {
-        let mut buf = CpuBuffer::filled(x.numel() * 4, 0);
+        let mut buf = CpuBuffer::scratch(x.numel() * 4);
         par_fill_rows(buf.as_mut_slice::<f32>(), n, fill);
         return Tensor::from_storage(Storage::Cpu(buf), Layout::contiguous(shape), dtype, x.device().clone());
     }
@@ -186,7 +186,7 @@ fn swiglu_rows(gate: &Tensor, up: &Tensor, shape: &[usize]) -> Option<Tensor> {
     let (gs, us) = (gate.strides()[gate.rank() - 2], up.strides()[up.rank() - 2]);
     let (gb, ub) = (cpu_buffer(gate).as_slice::<f32>(), cpu_buffer(up).as_slice::<f32>());
     let (go, uo) = (gate.layout().offset(), up.layout().offset());
-    let mut out = nextflow_runtime::CpuBuffer::zeros_f32(rows * n);
+    let mut out = nextflow_runtime::CpuBuffer::scratch_f32(rows * n);
     par_fill_rows(&mut out, n, |start, c| {
         for (i, o) in c.chunks_mut(n).enumerate() {
             let r = start / n + i;

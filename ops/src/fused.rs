@@ -192,7 +192,7 @@ fn cpu_fused(views: &[Tensor], shape: &[usize], program: &FusedProgram, out_dtyp
     const BLOCK: usize = 1024;
     let numel: usize = shape.iter().product();
     let values: Vec<std::borrow::Cow<[f32]>> = views.iter().map(cpu::read_f32).collect();
-    let mut outputs: Vec<Vec<f32>> = (0..program.outputs.len()).map(|_| nextflow_runtime::CpuBuffer::zeros_f32(numel)).collect();
+    let mut outputs: Vec<Vec<f32>> = (0..program.outputs.len()).map(|_| nextflow_runtime::CpuBuffer::scratch_f32(numel)).collect();
     let mut blocks: Vec<Vec<&mut [f32]>> = Vec::new();
     for out in outputs.iter_mut() {
         for (b, chunk) in out.chunks_mut(BLOCK).enumerate() {

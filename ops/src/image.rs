@@ -117,7 +117,7 @@ fn resize(x: &Tensor, out_h: usize, out_w: usize, mode: Resize, channels_last: b
     };
     let cpu_path = |x: &Tensor| -> Result<Tensor> {
         let planes = cpu::read_f32(x);
-        let mut out = nextflow_runtime::CpuBuffer::zeros_f32(n * c * out_h * out_w);
+        let mut out = nextflow_runtime::CpuBuffer::scratch_f32(n * c * out_h * out_w);
         let plane = out_h * out_w;
         crate::pool::chunks_mut(&mut out, plane, &|start, o| {
             let i = start / plane;
@@ -584,7 +584,7 @@ pub fn group_norm_with(x: &Tensor, groups: usize, gamma: &Tensor, beta: &Tensor,
     let cpu_path = |t: &[Tensor]| -> Result<Tensor> {
         let xs = cpu::read_f32(&t[0]);
         let (g, b) = (cpu::read_f32(&t[1]), cpu::read_f32(&t[2]));
-        let mut out = nextflow_runtime::CpuBuffer::zeros_f32(xs.len());
+        let mut out = nextflow_runtime::CpuBuffer::scratch_f32(xs.len());
         let per_group = c / groups;
         let len = group_len.max(1);
         crate::pool::chunks_mut(&mut out, len, &|start, o| {

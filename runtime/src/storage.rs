@@ -38,6 +38,28 @@ impl CpuBuffer {
         }
     }
 
+    /// `n` f32 values for a caller that writes every one of them: a buffer of the running
+    /// plan's arena as it was left (no zero fill), else a new zeroed one.
+    pub fn scratch_f32(n: usize) -> Vec<f32> {
+        match arena_take_cpu(n) {
+            Some(words) => {
+                let mut words = std::mem::ManuallyDrop::new(words);
+                // SAFETY: as in `from_f32_vec`, the other way round; every u32 bit pattern
+                // is a valid f32.
+                unsafe { Vec::from_raw_parts(words.as_mut_ptr() as *mut f32, words.len(), words.capacity()) }
+            }
+            None => vec![0f32; n],
+        }
+    }
+
+    /// A buffer of `len` bytes for a caller that writes all of them (see [`Self::scratch_f32`]).
+    pub fn scratch(len: usize) -> CpuBuffer {
+        match arena_take_cpu(len.div_ceil(4)) {
+            Some(words) => CpuBuffer { words, len },
+            None => CpuBuffer { words: vec![0; len.div_ceil(4)], len },
+        }
+    }
+
     /// An empty f32 vector with room for exactly `n` values, from the running plan's arena
     /// where it has one: the caller writes all `n` (through raw pointers) and sets the length.
     pub fn reserve_f32(n: usize) -> Vec<f32> {
@@ -108,6 +130,11 @@ pub struct Arena {
     gpu: std::collections::HashMap<usize, Vec<GpuBuffer>>,
     /// Bytes it holds.
     held: u64,
+    /// Per buffer kind and size (`(gpu, bytes or words)`): requests in the current run, and
+    /// the most in any run. It keeps no more buffers of a size than one run asks for, so
+    /// values allocated elsewhere (an op's own vector) go back to the allocator instead of
+    /// piling up here.
+    asked: std::collections::HashMap<(bool, usize), (u32, u32)>,
     /// Allocations it could not serve (made fresh) and those it served, while installed.
     pub fresh: u64,
     pub reused: u64,
@@ -124,7 +151,8 @@ thread_local! {
 
 /// Runs `f` with `arena` serving this thread's buffer allocations (the previous arena, if
 /// any, is restored after); returns what `f` returns and the arena.
-pub fn with_arena<R>(arena: Arena, f: impl FnOnce() -> R) -> (R, Arena) {
+pub fn with_arena<R>(mut arena: Arena, f: impl FnOnce() -> R) -> (R, Arena) {
+    arena.asked.values_mut().for_each(|(now, _)| *now = 0);
     let previous = ARENA.with(|a| a.borrow_mut().replace(arena));
     let r = f();
     let arena = ARENA.with(|a| std::mem::replace(&mut *a.borrow_mut(), previous)).expect("installed above");
@@ -142,7 +170,16 @@ pub fn reclaim(t: crate::Tensor) {
             Storage::Cpu(b) => b.words.len() as u64 * 4,
             Storage::Gpu(g) => g.bytes as u64,
         };
-        if HELD.with(|h| h.get()) + bytes > ARENA_BUDGET {
+        let key = match &storage {
+            Storage::Cpu(b) => (false, b.words.len()),
+            Storage::Gpu(g) => (true, g.bytes),
+        };
+        let wanted = arena.asked.get(&key).map_or(0, |&(_, most)| most) as usize;
+        let held = match key {
+            (false, words) => arena.cpu.get(&words).map_or(0, Vec::len),
+            (true, bytes) => arena.gpu.get(&bytes).map_or(0, Vec::len),
+        };
+        if held >= wanted || HELD.with(|h| h.get()) + bytes > ARENA_BUDGET {
             return;
         }
         HELD.with(|h| h.set(h.get() + bytes));
@@ -162,10 +199,13 @@ impl Drop for Arena {
 }
 
 /// Counts an allocation against the installed arena, serving it from `take` when it can.
-fn from_arena<T>(take: impl FnOnce(&mut Arena) -> Option<(T, u64)>) -> Option<T> {
+fn from_arena<T>(key: (bool, usize), take: impl FnOnce(&mut Arena) -> Option<(T, u64)>) -> Option<T> {
     ARENA.with(|a| {
         let mut a = a.borrow_mut();
         let arena = a.as_mut()?;
+        let (now, most) = arena.asked.entry(key).or_default();
+        *now += 1;
+        *most = (*most).max(*now);
         match take(arena) {
             Some((t, bytes)) => {
                 arena.reused += 1;
@@ -182,11 +222,11 @@ fn from_arena<T>(take: impl FnOnce(&mut Arena) -> Option<(T, u64)>) -> Option<T>
 }
 
 fn arena_take_cpu(words: usize) -> Option<Vec<u32>> {
-    from_arena(|a| a.cpu.get_mut(&words).and_then(Vec::pop).map(|w| (w, words as u64 * 4)))
+    from_arena((false, words), |a| a.cpu.get_mut(&words).and_then(Vec::pop).map(|w| (w, words as u64 * 4)))
 }
 
 fn arena_take_gpu(bytes: usize) -> Option<GpuBuffer> {
-    from_arena(|a| a.gpu.get_mut(&bytes).and_then(Vec::pop).map(|g| (g, bytes as u64)))
+    from_arena((true, bytes), |a| a.gpu.get_mut(&bytes).and_then(Vec::pop).map(|g| (g, bytes as u64)))
 }
 
 /// When on, every output buffer is filled with 0xFF bytes (NaN for floats, MAX for ints)

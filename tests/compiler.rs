@@ -709,9 +709,11 @@ fn every_plan_run_holds_exactly_its_reported_peak() {
 }
 
 /// The plan is what runs: a replayed plan takes every intermediate buffer from its arena and
-/// allocates only its output, and computes the same values.
+/// allocates only its output, and computes the same values. (CPU plans keep an arena only
+/// when asked, see plan.rs `arenas_on`; asked here.)
 #[test]
 fn a_replayed_plan_allocates_only_its_output() {
+    nextflow_compiler::cpu_arena(true);
     for device in devices() {
         let mut rng = StdRng::seed_from_u64(7);
         let mut t = |shape: &[usize]| Tensor::from_f64(&(0..shape.iter().product::<usize>()).map(|_| rng.random_range(-1.0..1.0)).collect::<Vec<_>>(), DType::F32, shape, &device).unwrap();

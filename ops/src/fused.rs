@@ -40,7 +40,7 @@ impl FusedProgram {
             .map(|i| match *i {
                 FusedInstr::Load(a) => kernels::Instr::Load(a),
                 FusedInstr::Scalar(a) => kernels::Instr::Scalar(a),
-                FusedInstr::Unary(op, a) => kernels::Instr::Unary(op.kernel_op(), a),
+                FusedInstr::Unary(op, a) => kernels::Instr::Unary(nextflow_shaders::elementwise::Unary::F(op), a),
                 FusedInstr::Binary(op, a, b) => kernels::Instr::Binary(op.kernel_op(), a, b),
                 FusedInstr::SiluMul(a, b) => kernels::Instr::Binary(elementwise::Binary::SiluMul, a, b),
                 FusedInstr::Round(d, a) => kernels::Instr::Round(if d == DType::BF16 { kernels::Half::Bf16 } else { kernels::Half::F16 }, a),

@@ -40,35 +40,8 @@ pub fn empty(device: &Device, dtype: DType, shape: &[usize]) -> Result<Tensor> {
     gpu::empty(device, dtype, shape)
 }
 
-/// Float functions of one argument.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum UnaryOp {
-    Neg,
-    Exp,
-    Sqrt,
-    Rsqrt,
-    Tanh,
-    Silu,
-    GeluErf,
-}
-
-impl UnaryOp {
-    pub const ALL: [UnaryOp; 7] =
-        [UnaryOp::Neg, UnaryOp::Exp, UnaryOp::Sqrt, UnaryOp::Rsqrt, UnaryOp::Tanh, UnaryOp::Silu, UnaryOp::GeluErf];
-
-    /// The kernel's op: the one place the op maps to `nextflow_shaders`.
-    fn kernel_op(self) -> elementwise::Unary {
-        match self {
-            UnaryOp::Neg => elementwise::Unary::Neg,
-            UnaryOp::Exp => elementwise::Unary::Exp,
-            UnaryOp::Sqrt => elementwise::Unary::Sqrt,
-            UnaryOp::Rsqrt => elementwise::Unary::Rsqrt,
-            UnaryOp::Tanh => elementwise::Unary::Tanh,
-            UnaryOp::Silu => elementwise::Unary::Silu,
-            UnaryOp::GeluErf => elementwise::Unary::GeluErf,
-        }
-    }
-}
+/// Float functions of one argument (the shaders' own enum: a kernel matches on it).
+pub use nextflow_shaders::elementwise::UnaryOp;
 
 /// Elementwise functions of two broadcast operands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -160,7 +133,7 @@ pub fn unary(x: &Tensor, op: UnaryOp) -> Result<Tensor> {
     if !on_gpu(x.device(), &[x.dtype()]) {
         return via_cpu(&[x], |h| Ok(cpu::unary(&h[0], op)));
     }
-    gpu::unary(x, x.dtype(), op.kernel_op())
+    gpu::unary(x, x.dtype(), elementwise::Unary::F(op))
 }
 
 /// Converts to `dtype` (round to nearest for floats, truncation for float → int).

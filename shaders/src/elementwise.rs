@@ -6,11 +6,9 @@
 
 use cubecl::prelude::*;
 
-/// A float function of one argument, evaluated in f32 — a comptime kernel argument.
-/// `Copy` converts the input type to the output type directly (exact for ints).
+/// Float functions of one argument, evaluated in f32 (`nextflow_ops::UnaryOp`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Unary {
-    Copy,
+pub enum UnaryOp {
     Neg,
     Exp,
     Sqrt,
@@ -18,6 +16,19 @@ pub enum Unary {
     Tanh,
     Silu,
     GeluErf,
+}
+
+impl UnaryOp {
+    pub const ALL: [UnaryOp; 7] =
+        [UnaryOp::Neg, UnaryOp::Exp, UnaryOp::Sqrt, UnaryOp::Rsqrt, UnaryOp::Tanh, UnaryOp::Silu, UnaryOp::GeluErf];
+}
+
+/// What a unary kernel applies — a comptime kernel argument: `Copy` converts the input type
+/// to the output type directly (exact for ints); `F` is a float function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Unary {
+    Copy,
+    F(UnaryOp),
 }
 
 /// A function of two operands in the compute type — a comptime kernel argument.
@@ -37,14 +48,21 @@ pub enum Binary {
 pub fn unary_f32(x: f32, #[comptime] op: Unary) -> f32 {
     match op {
         Unary::Copy => x,
-        Unary::Neg => -x,
-        Unary::Exp => f32::exp(x),
-        Unary::Sqrt => f32::sqrt(x),
-        Unary::Rsqrt => f32::inverse_sqrt(x),
+        Unary::F(f) => float_fn(x, f),
+    }
+}
+
+#[cube]
+fn float_fn(x: f32, #[comptime] op: UnaryOp) -> f32 {
+    match op {
+        UnaryOp::Neg => -x,
+        UnaryOp::Exp => f32::exp(x),
+        UnaryOp::Sqrt => f32::sqrt(x),
+        UnaryOp::Rsqrt => f32::inverse_sqrt(x),
         // tanh(x) = 1 - 2/(exp(2x)+1): finite for every x, unlike backends' exp-ratio forms.
-        Unary::Tanh => 1.0 - 2.0 / (f32::exp(2.0 * x) + 1.0),
-        Unary::Silu => x / (1.0 + f32::exp(-x)),
-        Unary::GeluErf => 0.5 * x * (1.0 + Erf::erf(x * 0.70710677)),
+        UnaryOp::Tanh => 1.0 - 2.0 / (f32::exp(2.0 * x) + 1.0),
+        UnaryOp::Silu => x / (1.0 + f32::exp(-x)),
+        UnaryOp::GeluErf => 0.5 * x * (1.0 + Erf::erf(x * 0.70710677)),
     }
 }
 

@@ -391,21 +391,26 @@ fn a_client_that_leaves_cancels_its_work() {
     // Fill the model thread, then queue a request and hang up before it starts.
     let addr = server.addr.clone();
     let busy = std::thread::spawn(move || post_json(&addr, "/v1/images/generations", &json!({"prompt": "a red circle", "n": 10, "seed": 1})));
-    std::thread::sleep(Duration::from_millis(300));
+    let addr = server.addr.clone();
+    let queued = std::thread::spawn(move || post_json(&addr, "/v1/images/generations", &json!({"prompt": "a red cross", "n": 10, "seed": 3})));
+    // The two requests ahead take ~400 ms on an idle 2-core CPU: queue and leave within that
+    // (waiting 500 ms let them finish first on an idle machine).
+    std::thread::sleep(Duration::from_millis(50));
     {
         use std::io::Write;
         let mut s = std::net::TcpStream::connect(a).unwrap();
         let body = json!({"prompt": "a blue square", "n": 10, "seed": 2}).to_string();
         write!(s, "POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(150));
     }
     assert_eq!(busy.join().unwrap().status, 200);
+    assert_eq!(queued.join().unwrap().status, 200);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while server.metric("nextflow_cancelled_total") < 1.0 {
         assert!(std::time::Instant::now() < deadline, "the request of the client that left was not cancelled:\n{}", server.metrics());
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(server.metric("nextflow_images_total"), 10.0, "the cancelled request painted nothing");
+    assert_eq!(server.metric("nextflow_images_total"), 20.0, "the cancelled request painted nothing");
 }
 
 /// A tool a test needs: outside CI a missing one skips the test (said on stdout); with

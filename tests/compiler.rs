@@ -566,10 +566,10 @@ fn decode_steps_over_a_growing_kv_cache_compile_once() {
             let q = random_tensor(&mut rng, &[1, hq, 1, hd], 1.0, &device);
             let opts = AttentionOptions { mask: Some(Mask::Causal), ..Default::default() };
             let g = Graph::with_options(&device, options(true));
-            let (ql, kl, vl) = (g.input(&q).unwrap(), g.input_dynamic(&cache.keys(), 2).unwrap(), g.input_dynamic(&cache.values(), 2).unwrap());
+            let (ql, kl, vl) = (g.input(&q).unwrap(), g.input_dynamic(&cache.keys().unwrap(), 2).unwrap(), g.input_dynamic(&cache.values().unwrap(), 2).unwrap());
             let out = ql.attention(&kl, &vl, &opts).unwrap().transpose(1, 2).unwrap().reshape(&[1, 1, hq * hd]).unwrap().silu().unwrap();
             let got = out.realize().unwrap();
-            let want = nextflow_ops::attention(&q, &cache.keys(), &cache.values(), &opts).unwrap();
+            let want = nextflow_ops::attention(&q, &cache.keys().unwrap(), &cache.values().unwrap(), &opts).unwrap();
             let want = nextflow_ops::unary(&want.transpose(1, 2).unwrap().reshape(&[1, 1, hq * hd]).unwrap(), UnaryOp::Silu).unwrap();
             assert!(nmse(&got, &want) <= 1e-12, "{} step {step}", device.info().spec());
         }
@@ -577,7 +577,7 @@ fn decode_steps_over_a_growing_kv_cache_compile_once() {
         assert_eq!((used.compiles, used.plan_hits), (1, 9), "{used}");
         // Anything but attention reading a dynamic input is refused.
         let g = Graph::with_options(&device, options(true));
-        let k = g.input_dynamic(&cache.keys(), 2).unwrap().exp().unwrap();
+        let k = g.input_dynamic(&cache.keys().unwrap(), 2).unwrap().exp().unwrap();
         assert!(k.realize().is_err());
     }
 }
@@ -709,11 +709,9 @@ fn every_plan_run_holds_exactly_its_reported_peak() {
 }
 
 /// The plan is what runs: a replayed plan takes every intermediate buffer from its arena and
-/// allocates only its output, and computes the same values. (CPU plans keep an arena only
-/// when asked, see plan.rs `arenas_on`; asked here.)
+/// allocates only its output, and computes the same values.
 #[test]
 fn a_replayed_plan_allocates_only_its_output() {
-    nextflow_compiler::cpu_arena(true);
     for device in devices() {
         let mut rng = StdRng::seed_from_u64(7);
         let mut t = |shape: &[usize]| Tensor::from_f64(&(0..shape.iter().product::<usize>()).map(|_| rng.random_range(-1.0..1.0)).collect::<Vec<_>>(), DType::F32, shape, &device).unwrap();

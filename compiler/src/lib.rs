@@ -11,8 +11,7 @@
 //!
 //! Eager mode ([`Graph::eager`]) runs each op as its own one-op graph. Setting
 //! `NEXTFLOW_NO_FUSION=1` compiles every op to its own launch, and `NEXTFLOW_NO_ARENA=1`
-//! makes every GPU plan run allocate its buffers afresh, for comparison (CPU plans keep an
-//! arena only with `NEXTFLOW_CPU_ARENA=1`).
+//! makes every plan run allocate its buffers afresh, for comparison.
 
 pub mod autotune;
 mod counters;
@@ -24,7 +23,7 @@ pub use serde_json;
 
 pub use counters::{counters, measure_memory, Cost, Counters};
 pub use graph::{Graph, Lazy, Node, NodeId, Op, ViewOp};
-pub use plan::{clear_plan_cache, cpu_arena, Plan, PlanStats, Step, StepKind};
+pub use plan::{clear_plan_cache, Plan, PlanStats, Step, StepKind};
 
 /// Every failure of the compiler layer.
 #[derive(Debug, thiserror::Error)]

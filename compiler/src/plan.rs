@@ -804,7 +804,7 @@ impl Plan {
     /// order. A store's destination must be the only handle to its buffer.
     pub fn run(&self, inputs: Vec<Option<Tensor>>, params: &[u64]) -> Result<Vec<Tensor>> {
         let _scope = nextflow_ops::plan_scope();
-        if !arenas_on(&self.device) {
+        if !arenas_on() {
             return self.run_steps(inputs, params);
         }
         // Its own arena serves the run's allocations and takes back the values it frees.
@@ -973,33 +973,14 @@ impl Plan {
     }
 }
 
-/// Whether plans keep their buffers between runs: GPU plans do unless `NEXTFLOW_NO_ARENA=1`
-/// (for comparison); CPU plans only with `NEXTFLOW_CPU_ARENA=1` (or [`cpu_arena`]). On this
-/// CPU (2-core VM, tiny model, `tools/bench/old_vs_new.sh`) the arena lowers the decoder's
-/// minimum (5.8 -> 5.6 ms) but raises its median (6.1 -> 7.3 ms): buffers a plan keeps go
-/// cold between its runs, where malloc hands back just-freed, cache-hot memory.
-fn arenas_on(device: &Device) -> bool {
-    static GPU: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = |name: &str| std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0");
-    if device.is_cpu() {
-        return match CPU_ARENA.load(std::sync::atomic::Ordering::Relaxed) {
-            0 => {
-                let v = on("NEXTFLOW_CPU_ARENA");
-                CPU_ARENA.store(1 + v as u8, std::sync::atomic::Ordering::Relaxed);
-                v
-            }
-            v => v == 2,
-        };
-    }
-    *GPU.get_or_init(|| !on("NEXTFLOW_NO_ARENA"))
-}
-
-/// 0: not yet read from the environment; 1: off; 2: on.
-static CPU_ARENA: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-
-/// Turns plan arenas on or off for CPU plans (process-wide; see `arenas_on`).
-pub fn cpu_arena(on: bool) {
-    CPU_ARENA.store(1 + on as u8, std::sync::atomic::Ordering::Relaxed);
+/// Whether plans keep their buffers between runs: they do, on every device, unless
+/// `NEXTFLOW_NO_ARENA=1` (for comparison). On the CPU an arena costs the first run of a plan
+/// page faults malloc would have saved (the buffers it keeps are not handed to other sizes),
+/// about +3 ms on the first tiny image of a process, and pays back on every replay (layer
+/// steps replay dozens of times per image; a server replays everything).
+fn arenas_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| !std::env::var("NEXTFLOW_NO_ARENA").is_ok_and(|v| !v.is_empty() && v != "0"))
 }
 
 /// Bytes of the distinct buffers `values` hold, those in `foreign` excluded.

@@ -169,7 +169,7 @@ impl Layer {
 
         let g = graph(device);
         let residual = g.input(x)?;
-        let (keys, values) = (g.input_dynamic(&cache.keys(), 2)?, g.input_dynamic(&cache.values(), 2)?);
+        let (keys, values) = (g.input_dynamic(&cache.keys()?, 2)?, g.input_dynamic(&cache.values()?, 2)?);
         let out = g.input(&q)?.attention(&keys, &values, options)?; // [b, hq, s, hd] over [b, s, hq, hd]
         let out = out.transpose(1, 2)?.reshape(&[b, s, a.heads * a.head_dim])?;
         let residual = a.o_proj.record(&out, Some(&residual))?;

@@ -515,19 +515,21 @@ impl KvCache {
         self.capacity
     }
 
-    fn buffers(&self) -> (&Tensor, &Tensor) {
+    fn buffers(&self) -> Result<(&Tensor, &Tensor)> {
         match (&self.k, &self.v) {
-            (Some(k), Some(v)) => (k, v),
-            _ => panic!("the KV cache's buffers were taken and not put back"),
+            (Some(k), Some(v)) => Ok((k, v)),
+            // A graph that took them failed before giving them back: the cache is lost.
+            _ => Err(Error::Shape { op: "kv_cache", msg: "the buffers were taken by a graph that failed and did not give them back".into() }),
         }
     }
 
     /// The cached keys `[batch, kv_heads, len, head_dim]` (a view).
-    pub fn keys(&self) -> Tensor {
-        self.buffers().0.narrow(2, 0, self.len).expect("len <= capacity")
+    pub fn keys(&self) -> Result<Tensor> {
+        self.buffers()?.0.narrow(2, 0, self.len)
     }
-    pub fn values(&self) -> Tensor {
-        self.buffers().1.narrow(2, 0, self.len).expect("len <= capacity")
+    /// The cached values `[batch, kv_heads, len, head_dim]` (a view).
+    pub fn values(&self) -> Result<Tensor> {
+        self.buffers()?.1.narrow(2, 0, self.len)
     }
 
     /// Appends `k`/`v [batch, kv_heads, s, head_dim]`. Views from `keys()`/`values()` must

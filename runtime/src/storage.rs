@@ -41,46 +41,26 @@ impl CpuBuffer {
     /// `n` f32 values for a caller that writes every one of them: a buffer of the running
     /// plan's arena as it was left (no zero fill), else a new zeroed one.
     pub fn scratch_f32(n: usize) -> Vec<f32> {
-        match arena_take_cpu(n) {
-            Some(words) => {
-                let mut words = std::mem::ManuallyDrop::new(words);
-                // SAFETY: as in `from_f32_vec`, the other way round; every u32 bit pattern
-                // is a valid f32.
-                unsafe { Vec::from_raw_parts(words.as_mut_ptr() as *mut f32, words.len(), words.capacity()) }
-            }
-            None => vec![0f32; n],
-        }
+        arena_take_cpu(n).map_or_else(|| vec![0f32; n], |words| words_as_f32(words, n))
     }
 
     /// A buffer of `len` bytes for a caller that writes all of them (see [`Self::scratch_f32`]).
     pub fn scratch(len: usize) -> CpuBuffer {
-        match arena_take_cpu(len.div_ceil(4)) {
-            Some(words) => CpuBuffer { words, len },
-            None => CpuBuffer { words: vec![0; len.div_ceil(4)], len },
-        }
+        let words = arena_take_cpu(len.div_ceil(4)).unwrap_or_else(|| vec![0; len.div_ceil(4)]);
+        CpuBuffer { words, len }
     }
 
     /// An empty f32 vector with room for exactly `n` values, from the running plan's arena
     /// where it has one: the caller writes all `n` (through raw pointers) and sets the length.
     pub fn reserve_f32(n: usize) -> Vec<f32> {
-        match arena_take_cpu(n) {
-            Some(words) => {
-                let mut words = std::mem::ManuallyDrop::new(words);
-                // SAFETY: f32 and u32 share size and alignment; the length becomes 0.
-                unsafe { Vec::from_raw_parts(words.as_mut_ptr() as *mut f32, 0, words.capacity()) }
-            }
-            None => Vec::with_capacity(n),
-        }
+        arena_take_cpu(n).map_or_else(|| Vec::with_capacity(n), |words| words_as_f32(words, 0))
     }
 
     /// `n` zeroed f32 values, in a buffer of the running plan's arena where one is free.
     pub fn zeros_f32(n: usize) -> Vec<f32> {
         match arena_take_cpu(n) {
             Some(words) => {
-                let mut words = std::mem::ManuallyDrop::new(words);
-                // SAFETY: as in `from_f32_vec`, the other way round; every u32 bit pattern
-                // is a valid f32, and the buffer is zeroed below.
-                let mut v = unsafe { Vec::from_raw_parts(words.as_mut_ptr() as *mut f32, words.len(), words.capacity()) };
+                let mut v = words_as_f32(words, n);
                 v.fill(0.0);
                 v
             }
@@ -104,6 +84,16 @@ impl CpuBuffer {
     pub fn as_mut_slice<T: bytemuck::Pod>(&mut self) -> &mut [T] {
         bytemuck::cast_slice_mut(self.bytes_mut())
     }
+}
+
+/// The words of an arena buffer as f32 values, the first `len` of them kept (the allocation
+/// moves over whole; `len` is at most its length).
+fn words_as_f32(words: Vec<u32>, len: usize) -> Vec<f32> {
+    assert!(len <= words.len());
+    let mut words = std::mem::ManuallyDrop::new(words);
+    // SAFETY: f32 and u32 have the same size and alignment and every u32 bit pattern is a
+    // valid f32; the first `len` values are initialised (they are the words' own).
+    unsafe { Vec::from_raw_parts(words.as_mut_ptr() as *mut f32, len, words.capacity()) }
 }
 
 /// A device buffer: a cubecl handle and its length in bytes.

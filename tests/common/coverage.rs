@@ -289,7 +289,7 @@ pub fn run_transformer_ops(device: &Device, dtype: DType, ck: &mut Checker) {
         segments.extend(seg_lens);
         cache.append(&k.narrow(2, start, len).unwrap(), &v.narrow(2, start, len).unwrap()).unwrap();
         let opts = AttentionOptions { mask: Some(Mask::Segments(segments.clone())), ..Default::default() };
-        let out = nextflow_ops::attention(&q.narrow(2, start, len).unwrap(), &cache.keys(), &cache.values(), &opts).unwrap();
+        let out = nextflow_ops::attention(&q.narrow(2, start, len).unwrap(), &cache.keys().unwrap(), &cache.values().unwrap(), &opts).unwrap();
         steps.push(nextflow_ops::contiguous(&out).unwrap());
         start += len;
     }

@@ -1,4 +1,4 @@
-//! nextflow-model: configuration, safetensors weights, the text tokenizer, the Qwen2
+//! nextflow-model: configuration, safetensors and PyTorch weights, the text tokenizer, the Qwen2
 //! transformer with multi-scale 3D RoPE, text generation, and (for NextFlow checkpoints)
 //! the visual tokenizer and the next-scale image pipelines.
 
@@ -7,8 +7,10 @@ pub mod embedded;
 pub mod msrq;
 pub mod nextflow;
 pub mod npy;
+pub mod pickle;
 pub mod text;
 pub mod tokenizer;
+pub mod torch_file;
 pub mod transformer;
 pub mod visual;
 pub mod weights;
@@ -16,6 +18,7 @@ pub mod weights;
 pub use config::{Config, ModelType};
 pub use nextflow::{ImageOptions, NextFlow, Piece, Sequence};
 pub use tokenizer::{Message, StreamDecoder, TextTokenizer};
+pub use torch_file::{is_torch_zip, pickle_globals, TorchNotes};
 pub use transformer::{Cache, Linear, Transformer};
 pub use weights::Weights;
 

@@ -3,8 +3,10 @@
 //! truncated file or a header that lies about offsets is an error naming the tensor);
 //! tensors are converted from f32/f16/bf16 on disk to the device dtype on load, their
 //! shapes checked against what the model expects, and every tensor the model does not ask
-//! for is reported by [`Weights::unused`].
+//! for is reported by [`Weights::unused`]. PyTorch checkpoints (`torch.save`, zip format) open
+//! into the same `Weights` through [`Weights::open_torch`] (see `torch_file.rs`).
 
+use crate::torch_file::TorchNotes;
 use crate::{Error, Result};
 use half::{bf16, f16};
 use memmap2::Mmap;
@@ -65,13 +67,13 @@ impl DiskDType {
 pub struct TensorInfo {
     pub dtype: DiskDType,
     pub shape: Vec<usize>,
-    file: usize,
-    start: usize,
-    end: usize,
+    pub(crate) file: usize,
+    pub(crate) start: usize,
+    pub(crate) end: usize,
 }
 
-/// The bytes behind one safetensors file.
-enum Backing {
+/// The bytes behind one checkpoint file.
+pub(crate) enum Backing {
     Map(Mmap),
     /// Compiled into the binary (the embedded default model).
     Static(&'static [u8]),
@@ -98,9 +100,19 @@ pub struct Weights {
     random: Option<u64>,
     tensors: BTreeMap<String, TensorInfo>,
     used: Mutex<BTreeSet<String>>,
+    /// What a PyTorch checkpoint held besides the state dict.
+    torch: Option<TorchNotes>,
 }
 
-fn bad(file: &Path, msg: impl Into<String>) -> Error {
+/// `path` memory-mapped, read-only.
+pub(crate) fn map_file(path: &Path) -> Result<Mmap> {
+    let file = File::open(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+    // SAFETY: the map is read-only; a checkpoint changed on disk while we run is the
+    // one case this cannot guard against, as with every mmap-based loader.
+    unsafe { Mmap::map(&file) }.map_err(|e| Error::Io { path: path.to_path_buf(), source: e })
+}
+
+pub(crate) fn bad(file: &Path, msg: impl Into<String>) -> Error {
     Error::Checkpoint { file: file.to_path_buf(), msg: msg.into() }
 }
 
@@ -204,10 +216,7 @@ impl Weights {
         let mut files = Vec::new();
         let mut tensors = BTreeMap::new();
         for (i, path) in names.into_iter().enumerate() {
-            let file = File::open(&path).map_err(|e| Error::Io { path: path.clone(), source: e })?;
-            // SAFETY: the map is read-only; a checkpoint changed on disk while we run is the
-            // one case this cannot guard against, as with every mmap-based loader.
-            let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::Io { path: path.clone(), source: e })?;
+            let map = map_file(&path)?;
             for (name, info) in read_header(&path, &map, i)? {
                 if tensors.insert(name.clone(), info).is_some() {
                     return Err(bad(&path, format!("tensor `{name}` appears in two shards")));
@@ -215,28 +224,33 @@ impl Weights {
             }
             files.push((path, Backing::Map(map)));
         }
-        Ok(Weights { dir: dir.to_path_buf(), files, random: None, tensors, used: Mutex::new(BTreeSet::new()) })
+        Ok(Weights::from_parts(dir, files, tensors, None))
+    }
+
+    /// Weights over `files` (each tensor's `file` indexes them).
+    pub(crate) fn from_parts(dir: &Path, files: Vec<(PathBuf, Backing)>, tensors: BTreeMap<String, TensorInfo>, torch: Option<TorchNotes>) -> Weights {
+        Weights { dir: dir.to_path_buf(), files, random: None, tensors, used: Mutex::new(BTreeSet::new()), torch }
     }
 
     /// A safetensors image compiled into the binary; `name` labels errors.
     pub fn from_static(name: &str, bytes: &'static [u8]) -> Result<Weights> {
         let path = PathBuf::from(name);
         let tensors = read_header(&path, bytes, 0)?;
-        Ok(Weights { dir: path.clone(), files: vec![(path, Backing::Static(bytes))], random: None, tensors, used: Mutex::new(BTreeSet::new()) })
+        Ok(Weights::from_parts(Path::new(name), vec![(path, Backing::Static(bytes))], tensors, None))
     }
 
     /// A safetensors file held in memory; `name` labels errors.
     pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Result<Weights> {
         let path = PathBuf::from(name);
         let tensors = read_header(&path, &bytes, 0)?;
-        Ok(Weights { dir: path.clone(), files: vec![(path, Backing::Owned(bytes))], random: None, tensors, used: Mutex::new(BTreeSet::new()) })
+        Ok(Weights::from_parts(Path::new(name), vec![(path, Backing::Owned(bytes))], tensors, None))
     }
 
     /// Random weights for speed measurements where no checkpoint exists: any tensor asked
     /// for exists, uniform with std 0.02 (norm weights 1, biases 0), drawn from `seed` and
     /// the tensor's name.
     pub fn random(seed: u64) -> Weights {
-        Weights { dir: PathBuf::from("<random weights>"), files: Vec::new(), random: Some(seed), tensors: BTreeMap::new(), used: Mutex::new(BTreeSet::new()) }
+        Weights { random: Some(seed), ..Weights::from_parts(Path::new("<random weights>"), Vec::new(), BTreeMap::new(), None) }
     }
 
     /// The files behind these weights with their sizes in bytes (none for random weights).
@@ -269,7 +283,8 @@ impl Weights {
                 continue;
             }
             let header = bytes.get(..8).map_or(0, |n| u64::from_le_bytes(n.try_into().expect("8 bytes")) as usize);
-            feed(&bytes[..(8 + header).min(bytes.len())]);
+            // (A zip checkpoint has no such header: at most 100 MiB, read_header's limit.)
+            feed(&bytes[..8usize.saturating_add(header.min(100 << 20)).min(bytes.len())]);
             const CHUNK: usize = 64 << 10;
             for i in 0..64 {
                 let at = (bytes.len().saturating_sub(CHUNK)) / 63 * i;
@@ -294,6 +309,16 @@ impl Weights {
     }
     pub fn contains(&self, name: &str) -> bool {
         self.random.is_some() || self.tensors.contains_key(name)
+    }
+    /// The bytes of `name` as stored (row-major, little-endian, its [`DiskDType`]), of any
+    /// dtype; not marked used.
+    pub fn raw(&self, name: &str) -> Option<&[u8]> {
+        let info = self.tensors.get(name)?;
+        self.files.get(info.file).map(|(_, b)| &b[info.start..info.end])
+    }
+    /// For a PyTorch checkpoint: which dict was taken as the state dict and what was left out.
+    pub fn torch_notes(&self) -> Option<&TorchNotes> {
+        self.torch.as_ref()
     }
 
     /// Bytes of all tensors per on-disk dtype.
@@ -386,6 +411,14 @@ fn convert(bytes: &[u8], from: DiskDType, to: DType) -> std::result::Result<Vec<
         DiskDType::F32 if to == DType::F32 => return Ok(bytes.to_vec()),
         DiskDType::F16 if to == DType::F16 => return Ok(bytes.to_vec()),
         DiskDType::BF16 if to == DType::BF16 => return Ok(bytes.to_vec()),
+        // Indices (goldens, buffers): u32, or i32 without negative values.
+        DiskDType::Other("U32", 4) if to == DType::U32 => return Ok(bytes.to_vec()),
+        DiskDType::Other("I32", 4) if to == DType::U32 => {
+            return match bytes.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4"))).find(|&v| v < 0) {
+                Some(v) => Err(format!("i32 value {v} cannot be loaded as u32")),
+                None => Ok(bytes.to_vec()),
+            };
+        }
         DiskDType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect(),
         DiskDType::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         DiskDType::BF16 => bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),

@@ -80,6 +80,13 @@ fn phi_selection_matches_vars_tables() {
     assert_eq!(table(10), vec![0, 0, 1, 1, 1, 2, 2, 3, 3, 3]);
     assert_eq!(table(14), vec![0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3]);
     assert_eq!(table(18), vec![0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 3, 3, 3, 3]);
+    // Other conv counts use `linspace(1/2n, 1 − 1/2n, n)` (VAR's PhiPartiallyShared and
+    // PhiNonShared), over 10 scales.
+    let table = |n: usize| (0..10).map(|i| phi(n).select(i, 10)).collect::<Vec<_>>();
+    assert_eq!(table(2), vec![0, 0, 0, 0, 0, 1, 1, 1, 1, 1]);
+    assert_eq!(table(3), vec![0, 0, 0, 0, 1, 1, 1, 2, 2, 2]);
+    assert_eq!(table(5), vec![0, 0, 1, 1, 2, 2, 3, 3, 4, 4]);
+    assert_eq!(table(10), (0..10).collect::<Vec<_>>());
 }
 
 #[test]

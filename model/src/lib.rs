@@ -12,6 +12,7 @@ pub mod text;
 pub mod tokenizer;
 pub mod torch_file;
 pub mod transformer;
+pub mod var;
 pub mod visual;
 pub mod weights;
 

@@ -37,7 +37,7 @@ pub fn lookup(table: &Lazy, indices: &Lazy, h: usize, w: usize) -> Result<Lazy> 
 }
 
 /// Scale `k`'s codes `[b, dim, hk, wk]` bicubic-upsampled to `h × w` and (phi) blended.
-fn upsampled(g: &Graph, codes: &Lazy, h: usize, w: usize, phi: Option<&Phi>, k: usize, scales: usize) -> Result<Lazy> {
+pub(crate) fn upsampled(g: &Graph, codes: &Lazy, h: usize, w: usize, phi: Option<&Phi>, k: usize, scales: usize) -> Result<Lazy> {
     let up = codes.interpolate(h, w, Resize::Bicubic)?;
     let Some(phi) = phi else { return Ok(up) };
     let (weight, bias) = &phi.convs[phi.select(k, scales)];

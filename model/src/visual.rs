@@ -16,7 +16,7 @@ use nextflow_runtime::{DType, Device, Tensor};
 use std::sync::Arc;
 
 /// A conv layer: weight `[cout, cin, k, k]`, bias, geometry.
-struct Conv {
+pub(crate) struct Conv {
     weight: Tensor,
     bias: Tensor,
     geometry: Conv2d,
@@ -30,7 +30,7 @@ impl Conv {
             geometry,
         })
     }
-    fn forward(&self, x: &Lazy) -> Result<Lazy> {
+    pub(crate) fn forward(&self, x: &Lazy) -> Result<Lazy> {
         self.forward_fused(x, false, None)
     }
 
@@ -93,21 +93,34 @@ impl ResBlock {
 /// Single-head attention over all positions, with a residual.
 struct AttnBlock {
     norm: Norm,
-    q: Conv,
-    k: Conv,
-    v: Conv,
+    qkv: Qkv,
     proj_out: Conv,
+}
+
+/// The 1×1 projections of an attention block: three convs (TokenFlow, VQGAN) or one conv
+/// with `3c` outputs (VAR's `qkv`).
+enum Qkv {
+    Split(Box<[Conv; 3]>),
+    Fused(Conv),
 }
 
 impl AttnBlock {
     fn load(w: &Weights, p: &str, c: usize, groups: usize, dt: DType, dev: &Device) -> Result<AttnBlock> {
-        let conv = |n: &str| Conv::load(w, &format!("{p}.{n}"), c, c, 1, Conv2d::same(1), dt, dev);
-        Ok(AttnBlock { norm: Norm::load(w, &format!("{p}.norm"), c, groups, dt, dev)?, q: conv("q")?, k: conv("k")?, v: conv("v")?, proj_out: conv("proj_out")? })
+        let conv = |n: &str, out: usize| Conv::load(w, &format!("{p}.{n}"), c, out, 1, Conv2d::same(1), dt, dev);
+        let qkv = if w.contains(&format!("{p}.qkv.weight")) { Qkv::Fused(conv("qkv", 3 * c)?) } else { Qkv::Split(Box::new([conv("q", c)?, conv("k", c)?, conv("v", c)?])) };
+        Ok(AttnBlock { norm: Norm::load(w, &format!("{p}.norm"), c, groups, dt, dev)?, qkv, proj_out: conv("proj_out", c)? })
     }
     fn forward(&self, x: &Lazy) -> Result<Lazy> {
         let t = self.norm.forward(x, false)?;
-        let a = self.q.forward(&t)?.spatial_attention(&self.k.forward(&t)?, &self.v.forward(&t)?)?;
-        self.proj_out.forward_fused(&a, false, Some(x))
+        let (q, k, v) = match &self.qkv {
+            Qkv::Split(qkv) => (qkv[0].forward(&t)?, qkv[1].forward(&t)?, qkv[2].forward(&t)?),
+            Qkv::Fused(qkv) => {
+                let all = qkv.forward(&t)?;
+                let c = all.shape()[1] / 3;
+                (all.narrow(1, 0, c)?, all.narrow(1, c, c)?, all.narrow(1, 2 * c, c)?)
+            }
+        };
+        self.proj_out.forward_fused(&q.spatial_attention(&k, &v)?, false, Some(x))
     }
 }
 
@@ -132,7 +145,7 @@ impl Block {
 }
 
 /// Encoder or decoder: conv_in, blocks, GroupNorm + SiLU, conv_out.
-struct ConvNet {
+pub(crate) struct ConvNet {
     conv_in: Conv,
     blocks: Vec<Block>,
     norm_out: Norm,
@@ -140,7 +153,7 @@ struct ConvNet {
 }
 
 impl ConvNet {
-    fn forward(&self, x: &Lazy) -> Result<Lazy> {
+    pub(crate) fn forward(&self, x: &Lazy) -> Result<Lazy> {
         let mut x = self.conv_in.forward(x)?;
         for b in &self.blocks {
             x = b.forward(&x)?;
@@ -199,6 +212,83 @@ impl ConvNet {
             norm_out: Norm::load(w, "decoder.norm_out", last, t.norm_groups, dt, dev)?,
             conv_out: Conv::load(w, "decoder.conv_out", last, 3, 3, Conv2d::same(3), dt, dev)?,
         })
+    }
+}
+
+/// VAR's VQVAE encoder and decoder (the latent-diffusion `vq-f16` nets under their names:
+/// `{encoder,decoder}.conv_in`, `encoder.down.{i}.block.{j}` / `.attn.{j}` / `.downsample.conv`,
+/// `decoder.up.{i}.…` / `.upsample.conv` (decoder levels are numbered from the finest, run
+/// from the coarsest), `mid.block_1`, `mid.attn_1`, `mid.block_2`, `norm_out`, `conv_out`;
+/// 32 groups; self-attention in the coarsest level's blocks where `using_sa`).
+pub(crate) mod var_names {
+    use super::*;
+    use crate::var::VaeConfig;
+
+    const GROUPS: usize = 32;
+
+    fn mid(w: &Weights, p: &str, c: usize, sa: bool, dt: DType, dev: &Device) -> Result<Vec<Block>> {
+        let mut out = vec![Block::Res(ResBlock::load(w, &format!("{p}.mid.block_1"), c, c, GROUPS, dt, dev)?)];
+        if sa {
+            out.push(Block::Attn(AttnBlock::load(w, &format!("{p}.mid.attn_1"), c, GROUPS, dt, dev)?));
+        }
+        out.push(Block::Res(ResBlock::load(w, &format!("{p}.mid.block_2"), c, c, GROUPS, dt, dev)?));
+        Ok(out)
+    }
+
+    pub(crate) fn encoder(w: &Weights, t: &VaeConfig, dt: DType, dev: &Device) -> Result<ConvNet> {
+        let levels = t.ch_mult.len();
+        let mut blocks = Vec::new();
+        let mut cin = t.ch;
+        for (i, m) in t.ch_mult.iter().enumerate() {
+            let c = t.ch * m;
+            for j in 0..t.num_res_blocks {
+                blocks.push(Block::Res(ResBlock::load(w, &format!("encoder.down.{i}.block.{j}"), cin, c, GROUPS, dt, dev)?));
+                cin = c;
+                if i + 1 == levels && t.using_sa {
+                    blocks.push(Block::Attn(AttnBlock::load(w, &format!("encoder.down.{i}.attn.{j}"), c, GROUPS, dt, dev)?));
+                }
+            }
+            if i + 1 < levels {
+                blocks.push(Block::Down(Conv::load(w, &format!("encoder.down.{i}.downsample.conv"), c, c, 3, Conv2d::downsample(), dt, dev)?));
+            }
+        }
+        blocks.extend(mid(w, "encoder", cin, t.using_mid_sa, dt, dev)?);
+        Ok(ConvNet {
+            conv_in: Conv::load(w, "encoder.conv_in", 3, t.ch, 3, Conv2d::same(3), dt, dev)?,
+            blocks,
+            norm_out: Norm::load(w, "encoder.norm_out", cin, GROUPS, dt, dev)?,
+            conv_out: Conv::load(w, "encoder.conv_out", cin, t.z_channels, 3, Conv2d::same(3), dt, dev)?,
+        })
+    }
+
+    pub(crate) fn decoder(w: &Weights, t: &VaeConfig, dt: DType, dev: &Device) -> Result<ConvNet> {
+        let levels = t.ch_mult.len();
+        let mut cin = t.ch * t.ch_mult[levels - 1];
+        let mut blocks = mid(w, "decoder", cin, t.using_mid_sa, dt, dev)?;
+        for i in (0..levels).rev() {
+            let c = t.ch * t.ch_mult[i];
+            for j in 0..=t.num_res_blocks {
+                blocks.push(Block::Res(ResBlock::load(w, &format!("decoder.up.{i}.block.{j}"), cin, c, GROUPS, dt, dev)?));
+                cin = c;
+                if i + 1 == levels && t.using_sa {
+                    blocks.push(Block::Attn(AttnBlock::load(w, &format!("decoder.up.{i}.attn.{j}"), c, GROUPS, dt, dev)?));
+                }
+            }
+            if i > 0 {
+                blocks.push(Block::Up(Conv::load(w, &format!("decoder.up.{i}.upsample.conv"), c, c, 3, Conv2d::same(3), dt, dev)?));
+            }
+        }
+        Ok(ConvNet {
+            conv_in: Conv::load(w, "decoder.conv_in", t.z_channels, t.ch * t.ch_mult[levels - 1], 3, Conv2d::same(3), dt, dev)?,
+            blocks,
+            norm_out: Norm::load(w, "decoder.norm_out", cin, GROUPS, dt, dev)?,
+            conv_out: Conv::load(w, "decoder.conv_out", cin, 3, 3, Conv2d::same(3), dt, dev)?,
+        })
+    }
+
+    /// A `k×k` conv `[c_out, c_in, k, k]` with "same" padding (VAR's quant convs).
+    pub(crate) fn conv(w: &Weights, prefix: &str, cin: usize, cout: usize, k: usize, dt: DType, dev: &Device) -> Result<Conv> {
+        Conv::load(w, prefix, cin, cout, k, Conv2d::same(k), dt, dev)
     }
 }
 

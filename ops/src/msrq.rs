@@ -176,15 +176,18 @@ pub struct Phi {
 }
 
 impl Phi {
-    /// Which conv scale `k` of `scales` uses (VAR's tick table: `a = 1/12, b = 11/12`,
-    /// nearest tick to `k/(K−1)`, first minimum wins) for `convs.len()` convs.
+    /// Which conv scale `k` of `scales` uses: VAR's tick table (`np.linspace(a, 1 − a, n)`
+    /// with `a = 1/(3n)` for its published n = 4 convs, else `1/(2n)`), the tick nearest to
+    /// `k/(K−1)`, first minimum wins; computed as numpy does, since exact ties occur.
     pub fn select(&self, k: usize, scales: usize) -> usize {
         let n = self.convs.len();
         if n <= 1 || scales <= 1 {
             return 0;
         }
-        let (a, b) = (1.0 / 12.0, 11.0 / 12.0);
-        let ticks: Vec<f64> = (0..n).map(|i| if i + 1 == n { b } else { a + i as f64 * (b - a) / (n - 1) as f64 }).collect();
+        let a = if n == 4 { 1.0 / 3.0 / n as f64 } else { 1.0 / 2.0 / n as f64 };
+        let b = 1.0 - a;
+        let step = (b - a) / (n - 1) as f64;
+        let ticks: Vec<f64> = (0..n).map(|i| if i + 1 == n { b } else { i as f64 * step + a }).collect();
         let at = k as f64 / (scales - 1) as f64;
         let mut best = 0;
         for (i, t) in ticks.iter().enumerate() {

@@ -241,9 +241,14 @@ pub struct Output {
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// What to paint, e.g. "a red circle above a blue square" [required unless --from-png].
-    #[arg(short, long, required_unless_present = "from_png")]
+    /// What to paint, e.g. "a red circle above a blue square" [required unless --from-png
+    /// or --class].
+    #[arg(short, long, required_unless_present_any = ["from_png", "class"])]
     pub prompt: Option<String>,
+    /// The ImageNet class a class-conditional model (VAR, `--model DIR` with its published
+    /// files) paints: an index 0-999 (207) or a name ("golden retriever") [default: none; required for such a model].
+    #[arg(long, value_name = "CLASS", conflicts_with_all = ["prompt", "negative_prompt", "from_png"])]
+    pub class: Option<String>,
     /// What to steer away from (the unconditional side of CFG) [default: none, the empty prompt].
     #[arg(long)]
     pub negative_prompt: Option<String>,

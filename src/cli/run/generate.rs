@@ -39,6 +39,12 @@ pub(super) fn generate_inputs(args: &GenerateArgs) -> Result<GenerateInputs> {
 }
 
 pub fn generate(args: &GenerateArgs, device: &Device) -> Result<()> {
+    if let Some(f) = var::files(&args.model)? {
+        return var::generate(args, f, device);
+    }
+    if args.class.is_some() {
+        return Err(fail(CLASS_ON_TEXT_MODEL));
+    }
     check_num_images(args.num_images)?;
     if args.max_batch == Some(0) {
         return Err(fail("--max-batch must be at least 1"));

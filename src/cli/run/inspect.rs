@@ -26,6 +26,9 @@ fn level_words(l: nextflow_model::config::LevelEmbedding) -> &'static str {
 
 pub fn inspect(args: &InspectArgs) -> Result<()> {
     let margs = &args.model;
+    if let Some(f) = var::files(margs)? {
+        return var::inspect(&f, args.json);
+    }
     let config = config_of(margs)?;
     let b = &config.backbone;
     let weights = if margs.random_weights { None } else { open_weights(margs)?.map(|(w, _)| w) };

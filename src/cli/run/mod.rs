@@ -26,6 +26,7 @@ mod eval;
 mod generate;
 mod inspect;
 mod understand;
+mod var;
 
 pub use chat::chat;
 pub use edit::edit;
@@ -64,7 +65,10 @@ pub(super) fn dtype_for(arg: DTypeArg, device: &Device) -> Result<DType> {
 pub(super) fn config_of(args: &ModelArgs) -> Result<Config> {
     Ok(match (&args.model, &args.config) {
         (Some(_), Some(_)) => return Err(fail("give --model DIR or --config NAME, not both")),
-        (Some(dir), None) => Config::load(dir)?,
+        (Some(dir), None) => match var::files(args)? {
+            Some(f) => return Err(var::only_classes(dir, &f.config, "is not a text or text-to-image model")),
+            None => Config::load(dir)?,
+        },
         (None, Some(name)) => Config::named(name)?,
         (None, None) => Config::named("nextflow-tiny")?,
     })
@@ -283,6 +287,9 @@ fn default_names() -> impl Iterator<Item = PathBuf> {
     (1..).map(|k| PathBuf::from(if k == 1 { "nextflow.png".to_string() } else { format!("nextflow-{k}.png") }))
 }
 
+/// `--class` given to a text-to-image model.
+const CLASS_ON_TEXT_MODEL: &str = "--class picks the class of a class-conditional model (VAR, --model DIR); this model paints text: give --prompt";
+
 /// Most images one `generate` writes.
 pub const MAX_IMAGES: usize = 100_000;
 
@@ -429,10 +436,25 @@ pub fn preflight(cli: &Cli) -> Result<()> {
     };
     match &cli.command {
         Command::Devices(_) | Command::Bench(_) | Command::Completions(_) => Ok(()),
-        Command::Inspect(a) => config_of(&a.model).map(|_| ()),
-        Command::Serve(a) => config_of(&a.model).map(|_| ()),
+        Command::Inspect(a) => match var::files(&a.model)? {
+            Some(_) => Ok(()),
+            None => config_of(&a.model).map(|_| ()),
+        },
+        Command::Serve(a) => {
+            var::refuse(&a.model, "cannot be served (the server runs text and text-to-image models)")?;
+            config_of(&a.model).map(|_| ())
+        }
         Command::Generate(a) => {
             check_num_images(a.num_images)?;
+            if let Some(f) = var::files(&a.model)? {
+                if let Some(out) = &a.output.out {
+                    check_outputs(&output_paths(out, a.num_images), a.model.force)?;
+                }
+                return var::check_generate(a, &f).map(|_| ());
+            }
+            if a.class.is_some() {
+                return Err(fail(CLASS_ON_TEXT_MODEL));
+            }
             let input = generate::generate_inputs(a)?;
             if let Some(out) = &a.output.out {
                 check_outputs(&output_paths(out, a.num_images), a.model.force)?;
@@ -442,10 +464,12 @@ pub fn preflight(cli: &Cli) -> Result<()> {
             check_image_sampling(&config, &input.sampling)
         }
         Command::Understand(a) => {
+            var::refuse(&a.model, "cannot answer questions about images")?;
             let config = config_of(&a.model)?;
             read_image(&a.input, config.parts()?.tokenizer.image_size).map(|_| ())
         }
         Command::Edit(a) => {
+            var::refuse(&a.model, "cannot edit images")?;
             if let Some(out) = &a.output.out {
                 check_outputs(&output_paths(out, 1), a.model.force)?;
             }
@@ -454,12 +478,14 @@ pub fn preflight(cli: &Cli) -> Result<()> {
             read_image(&a.input, config.parts()?.tokenizer.image_size).map(|_| ())
         }
         Command::Chat(a) => {
+            var::refuse(&a.model, "has no text to chat in")?;
             config_of(&a.model)?;
             text_options(a).validate().map_err(as_flags)?;
             chat::chat_samples(a)?;
             a.logits_out.as_deref().map_or(Ok(()), |p| check_new(p, a.model.force))
         }
         Command::Eval(EvalCommand::Shapes(a)) => {
+            var::refuse(&a.model, "paints ImageNet classes, not ShapeWorld prompts")?;
             let config = config_of(&a.model)?;
             schedule(&config.parts()?.tokenizer, a.size, a.aspect.as_deref())?;
             check_image_sampling(&config, &a.sampling)

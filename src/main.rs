@@ -28,6 +28,7 @@ fn main_impl(cli: &Cli) -> run::Result<()> {
         }
         Command::Bench(args) => bench::run(args, &run::open_device(&cli.device)?),
         Command::Inspect(args) => run::inspect(args),
+        Command::Convert(args) => run::convert(args),
         Command::Generate(args) => run::generate(args, &run::open_device(&cli.device)?),
         Command::Understand(args) => run::understand(args, &run::open_device(&cli.device)?),
         Command::Edit(args) => run::edit(args, &run::open_device(&cli.device)?),

@@ -170,6 +170,17 @@ fn generate_class_runs_from_the_published_files_alone() {
     let mae = got.iter().zip(&want).map(|(&a, &b)| (a as f64 - b as f64).abs()).sum::<f64>() / want.len() as f64;
     assert!(mae <= 1.0, "the PNG differs from the official one by {mae} levels on average");
 
+    // `convert` writes safetensors + config.json, which load to the same image.
+    let st = dir.join("converted");
+    let (code, _, stderr) = nextflow(&["convert", d, "--out", st.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let again = dir.join("again.png");
+    let (code, _, stderr) = nextflow(&["generate", "--model", st.to_str().unwrap(), "--class", "207", "--top-k", "1", "--out", again.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(nextflow::shapeeval::load_png_rgb(&again).unwrap().0, got, "the converted model paints another image");
+    let (code, _, stderr) = nextflow(&["convert", d, "--out", st.to_str().unwrap()]);
+    assert!(code != 0 && stderr.contains("--force"), "{stderr}");
+
     let (code, stdout, stderr) = nextflow(&["inspect", "--model", d]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("depth 2, width 64, heads 2") && stdout.contains("256x256"), "{stdout}");

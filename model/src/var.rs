@@ -352,8 +352,9 @@ impl ModelFiles {
     /// family's directory); an error when it holds one part without the other, two of a
     /// part, or a pair that does not fit.
     pub fn find(dir: &Path) -> Result<Option<ModelFiles>> {
-        if dir.join("config.json").exists() {
-            return Ok(None);
+        let config = dir.join("config.json");
+        if config.exists() {
+            return ModelFiles::converted(dir, &config);
         }
         let (mut transformer, mut vae, mut failed) = (Vec::new(), Vec::new(), None);
         for path in checkpoint_files(dir)? {
@@ -394,6 +395,63 @@ impl ModelFiles {
                 names(&vae)
             ))),
         }
+    }
+}
+
+/// What `convert` writes beside the two safetensors files.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ConvertedFile {
+    model_type: String,
+    transformer: String,
+    vae: String,
+    /// The configuration read off the original files (checked again against the tensors).
+    config: serde_json::Value,
+}
+
+impl ModelFiles {
+    /// A directory `convert` wrote (`config.json` with `"model_type": "var"`), else `None`.
+    fn converted(dir: &Path, config: &Path) -> Result<Option<ModelFiles>> {
+        let text = std::fs::read_to_string(config).map_err(|e| Error::Io { path: config.to_path_buf(), source: e })?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: not valid JSON: {e}", config.display())))?;
+        if v.get("model_type").and_then(|t| t.as_str()) != Some("var") {
+            return Ok(None);
+        }
+        let c: ConvertedFile = serde_json::from_value(v).map_err(|e| Error::Config(format!("{}: {e}", config.display())))?;
+        let open = |name: &str| -> Result<(PathBuf, Weights)> {
+            let path = crate::weights::inside(dir, name, config)?;
+            Ok((path.clone(), Weights::open_file(&path)?))
+        };
+        let (transformer, vae) = (open(&c.transformer)?, open(&c.vae)?);
+        let inferred = ModelConfig::infer(&transformer.1, &vae.1)?;
+        if serde_json::to_value(&inferred).ok().as_ref() != Some(&c.config) {
+            return Err(Error::Config(format!("{}: its `config` does not describe the tensors of {} and {} (edited by hand?); convert the original files again", config.display(), c.transformer, c.vae)));
+        }
+        Ok(Some(ModelFiles { transformer, vae, config: inferred }))
+    }
+
+    /// Writes the model as `transformer.safetensors`, `vae.safetensors` and a `config.json`
+    /// into `out` (created; an existing file there is refused unless `force`), which
+    /// `--model out` loads memory-mapped.
+    pub fn convert(&self, out: &Path, force: bool) -> Result<()> {
+        let io = |path: &Path, e: std::io::Error| Error::Io { path: path.to_path_buf(), source: e };
+        std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
+        let names = ["transformer.safetensors", "vae.safetensors", "config.json"];
+        for n in names {
+            let p = out.join(n);
+            if p.exists() && !force {
+                return Err(Error::Input(format!("{} exists; add --force to overwrite it", p.display())));
+            }
+        }
+        self.transformer.1.save_safetensors(&out.join(names[0]))?;
+        self.vae.1.save_safetensors(&out.join(names[1]))?;
+        let doc = ConvertedFile {
+            model_type: "var".into(),
+            transformer: names[0].into(),
+            vae: names[1].into(),
+            config: serde_json::to_value(&self.config).map_err(|e| Error::Config(e.to_string()))?,
+        };
+        let path = out.join(names[2]);
+        std::fs::write(&path, serde_json::to_string_pretty(&doc).map_err(|e| Error::Config(e.to_string()))? + "\n").map_err(|e| io(&path, e))
     }
 }
 

@@ -316,6 +316,37 @@ impl Weights {
         let info = self.tensors.get(name)?;
         self.files.get(info.file).map(|(_, b)| &b[info.start..info.end])
     }
+    /// Writes every tensor, as stored, to a safetensors file at `path` (streamed through a
+    /// temporary file beside it, renamed at the end: an interrupted write leaves nothing).
+    pub fn save_safetensors(&self, path: &Path) -> Result<()> {
+        use std::io::Write;
+        let io = |e: std::io::Error| Error::Io { path: path.to_path_buf(), source: e };
+        let mut header = serde_json::Map::new();
+        let mut at = 0usize;
+        for (name, info) in &self.tensors {
+            let n = info.end - info.start;
+            header.insert(name.clone(), serde_json::json!({"dtype": info.dtype.name(), "shape": info.shape, "data_offsets": [at, at + n]}));
+            at += n;
+        }
+        let mut text = serde_json::Value::Object(header).to_string().into_bytes();
+        text.resize(text.len().div_ceil(8) * 8, b' ');
+        let temp = path.with_extension("safetensors.partial");
+        let result = (|| -> Result<()> {
+            let mut f = std::io::BufWriter::with_capacity(8 << 20, File::create(&temp).map_err(io)?);
+            f.write_all(&(text.len() as u64).to_le_bytes()).map_err(io)?;
+            f.write_all(&text).map_err(io)?;
+            for info in self.tensors.values() {
+                f.write_all(&self.files[info.file].1[info.start..info.end]).map_err(io)?;
+            }
+            f.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
+            std::fs::rename(&temp, path).map_err(io)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        result
+    }
+
     /// For a PyTorch checkpoint: which dict was taken as the state dict and what was left out.
     pub fn torch_notes(&self) -> Option<&TorchNotes> {
         self.torch.as_ref()

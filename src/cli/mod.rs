@@ -77,6 +77,10 @@ pub enum Command {
     /// Describe a model: architecture, parameters, dtypes on disk, memory needed per dtype.
     #[command(after_help = EXAMPLES_INSPECT)]
     Inspect(InspectArgs),
+    /// Convert published checkpoint files (VAR's `.pth`) into safetensors plus a config.json,
+    /// which `--model OUT` loads memory-mapped, with no pickle to read.
+    #[command(after_help = EXAMPLES_CONVERT)]
+    Convert(ConvertArgs),
     /// Serve the model over HTTP: OpenAI-compatible image and chat endpoints with batching
     /// and backpressure, a web page at /, Prometheus metrics at /metrics.
     ///
@@ -120,6 +124,9 @@ const EXAMPLES_INSPECT: &str = "Examples:
   nextflow inspect
   nextflow inspect -m ./Qwen2.5-0.5B-Instruct --json
   nextflow inspect --config nextflow-7b";
+const EXAMPLES_CONVERT: &str = "Examples:
+  nextflow convert ./var-d16 --out ./var-d16-st
+  nextflow generate -m ./var-d16-st --class 207";
 const EXAMPLES_EVAL: &str = "Examples:
   nextflow eval shapes --n 50
   nextflow eval shapes --n 10 --json --save-images eval-images
@@ -143,6 +150,19 @@ pub struct InspectArgs {
     /// Print the description as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// The model directory: VAR's VQVAE and transformer files as published, under any names.
+    pub dir: PathBuf,
+    /// Folder to write transformer.safetensors, vae.safetensors and config.json into
+    /// (created if needed) [required].
+    #[arg(short, long, value_name = "DIR", required = true)]
+    pub out: PathBuf,
+    /// Overwrite files of an earlier conversion there.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

@@ -34,6 +34,7 @@ pub use eval::eval_shapes;
 pub use generate::generate;
 pub use inspect::inspect;
 pub use understand::understand;
+pub use var::convert;
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -435,7 +436,7 @@ pub fn preflight(cli: &Cli) -> Result<()> {
         ..Default::default()
     };
     match &cli.command {
-        Command::Devices(_) | Command::Bench(_) | Command::Completions(_) => Ok(()),
+        Command::Devices(_) | Command::Bench(_) | Command::Completions(_) | Command::Convert(_) => Ok(()),
         Command::Inspect(a) => match var::files(&a.model)? {
             Some(_) => Ok(()),
             None => config_of(&a.model).map(|_| ()),

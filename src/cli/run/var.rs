@@ -98,19 +98,24 @@ pub(super) fn generate(args: &GenerateArgs, f: ModelFiles, device: &Device) -> R
     let mut written = Vec::new();
     let mut times: Vec<Duration> = vec![Duration::ZERO; scales.len()];
     let mut decoder = Duration::ZERO;
+    // Per image: each scale's and the decoder's time (ms), for benchmarks.
+    let mut runs: Vec<serde_json::Value> = Vec::new();
     for i in 0..args.num_images {
         let seed = opts.seed.wrapping_add(i as u64);
         let o = VarOptions { seed, ..opts.clone() };
         let step_label = if args.num_images > 1 { format!("image {}/{}", i + 1, args.num_images) } else { "scale".into() };
         let mut steps = scale_steps(&step_label, &scales);
-        let mut last = Instant::now();
+        let (start, mut last) = (Instant::now(), Instant::now());
+        let mut mine = Vec::with_capacity(scales.len());
         let g = model.generate(&[class], &o, &mut |k, total| {
             let took = last.elapsed();
             times[k - 1] += took;
+            mine.push(ms(took));
             steps(k - 1, total, took);
             last = Instant::now();
         })?;
         decoder += last.elapsed();
+        runs.push(serde_json::json!({"scales": mine, "decoder": ms(last.elapsed()), "total": ms(start.elapsed())}));
         let rgb = var_rgb8(&g.images)?;
         let parameters = format!(
             "VAR {label}\nSteps: {}, Size: {size}x{size}, CFG: {}, Top-k: {}, Top-p: {}, Seed: {seed}, Model: VAR-d{} ({})",
@@ -138,6 +143,7 @@ pub(super) fn generate(args: &GenerateArgs, f: ModelFiles, device: &Device) -> R
             "sampler": {"cfg": opts.cfg, "top_k": opts.top_k, "top_p": opts.top_p},
             "images": written.iter().map(|(p, s)| serde_json::json!({"path": p.display().to_string(), "seed": s})).collect::<Vec<_>>(),
             "timings_ms": {"load": ms(load), "scales": scale_ms, "decoder": ms(decoder) / n},
+            "runs_ms": runs,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
@@ -147,6 +153,21 @@ pub(super) fn generate(args: &GenerateArgs, f: ModelFiles, device: &Device) -> R
         let s: Vec<String> = scale_ms.iter().map(|v| format!("{v:.1}")).collect();
         ui::note(format_args!("time per image: scales [{}] ms, decoder {:.1} ms", s.join(", "), ms(decoder) / n));
     }
+    Ok(())
+}
+
+/// `nextflow convert DIR --out OUT`.
+pub fn convert(args: &ConvertArgs) -> Result<()> {
+    let f = ModelFiles::find(&args.dir)?.ok_or_else(|| {
+        fail(format!(
+            "{}: no VAR files here (a VQVAE and a transformer `.pth`): convert reads published PyTorch checkpoints; safetensors directories load as they are",
+            args.dir.display()
+        ))
+    })?;
+    let spinner = ui::Spinner::start(format!("converting {} and {} into {}", f.transformer.0.display(), f.vae.0.display(), args.out.display()));
+    let started = Instant::now();
+    f.convert(&args.out, args.force)?;
+    spinner.done(format!("wrote {} (transformer.safetensors, vae.safetensors, config.json) in {:.1} s", args.out.display(), started.elapsed().as_secs_f64()));
     Ok(())
 }
 

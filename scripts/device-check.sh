@@ -16,12 +16,14 @@
 # through naga; NVRTC/ptxas where the machine has them), the transformer benchmark and `bench kernels`
 # (tiny and 7B shapes) on cuda and vulkan, then the tiny model's 128 px generation and a
 # 1024² 7B-shaped generation with CFG and random weights (nextflow-7b: 18 scales, 10084
-# tokens per image) with the per-stage breakdown (--json). Dry run here: ~6 minutes.
+# tokens per image) with the per-stage breakdown (--json), and VAR-d16 / VAR-d30 (256 px, CFG 4,
+# random weights: `--config var-dN --random-weights`) per stage. Dry run here: ~8 minutes.
+# The VAR parity test runs on the test goldens it finds beside the binaries' repository copy.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # rope_attention is covered by op_coverage + nextflow_parity, the image and ops benches stay
 # home (bench kernels times the model's matmuls instead).
-TESTS=(op_coverage sampling qwen2_parity nextflow_parity compiler big_weights gpu_targets)
+TESTS=(op_coverage sampling qwen2_parity nextflow_parity var_parity compiler big_weights gpu_targets)
 BENCHES=(transformer)
 
 case "${1:-}" in
@@ -89,6 +91,12 @@ for line in sys.stdin:
     timeout 300 "$bin/nextflow" generate --device cuda --random-weights --config nextflow-7b --prompt "a cat on a mat" \
       --out "$OUT/7b.png" --force --json > "$OUT/7b.json" 2> "$OUT/7b.log" || status=1
     tail -25 "$OUT/7b.log"; cat "$OUT/7b.json"
+    echo "== VAR-d16 and VAR-d30 shapes, 256², CFG 4, random weights (f16 on cuda), 1 warm-up + 2 timed images"
+    for c in var-d16 var-d30; do
+      timeout 240 "$bin/nextflow" generate --device cuda --dtype f16 --random-weights --config "$c" --class 207 -n 3 \
+        --out "$OUT/$c-{i}.png" --force --json > "$OUT/$c.json" 2> "$OUT/$c.log" || status=1
+      tail -3 "$OUT/$c.log"; python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[2], [round(sum(r['scales']),1) for r in d['runs_ms']], 'ms scales,', [r['decoder'] for r in d['runs_ms']], 'ms decoder')" "$OUT/$c.json" "$c" || true
+    done
     exit $status
     ;;
   *)

@@ -297,6 +297,50 @@ impl VaeConfig {
 }
 
 impl ModelConfig {
+    /// A published model's shapes by name (`var-d16`, `var-d20`, `var-d24`, `var-d30`: 256 px;
+    /// `var-d36`: 512 px, shared AdaLN), as the official `build_vae_var` makes them: width
+    /// 64·depth, heads = depth, MLP 4×, VQVAE `vae_ch160v4096z32`.
+    pub fn published(name: &str) -> Option<ModelConfig> {
+        let depth: usize = name.strip_prefix("var-d")?.parse().ok()?;
+        let (px, shared) = match depth {
+            16 | 20 | 24 | 30 => (256, false),
+            36 => (512, true),
+            _ => return None,
+        };
+        let patch_nums = SCHEDULES.iter().find(|(p, _)| *p == px)?.1.to_vec();
+        let width = 64 * depth;
+        Some(ModelConfig {
+            var: VarConfig {
+                depth,
+                width,
+                heads: depth,
+                mlp_hidden: 4 * width,
+                num_classes: 1000,
+                vocab_size: 4096,
+                code_dim: 32,
+                shared_adaln: shared,
+                attn_l2_norm: true,
+                patch_nums,
+                norm_eps: 1e-6,
+            },
+            vae: VaeConfig {
+                vocab_size: 4096,
+                code_dim: 32,
+                ch: 160,
+                ch_mult: vec![1, 1, 2, 2, 4],
+                num_res_blocks: 2,
+                using_sa: true,
+                using_mid_sa: true,
+                z_channels: 32,
+                quant_conv_kernel: 3,
+                phi: PhiSharing::Partial(4),
+                quant_resi: 0.5,
+                has_encoder: true,
+            },
+            image_size: px,
+        })
+    }
+
     /// The two parts' configurations, checked against each other.
     pub fn infer(var: &dyn Shapes, vae: &dyn Shapes) -> Result<ModelConfig> {
         let (var, vae) = (VarConfig::infer(var)?, VaeConfig::infer(vae)?);
@@ -348,6 +392,13 @@ fn open_any(path: &Path) -> Result<Weights> {
 }
 
 impl ModelFiles {
+    /// A published model's shapes with random weights (speed measurements: no file).
+    pub fn random(name: &str) -> Option<ModelFiles> {
+        let config = ModelConfig::published(name)?;
+        let at = || (PathBuf::from("<random weights>"), Weights::random(0));
+        Some(ModelFiles { transformer: at(), vae: at(), config })
+    }
+
     /// The VAR files of `dir`, under any names: `None` when it holds neither part (another
     /// family's directory); an error when it holds one part without the other, two of a
     /// part, or a pair that does not fit.
@@ -547,6 +598,15 @@ mod tests {
             put(&mut a, &format!("quantize.quant_resi.qresi_ls.{i}.weight"), &[cv, cv, 3, 3]);
         }
         (Map(t), Map(a))
+    }
+
+    #[test]
+    fn published_shapes_are_what_their_files_say() {
+        let (t, a) = d16();
+        assert_eq!(ModelConfig::published("var-d16").unwrap(), ModelConfig::infer(&t, &a).unwrap());
+        let d36 = ModelConfig::published("var-d36").unwrap();
+        assert_eq!((d36.var.width, d36.var.shared_adaln, d36.image_size, d36.var.tokens()), (2304, true, 512, 2240));
+        assert!(ModelConfig::published("var-d17").is_none());
     }
 
     #[test]

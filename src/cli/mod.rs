@@ -198,7 +198,8 @@ pub struct ModelArgs {
     #[arg(short, long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// A built-in configuration instead of a directory: nextflow-tiny (or tiny),
-    /// nextflow-7b (7b), qwen2-0.5b (0.5b). Needs --random-weights unless it is nextflow-tiny
+    /// nextflow-7b (7b), qwen2-0.5b (0.5b), var-d16 / var-d20 / var-d24 / var-d30 / var-d36
+    /// (VAR's published shapes). Needs --random-weights unless it is nextflow-tiny
     /// [default: none; --model or the embedded model].
     #[arg(long, value_name = "NAME")]
     pub config: Option<String>,

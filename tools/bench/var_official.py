@@ -29,6 +29,12 @@ def load_official(src):
 
 
 def build(torch, build_vae_var, depth):
+    import contextlib
+    with contextlib.redirect_stdout(sys.stderr):  # the official constructor prints its config
+        return build_quiet(torch, build_vae_var, depth)
+
+
+def build_quiet(torch, build_vae_var, depth):
     vae, var = build_vae_var(device="cpu", patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16), V=4096, Cvae=32, ch=160,
                              share_quant_resi=4, num_classes=1000, depth=depth, shared_aln=False, attn_l2_norm=True,
                              flash_if_available=False, fused_if_available=False)

@@ -11,26 +11,31 @@ use nextflow_model::var::{class_names, parse_class, ModelConfig, ModelFiles};
 pub(super) fn files(args: &ModelArgs) -> Result<Option<ModelFiles>> {
     match (&args.model, &args.config) {
         (Some(dir), None) => Ok(ModelFiles::find(dir)?),
+        (None, Some(name)) if name.starts_with("var-") => {
+            if !args.random_weights {
+                return Err(fail(format!("no weights ship for `{name}`: give --model DIR holding VAR's published files, or --random-weights to measure speed")));
+            }
+            ModelFiles::random(name).map(Some).ok_or_else(|| fail(format!("unknown VAR configuration `{name}`: var-d16, var-d20, var-d24, var-d30 (256 px) or var-d36 (512 px)")))
+        }
         _ => Ok(None),
     }
 }
 
 /// Refuses a command a VAR model cannot run (`what` it cannot do), in one line.
 pub(super) fn refuse(args: &ModelArgs, what: &str) -> Result<()> {
-    match (files(args)?, &args.model) {
-        (Some(f), Some(dir)) => Err(only_classes(dir, &f.config, what)),
-        _ => Ok(()),
+    match files(args)? {
+        Some(f) => Err(only_classes(Path::new(&describe(args)), &f.config, what)),
+        None => Ok(()),
     }
 }
 
 /// What a VAR model is and what it does, for the commands it cannot run.
 pub(super) fn only_classes(dir: &Path, cfg: &ModelConfig, what: &str) -> Box<dyn std::error::Error> {
     fail(format!(
-        "{} holds a VAR model: class-conditional ImageNet ({} classes, {} px); it {what}. It paints classes: nextflow generate --model {} --class 207 (or --class \"golden retriever\")",
+        "{} is a VAR model: class-conditional ImageNet ({} classes, {} px); it {what}. It paints classes: nextflow generate --model DIR --class 207 (or --class \"golden retriever\")",
         dir.display(),
         cfg.var.num_classes,
         cfg.image_size,
-        dir.display()
     ))
 }
 
@@ -52,7 +57,8 @@ fn options(s: &ImageSampling) -> Result<VarOptions> {
 
 /// Everything `generate` checks before it loads a VAR model (also `preflight`).
 pub(super) fn check_generate(args: &GenerateArgs, f: &ModelFiles) -> Result<(usize, VarOptions)> {
-    let dir = args.model.model.as_deref().unwrap_or(Path::new("."));
+    let label = describe(&args.model);
+    let dir = Path::new(&label);
     if args.prompt.is_some() || args.negative_prompt.is_some() {
         return Err(only_classes(dir, &f.config, "has no text prompts"));
     }
@@ -176,6 +182,7 @@ pub(super) fn inspect(f: &ModelFiles, json: bool) -> Result<()> {
     let (v, a) = (&f.config.var, &f.config.vae);
     let params = |w: &Weights| -> u64 { w.names().filter_map(|n| w.info(n)).map(|i| i.shape.iter().product::<usize>() as u64).sum() };
     let (pt, pv) = (params(&f.transformer.1), params(&f.vae.1));
+    let millions = |w: &Weights, n: u64| if w.is_random() { "random weights".to_string() } else { format!("{:.1}M parameters", n as f64 / 1e6) };
     if json {
         let doc = serde_json::json!({
             "family": "var",
@@ -187,10 +194,10 @@ pub(super) fn inspect(f: &ModelFiles, json: bool) -> Result<()> {
         return Ok(());
     }
     println!("VAR (class-conditional next-scale model), read off the files' tensor shapes:");
-    println!("  transformer  {}: depth {}, width {}, heads {} of {}, MLP {}, {} AdaLN, attention {}; {:.1}M parameters", f.transformer.0.display(), v.depth, v.width, v.heads, v.head_dim(), v.mlp_hidden, if v.shared_adaln { "shared" } else { "per-block" }, if v.attn_l2_norm { "L2-normalised q/k with learned scale" } else { "scaled dot product" }, pt as f64 / 1e6);
+    println!("  transformer  {}: depth {}, width {}, heads {} of {}, MLP {}, {} AdaLN, attention {}; {}", f.transformer.0.display(), v.depth, v.width, v.heads, v.head_dim(), v.mlp_hidden, if v.shared_adaln { "shared" } else { "per-block" }, if v.attn_l2_norm { "L2-normalised q/k with learned scale" } else { "scaled dot product" }, millions(&f.transformer.1, pt));
     println!("  classes      {} (+ the null class for CFG)", v.num_classes);
     println!("  schedule     {} scales {:?}, {} tokens, {}x{} px", v.patch_nums.len(), v.patch_nums, v.tokens(), f.config.image_size, f.config.image_size);
-    println!("  VQVAE        {}: codebook {} x {}, channels {} x {:?}, {} res blocks, attention {}, quant_resi {:?} (ratio {}); {:.1}M parameters{}", f.vae.0.display(), a.vocab_size, a.code_dim, a.ch, a.ch_mult, a.num_res_blocks, a.using_sa, a.phi, a.quant_resi, pv as f64 / 1e6, if a.has_encoder { "" } else { " (no encoder)" });
+    println!("  VQVAE        {}: codebook {} x {}, channels {} x {:?}, {} res blocks, attention {}, quant_resi {:?} (ratio {}); {}{}", f.vae.0.display(), a.vocab_size, a.code_dim, a.ch, a.ch_mult, a.num_res_blocks, a.using_sa, a.phi, a.quant_resi, millions(&f.vae.1, pv), if a.has_encoder { "" } else { " (no encoder)" });
     println!("  sampler      cfg 4, top-k 900, top-p 0.95 (VAR's demo); generate --model DIR --class 207");
     Ok(())
 }

@@ -160,12 +160,7 @@ impl Layer {
         let g = graph(device);
         let h = g.input(x)?.rms_norm(&g.input(&self.input_layernorm)?, eps)?;
         let [q, k, v] = a.qkv(&h, &g.input(positions)?, rope, eps)?;
-        let (keys, values, len) = cache.take()?;
-        let at = g.param(len as u64);
-        let keys = g.input_owned(keys)?.store(&k, 2, at)?;
-        let values = g.input_owned(values)?.store(&v, 2, at)?;
-        let [q, keys, values]: [Tensor; 3] = g.realize(&[&q, &keys, &values])?.try_into().expect("three outputs");
-        cache.put(keys, values, len + s)?;
+        let q = append_kv(&g, &q, &k, &v, cache)?;
 
         let g = graph(device);
         let residual = g.input(x)?;
@@ -179,6 +174,20 @@ impl Layer {
         let act = gu.narrow(2, 0, inter)?.swiglu(&gu.narrow(2, inter, inter)?)?;
         Ok(self.down.record(&act, Some(&residual))?.realize()?)
     }
+}
+
+/// Realizes `q` of graph `g` while the graph appends `k`/`v [b, heads, s, head_dim]` to
+/// `cache` in place (its buffers move into the graph as in-place stores at a per-run offset,
+/// so the plan replays at every cache position, and come back); returns `q`.
+pub(crate) fn append_kv(g: &Graph, q: &Lazy, k: &Lazy, v: &Lazy, cache: &mut KvCache) -> Result<Tensor> {
+    let s = k.shape()[2];
+    let (keys, values, len) = cache.take()?;
+    let at = g.param(len as u64);
+    let keys = g.input_owned(keys)?.store(k, 2, at)?;
+    let values = g.input_owned(values)?.store(v, 2, at)?;
+    let [q, keys, values]: [Tensor; 3] = g.realize(&[q, &keys, &values])?.try_into().expect("three outputs");
+    cache.put(keys, values, len + s)?;
+    Ok(q)
 }
 
 /// The decoder stack and its head.

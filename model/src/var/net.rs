@@ -13,7 +13,7 @@
 
 use super::{ModelConfig, PhiSharing, VaeConfig, VarConfig};
 use crate::msrq;
-use crate::transformer::{graph, Linear};
+use crate::transformer::{append_kv, graph, Linear};
 use crate::visual::{var_names, Conv, ConvNet};
 use crate::weights::Weights;
 use crate::{Error, Result};
@@ -317,12 +317,7 @@ impl Var {
             q = l2_normalize(&q)?.mul(&g.input(s)?)?;
             k = l2_normalize(&k)?;
         }
-        let (keys, values, len) = cache.take()?;
-        let at = g.param(len as u64);
-        let keys = g.input_owned(keys)?.store(&k, 2, at)?;
-        let values = g.input_owned(values)?.store(&v, 2, at)?;
-        let [q, keys, values]: [Tensor; 3] = g.realize(&[&q, &keys, &values])?.try_into().expect("three outputs");
-        cache.put(keys, values, len + l)?;
+        let q = append_kv(&g, &q, &k, &v, cache)?;
 
         let g = graph(&self.device);
         let ada_l = g.input(ada)?;

@@ -367,18 +367,23 @@ pub fn time(device: &Device, reps: usize, mut f: impl FnMut() -> Result<()>) -> 
 /// Times every candidate of a matmul key and records the fastest.
 pub fn tune_matmul(a: &Tensor, b: &Tensor, ep: &Epilogue, reps: usize) -> Result<TuneEntry> {
     let device = a.device();
-    let m = a.shape()[a.rank() - 2];
+    let candidates = matmul_candidates(device, a.dtype(), a.shape()[a.rank() - 2]);
+    tune(&MatmulShape::of(a, b, ep).key(device), device, reps, candidates, |kernel| matmul_with(a, b, *ep, kernel).map(drop).map_err(Error::from))
+}
+
+/// Times `run` with each of `candidates` and records the fastest under `key`.
+fn tune<K: Copy>(key: &str, device: &Device, reps: usize, candidates: Vec<(String, K)>, run: impl Fn(K) -> Result<()>) -> Result<TuneEntry> {
     let mut entry = TuneEntry::default();
     let mut best = f64::INFINITY;
-    for (name, kernel) in matmul_candidates(device, a.dtype(), m) {
-        let secs = time(device, reps, || matmul_with(a, b, *ep, kernel).map(drop).map_err(Error::from))?;
+    for (name, kernel) in candidates {
+        let secs = time(device, reps, || run(kernel))?;
         entry.timings_us.insert(name.clone(), secs * 1e6);
         if secs < best {
             best = secs;
             entry.choice = name;
         }
     }
-    record(&MatmulShape::of(a, b, ep).key(device), entry.clone())?;
+    record(key, entry.clone())?;
     Ok(entry)
 }
 
@@ -432,18 +437,7 @@ pub fn norm_candidates(device: &Device) -> Vec<(String, NormKernel)> {
 
 /// Times `run` with every norm candidate of `shape` and records the fastest.
 pub fn tune_norm(shape: &NormShape, device: &Device, reps: usize, run: &dyn Fn(NormKernel) -> Result<()>) -> Result<TuneEntry> {
-    let mut entry = TuneEntry::default();
-    let mut best = f64::INFINITY;
-    for (name, kernel) in norm_candidates(device) {
-        let secs = time(device, reps, || run(kernel))?;
-        entry.timings_us.insert(name.clone(), secs * 1e6);
-        if secs < best {
-            best = secs;
-            entry.choice = name;
-        }
-    }
-    record(&shape.key(device), entry.clone())?;
-    Ok(entry)
+    tune(&shape.key(device), device, reps, norm_candidates(device), run)
 }
 
 /// The kernel for a norm of `shape`: the cached winner, else (tuning on) the winner of
@@ -470,18 +464,7 @@ pub fn attention_candidates(device: &Device) -> Vec<(String, AttentionKernel)> {
 /// Times every attention candidate of a shape and records the fastest.
 pub fn tune_attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions, reps: usize) -> Result<TuneEntry> {
     let device = q.device();
-    let mut entry = TuneEntry::default();
-    let mut best = f64::INFINITY;
-    for (name, kernel) in attention_candidates(device) {
-        let secs = time(device, reps, || attention_with(q, k, v, options, kernel).map(drop).map_err(Error::from))?;
-        entry.timings_us.insert(name.clone(), secs * 1e6);
-        if secs < best {
-            best = secs;
-            entry.choice = name;
-        }
-    }
-    record(&AttentionShape::of(q, k).key(device), entry.clone())?;
-    Ok(entry)
+    tune(&AttentionShape::of(q, k).key(device), device, reps, attention_candidates(device), |kernel| attention_with(q, k, v, options, kernel).map(drop).map_err(Error::from))
 }
 
 /// The kernel for an attention: the cached winner, else (tuning on) the winner of a timing

@@ -53,11 +53,15 @@ impl Default for Options {
     }
 }
 
+/// Whether the switch `name` is set in the environment (to anything but empty or `0`).
+pub(crate) fn env_on(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
 impl Options {
     /// `NEXTFLOW_NO_FUSION=1` disables fusion; `NEXTFLOW_AUTOTUNE=1` enables tuning.
     pub fn from_env() -> Options {
-        let on = |name: &str| std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0");
-        Options { fusion: !on("NEXTFLOW_NO_FUSION"), autotune: on("NEXTFLOW_AUTOTUNE") }
+        Options { fusion: !env_on("NEXTFLOW_NO_FUSION"), autotune: env_on("NEXTFLOW_AUTOTUNE") }
     }
 
     /// What changes the plan (part of the graph signature).

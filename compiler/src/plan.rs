@@ -935,14 +935,12 @@ impl Plan {
                 one(matmul_with(&ins[0], &ins[1], ep, kernel))
             }
             Op::RmsNorm { eps } => {
-                let run = |k| ops::rms_norm_with(&ins[0], &ins[1], *eps, k).map(drop).map_err(Error::from);
-                let kernel = self.norm_kernel(NormKind::Rms, &ins[0], 1, &run)?;
-                one(ops::rms_norm_with(&ins[0], &ins[1], *eps, kernel))
+                let call = |k| ops::rms_norm_with(&ins[0], &ins[1], *eps, k);
+                one(call(self.norm_kernel(NormKind::Rms, &ins[0], 1, &|k| call(k).map(drop).map_err(Error::from))?))
             }
             Op::AddRmsNorm { eps } => {
-                let run = |k| ops::add_rms_norm_with(&ins[0], &ins[1], &ins[2], *eps, k).map(drop).map_err(Error::from);
-                let kernel = self.norm_kernel(NormKind::AddRms, &ins[0], 1, &run)?;
-                let (sum, normed) = ops::add_rms_norm_with(&ins[0], &ins[1], &ins[2], *eps, kernel)?;
+                let call = |k| ops::add_rms_norm_with(&ins[0], &ins[1], &ins[2], *eps, k);
+                let (sum, normed) = call(self.norm_kernel(NormKind::AddRms, &ins[0], 1, &|k| call(k).map(drop).map_err(Error::from))?)?;
                 Ok(vec![normed, sum])
             }
             Op::Reduce(op) => one(ops::reduce(&ins[0], *op)),
@@ -961,9 +959,8 @@ impl Plan {
                 one(ops::conv2d_fused(&ins[0], &ins[1], bias.then(|| &ins[2]), *geometry, fusion))
             }
             Op::GroupNorm { groups, eps, silu } => {
-                let run = |k| ops::group_norm_with(&ins[0], *groups, &ins[1], &ins[2], *eps, *silu, k).map(drop).map_err(Error::from);
-                let kernel = self.norm_kernel(NormKind::Group, &ins[0], *groups, &run)?;
-                one(ops::group_norm_with(&ins[0], *groups, &ins[1], &ins[2], *eps, *silu, kernel))
+                let call = |k| ops::group_norm_with(&ins[0], *groups, &ins[1], &ins[2], *eps, *silu, k);
+                one(call(self.norm_kernel(NormKind::Group, &ins[0], *groups, &|k| call(k).map(drop).map_err(Error::from))?))
             }
             Op::SpatialAttention => one(ops::spatial_attention(&ins[0], &ins[1], &ins[2])),
             Op::Argmax => one(ops::argmax(&ins[0])),
@@ -980,7 +977,7 @@ impl Plan {
 /// steps replay dozens of times per image; a server replays everything).
 fn arenas_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| !std::env::var("NEXTFLOW_NO_ARENA").is_ok_and(|v| !v.is_empty() && v != "0"))
+    *ON.get_or_init(|| !crate::env_on("NEXTFLOW_NO_ARENA"))
 }
 
 /// Bytes of the distinct buffers `values` hold, those in `foreign` excluded.

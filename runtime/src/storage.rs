@@ -156,13 +156,9 @@ pub fn reclaim(t: crate::Tensor) {
     ARENA.with(|a| {
         let mut a = a.borrow_mut();
         let Some(arena) = a.as_mut() else { return };
-        let bytes = match &storage {
-            Storage::Cpu(b) => b.words.len() as u64 * 4,
-            Storage::Gpu(g) => g.bytes as u64,
-        };
-        let key = match &storage {
-            Storage::Cpu(b) => (false, b.words.len()),
-            Storage::Gpu(g) => (true, g.bytes),
+        let (key, bytes) = match &storage {
+            Storage::Cpu(b) => ((false, b.words.len()), b.words.len() as u64 * 4),
+            Storage::Gpu(g) => ((true, g.bytes), g.bytes as u64),
         };
         let wanted = arena.asked.get(&key).map_or(0, |&(_, most)| most) as usize;
         let held = match key {

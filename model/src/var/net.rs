@@ -17,7 +17,7 @@ use crate::transformer::{append_kv, graph, Linear};
 use crate::visual::{var_names, Conv, ConvNet};
 use crate::weights::Weights;
 use crate::{Error, Result};
-use nextflow_compiler::Lazy;
+use nextflow_compiler::{Graph, Lazy};
 use nextflow_ops::msrq::{Codebook, Phi};
 use nextflow_ops::sampling::SamplerConfig;
 use nextflow_ops::{AttentionOptions, KvCache, Resize};
@@ -79,6 +79,10 @@ struct Conditioning {
     /// The first scale's input `[n, first_l, C]`.
     first: Tensor,
 }
+
+/// What a scale takes from its logits `(graph, scale, logits)`: the ids it feeds on, and what
+/// of the scale to keep (see `Var::scales`).
+type Pick<'a> = dyn FnMut(&Graph, usize, &Lazy) -> Result<(Lazy, Lazy)> + 'a;
 
 /// The VQVAE: codebook, phi, decoder, and the encoder side when the file has it.
 pub struct Vae {
@@ -158,6 +162,19 @@ pub struct VarOptions {
     pub seed: u64,
 }
 
+impl VarOptions {
+    /// Refuses a guidance below 0 (or not a number) and a top-p outside [0, 1].
+    pub fn validate(&self) -> Result<()> {
+        if !(self.cfg.is_finite() && self.cfg >= 0.0) {
+            return Err(Error::Input(format!("cfg must be a number ≥ 0 (0: unguided; VAR's demo uses 4), got {}", self.cfg)));
+        }
+        if !(0.0..=1.0).contains(&self.top_p) {
+            return Err(Error::Input(format!("top-p must be in [0, 1] (0 or 1: off), got {}", self.top_p)));
+        }
+        Ok(())
+    }
+}
+
 impl Default for VarOptions {
     /// VAR's demo: cfg 4, top-k 900, top-p 0.95.
     fn default() -> Self {
@@ -206,9 +223,11 @@ impl Var {
             } else {
                 Ada::Own(lin(&format!("{p}.ada_lin.1"), 6 * c, c)?)
             };
-            // The qkv bias as the official forward builds it: cat(q_bias, zero_k_bias, v_bias).
+            // The qkv bias as the official forward builds it: cat(q_bias, zero_k_bias, v_bias)
+            // (`zero_k_bias` is a buffer of zeros; a file without it means the same).
+            let zero_k = format!("{p}.attn.zero_k_bias");
             let mut bias = host(&format!("{p}.attn.q_bias"), &[c])?;
-            bias.extend(host(&format!("{p}.attn.zero_k_bias"), &[c]).unwrap_or_else(|_| vec![0.0; c]));
+            bias.extend(if t.contains(&zero_k) { host(&zero_k, &[c])? } else { vec![0.0; c] });
             bias.extend(host(&format!("{p}.attn.v_bias"), &[c])?);
             let qkv = Linear::load(t, &format!("{p}.attn.mat_qkv"), 3 * c, c, false, dtype, device)?;
             let qkv = Linear { weight: qkv.weight, bias: Some(Tensor::from_f64(&bias.iter().map(|&b| b as f64).collect::<Vec<_>>(), dtype, &[3 * c], device)?) };
@@ -383,6 +402,39 @@ impl Var {
         Ok(Tensor::from_f64(&vec![0.0; b * m.code_dim * side * side], self.dtype, &[b, m.code_dim, side, side], &self.device)?)
     }
 
+    /// The next-scale loop of generation and teacher forcing: per scale, the blocks over its
+    /// input rows, the head's logits, `pick` (the ids scale `si` takes from its logits, and
+    /// what to keep of the scale), then `f_hat` and the next scale's input, in one graph.
+    /// Returns what was kept per scale and the last `f_hat` (`b` images).
+    fn scales(
+        &self,
+        cond: &Conditioning,
+        b: usize,
+        guided: bool,
+        pick: &mut Pick,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<(Vec<Tensor>, Tensor)> {
+        let k = self.var().patch_nums.len();
+        let mut caches = self.caches(cond.first.shape()[0])?;
+        let (mut x, mut f_hat) = (cond.first.clone(), self.zero_f_hat(b)?);
+        let mut kept = Vec::with_capacity(k);
+        for si in 0..k {
+            let out = self.blocks_over(x.clone(), cond, &mut caches)?;
+            let g = graph(&self.device);
+            let logits = self.record_logits(&g.input(&out)?, cond)?;
+            let (ids, keep) = pick(&g, si, &logits)?;
+            let (next_f_hat, next) = self.record_next(&ids, &g.input(&f_hat)?, si, guided)?;
+            let mut outs = g.realize(&[&keep, &next_f_hat].into_iter().chain(next.as_ref()).collect::<Vec<_>>())?;
+            if next.is_some() {
+                x = outs.pop().expect("next input");
+            }
+            f_hat = outs.pop().expect("f_hat");
+            kept.push(outs.pop().expect("kept"));
+            progress(si + 1, k);
+        }
+        Ok((kept, f_hat))
+    }
+
     /// `autoregressive_infer_cfg`: images of `classes` (one per image). With guidance, each
     /// image runs a conditional and an unconditional lane (the null class); scale `k` mixes
     /// them with `t = cfg·k/(K−1)`. `progress(scale, scales)` is called after each scale.
@@ -392,26 +444,13 @@ impl Var {
         if b == 0 {
             return Err(Error::Input("no image to generate".into()));
         }
-        if !(opts.cfg.is_finite() && opts.cfg >= 0.0) {
-            return Err(Error::Input(format!("cfg must be a finite number ≥ 0, got {}", opts.cfg)));
-        }
-        if !(0.0..=1.0).contains(&opts.top_p) {
-            return Err(Error::Input(format!("top-p must be in [0, 1], got {}", opts.top_p)));
-        }
+        opts.validate()?;
         let guided = opts.cfg > 0.0;
         let lanes: Vec<usize> = if guided { classes.iter().copied().chain(std::iter::repeat_n(m.num_classes, b)).collect() } else { classes.to_vec() };
-        let cond = self.condition(&lanes)?;
-        let mut caches = self.caches(lanes.len())?;
         let k = m.patch_nums.len();
-        let (mut x, mut f_hat) = (cond.first.clone(), self.zero_f_hat(b)?);
-        let mut indices = Vec::with_capacity(k);
-        for si in 0..k {
-            let out = self.blocks_over(x.clone(), &cond, &mut caches)?;
-            let g = graph(&self.device);
-            let logits = self.record_logits(&g.input(&out)?, &cond)?;
-            let t = opts.cfg * si as f32 / (k - 1).max(1) as f32;
+        let mut sample = |g: &Graph, si: usize, logits: &Lazy| -> Result<(Lazy, Lazy)> {
             let config = SamplerConfig {
-                cfg_scale: t,
+                cfg_scale: opts.cfg * si as f32 / (k - 1).max(1) as f32,
                 temperature: if opts.top_k == 1 { 0.0 } else { 1.0 },
                 top_k: opts.top_k,
                 top_p: if opts.top_p <= 0.0 { 1.0 } else { opts.top_p },
@@ -422,43 +461,21 @@ impl Var {
             } else {
                 logits.sample(None, &config, g.param(opts.seed), g.param(si as u64))?
             };
-            let (next_f_hat, next) = self.record_next(&ids, &g.input(&f_hat)?, si, guided)?;
-            let mut outs = g.realize(&[&ids].into_iter().chain([&next_f_hat]).chain(next.as_ref()).collect::<Vec<_>>())?;
-            if next.is_some() {
-                x = outs.pop().expect("next input");
-            }
-            f_hat = outs.pop().expect("f_hat");
-            indices.push(outs.pop().expect("ids"));
-            progress(si + 1, k);
-        }
+            Ok((ids.clone(), ids))
+        };
+        let (indices, f_hat) = self.scales(&self.condition(&lanes)?, b, guided, &mut sample, progress)?;
         Ok(Generated { indices, images: self.vae.decode_f_hat(&f_hat)? })
     }
 
     /// Teacher forcing (the official `forward` with the label kept): the logits `[b, pn², V]`
     /// of every scale given the ground-truth indices `[b, pn²]` of the scales before it.
     pub fn teacher_logits(&self, classes: &[usize], indices: &[Tensor]) -> Result<Vec<Tensor>> {
-        let m = self.var();
-        let k = m.patch_nums.len();
+        let k = self.var().patch_nums.len();
         if indices.len() != k {
             return Err(Error::Input(format!("{} index maps for {k} scales", indices.len())));
         }
-        let cond = self.condition(classes)?;
-        let mut caches = self.caches(classes.len())?;
-        let (mut x, mut f_hat) = (cond.first.clone(), self.zero_f_hat(classes.len())?);
-        let mut logits = Vec::with_capacity(k);
-        for (si, idx) in indices.iter().enumerate() {
-            let out = self.blocks_over(x.clone(), &cond, &mut caches)?;
-            let g = graph(&self.device);
-            let l = self.record_logits(&g.input(&out)?, &cond)?;
-            let (next_f_hat, next) = self.record_next(&g.input(idx)?, &g.input(&f_hat)?, si, false)?;
-            let mut outs = g.realize(&[&l].into_iter().chain([&next_f_hat]).chain(next.as_ref()).collect::<Vec<_>>())?;
-            if next.is_some() {
-                x = outs.pop().expect("next input");
-            }
-            f_hat = outs.pop().expect("f_hat");
-            logits.push(outs.pop().expect("logits"));
-        }
-        Ok(logits)
+        let mut given = |g: &Graph, si: usize, logits: &Lazy| -> Result<(Lazy, Lazy)> { Ok((g.input(&indices[si])?, logits.clone())) };
+        Ok(self.scales(&self.condition(classes)?, classes.len(), false, &mut given, &mut |_, _| {})?.0)
     }
 }
 

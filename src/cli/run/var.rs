@@ -46,12 +46,7 @@ fn options(s: &ImageSampling) -> Result<VarOptions> {
     }
     let d = VarOptions::default();
     let o = VarOptions { cfg: s.cfg.unwrap_or(d.cfg), top_k: s.top_k.unwrap_or(d.top_k), top_p: s.top_p.unwrap_or(d.top_p), seed: s.seed };
-    if !(o.cfg.is_finite() && o.cfg >= 0.0) {
-        return Err(fail(format!("--cfg must be a number ≥ 0 (0: unguided; VAR's demo uses 4), got {}", o.cfg)));
-    }
-    if !(0.0..=1.0).contains(&o.top_p) {
-        return Err(fail(format!("--top-p must be in [0, 1] (0 or 1: off), got {}", o.top_p)));
-    }
+    o.validate().map_err(as_flags)?;
     Ok(o)
 }
 
@@ -102,10 +97,8 @@ pub(super) fn generate(args: &GenerateArgs, f: ModelFiles, device: &Device) -> R
     let size = f.config.image_size;
     let scales: Vec<[usize; 2]> = c.patch_nums.iter().map(|&p| [p, p]).collect();
     let mut written = Vec::new();
-    let mut times: Vec<Duration> = vec![Duration::ZERO; scales.len()];
-    let mut decoder = Duration::ZERO;
-    // Per image: each scale's and the decoder's time (ms), for benchmarks.
-    let mut runs: Vec<serde_json::Value> = Vec::new();
+    // Per image: each scale's time, the decoder's and the total (ms).
+    let mut runs: Vec<(Vec<f64>, f64, f64)> = Vec::new();
     for i in 0..args.num_images {
         let seed = opts.seed.wrapping_add(i as u64);
         let o = VarOptions { seed, ..opts.clone() };
@@ -115,13 +108,11 @@ pub(super) fn generate(args: &GenerateArgs, f: ModelFiles, device: &Device) -> R
         let mut mine = Vec::with_capacity(scales.len());
         let g = model.generate(&[class], &o, &mut |k, total| {
             let took = last.elapsed();
-            times[k - 1] += took;
             mine.push(ms(took));
             steps(k - 1, total, took);
             last = Instant::now();
         })?;
-        decoder += last.elapsed();
-        runs.push(serde_json::json!({"scales": mine, "decoder": ms(last.elapsed()), "total": ms(start.elapsed())}));
+        runs.push((mine, ms(last.elapsed()), ms(start.elapsed())));
         let rgb = var_rgb8(&g.images)?;
         let parameters = format!(
             "VAR {label}\nSteps: {}, Size: {size}x{size}, CFG: {}, Top-k: {}, Top-p: {}, Seed: {seed}, Model: VAR-d{} ({})",
@@ -135,8 +126,9 @@ pub(super) fn generate(args: &GenerateArgs, f: ModelFiles, device: &Device) -> R
         let path = write_png(paths.as_ref().map(|p| p[i].as_path()), &rgb[0], size, size, Some(&parameters), force)?;
         written.push((path, seed));
     }
-    let n = args.num_images as f64;
-    let scale_ms: Vec<f64> = times.iter().map(|d| ms(*d) / n).collect();
+    let n = runs.len() as f64;
+    let scale_ms: Vec<f64> = (0..scales.len()).map(|k| runs.iter().map(|r| r.0[k]).sum::<f64>() / n).collect();
+    let decoder_ms = runs.iter().map(|r| r.1).sum::<f64>() / n;
     if args.output.json {
         let doc = serde_json::json!({
             "model": format!("VAR-d{}", c.depth),
@@ -148,8 +140,8 @@ pub(super) fn generate(args: &GenerateArgs, f: ModelFiles, device: &Device) -> R
             "size": format!("{size}x{size}"),
             "sampler": {"cfg": opts.cfg, "top_k": opts.top_k, "top_p": opts.top_p},
             "images": written.iter().map(|(p, s)| serde_json::json!({"path": p.display().to_string(), "seed": s})).collect::<Vec<_>>(),
-            "timings_ms": {"load": ms(load), "scales": scale_ms, "decoder": ms(decoder) / n},
-            "runs_ms": runs,
+            "timings_ms": {"load": ms(load), "scales": scale_ms, "decoder": decoder_ms},
+            "runs_ms": runs.iter().map(|(s, d, t)| serde_json::json!({"scales": s, "decoder": d, "total": t})).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
@@ -157,7 +149,7 @@ pub(super) fn generate(args: &GenerateArgs, f: ModelFiles, device: &Device) -> R
             println!("{}", p.display());
         }
         let s: Vec<String> = scale_ms.iter().map(|v| format!("{v:.1}")).collect();
-        ui::note(format_args!("time per image: scales [{}] ms, decoder {:.1} ms", s.join(", "), ms(decoder) / n));
+        ui::note(format_args!("time per image: scales [{}] ms, decoder {:.1} ms", s.join(", "), decoder_ms));
     }
     Ok(())
 }
